@@ -1,0 +1,35 @@
+"""Run code in a fresh Python process that cannot import this project, the way a Hub user loads remote code."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_PRELUDE = """
+import importlib.util, sys
+repo = {repo!r}
+sys.path[:] = [p for p in sys.path if p and not p.startswith(repo)]
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in type(f).__module__]
+for name in ("modeling_catseg", "modeling_lseg", "processing", "training"):
+    assert importlib.util.find_spec(name) is None, f"{{name}} is importable: the isolation failed"
+"""
+
+
+def run_isolated(code: str, workdir: Path, timeout: float = 300) -> dict:
+    """Run ``code`` offline in a fresh interpreter whose ``sys.path`` excludes the repository.
+
+    ``code`` must print one JSON object as its last line of stdout; it is parsed and returned.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(Path(workdir) / "hf_home"))
+    script = _PRELUDE.format(repo=str(REPO_ROOT)) + textwrap.dedent(code)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"isolated process failed:\n{result.stdout}\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
