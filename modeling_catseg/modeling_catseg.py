@@ -1,0 +1,759 @@
+"""PyTorch CAT-Seg: cost aggregation over CLIP for open-vocabulary semantic segmentation (Cho et al., CVPR 2024).
+
+The data flow, top-down in this file: dense CLIP image features and text features -> cosine `cost_volume` ->
+`spatial_aggregation` (Swin blocks guided by the image features) and `class_aggregation` (linear attention over
+classes guided by the text features), repeated -> `upsampling_decoder` guided by intermediate CLIP layers ->
+per-class logits at 4x the CLIP patch grid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from .configuration_catseg import CatSegConfig
+
+
+@dataclass
+class CatSegModelOutput(ModelOutput):
+    r"""
+    Output of [`CatSegModel`]: the aggregated cost volume and what it was computed from.
+
+    Args:
+        aggregated_features (`torch.FloatTensor` of shape `(batch_size, hidden_dim, num_kept_classes, grid, grid)`):
+            The cost volume after spatial and class aggregation. `num_kept_classes` is `min(num_classes,
+            config.max_classes)`; `grid` is the CLIP patch grid (24 for the released models).
+        guidance_features (`tuple(torch.FloatTensor)`, each of shape `(batch_size, vision_hidden_size, grid, grid)`):
+            Raw outputs of the CLIP vision blocks `config.guidance_layers` (patch tokens only), which guide the
+            upsampling decoder.
+        dense_image_features (`torch.FloatTensor` of shape `(batch_size, projection_dim, grid, grid)`):
+            Dense CLIP image features from the value path of the last vision block, in CLIP's joint space.
+        text_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)` or `(batch_size, num_classes,
+        projection_dim)`):
+            L2-normalised text features of the vocabulary.
+        cost_volume (`torch.FloatTensor` of shape `(batch_size, num_classes, grid, grid)`):
+            Cosine similarity between every class and every patch, for the whole vocabulary.
+        selected_classes (`torch.LongTensor` of shape `(batch_size, config.max_classes)`, *optional*):
+            When the vocabulary is larger than `config.max_classes`, the (sorted) indices of the classes kept for
+            each image; `None` otherwise.
+    """
+
+    aggregated_features: torch.FloatTensor | None = None
+    guidance_features: tuple[torch.FloatTensor, ...] | None = None
+    dense_image_features: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    cost_volume: torch.FloatTensor | None = None
+    selected_classes: torch.LongTensor | None = None
+
+
+@dataclass
+class CatSegSemanticSegmenterOutput(ModelOutput):
+    r"""
+    Output of [`CatSegForSemanticSegmentation`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` is given):
+            The official loss: binary cross-entropy between the logits, bilinearly resized to the label size, and
+            one-hot targets; ignored pixels stay in the mean with all-zero targets.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_classes, 4 * grid, 4 * grid)`):
+            Per-class logits (96x96 for the released models). Classes cut by `config.max_classes` hold
+            `config.dropped_class_logit`. Apply a sigmoid, not a softmax, for per-class probabilities.
+        dense_image_features (`torch.FloatTensor` of shape `(batch_size, projection_dim, grid, grid)`, *optional*):
+            Returned with `output_hidden_states=True`: dense CLIP image features.
+        cost_volume (`torch.FloatTensor` of shape `(batch_size, num_classes, grid, grid)`, *optional*):
+            Returned with `output_hidden_states=True`: the cosine cost volume.
+        aggregated_features (`torch.FloatTensor` of shape `(batch_size, hidden_dim, num_kept_classes, grid, grid)`,
+        *optional*):
+            Returned with `output_hidden_states=True`: the cost volume after aggregation.
+        text_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`, *optional*):
+            Returned with `output_hidden_states=True`: the normalised text features used.
+        selected_classes (`torch.LongTensor` of shape `(batch_size, config.max_classes)`, *optional*):
+            Returned with `output_hidden_states=True` when the vocabulary exceeded `config.max_classes`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    dense_image_features: torch.FloatTensor | None = None
+    cost_volume: torch.FloatTensor | None = None
+    aggregated_features: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    selected_classes: torch.LongTensor | None = None
+
+
+def guided_linear(linear: nn.Linear, features: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    """`linear(cat([features, guidance], -1))` without materialising the concatenation.
+
+    The guidance is shared by every class, so its projection is computed once and broadcast: `features` is
+    `(..., dim)` and `guidance` any shape that broadcasts against it, `(..., guidance_dim)`.
+    """
+    dim = features.shape[-1]
+    return F.linear(features, linear.weight[:, :dim], linear.bias) + F.linear(guidance, linear.weight[:, dim:])
+
+
+class CatSegMLP(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, activation: nn.Module) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.activation = activation
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+class CatSegWindowAttention(nn.Module):
+    """Multi-head attention inside Swin windows; queries and keys also see the appearance guidance, values do not."""
+
+    def __init__(self, dim: int, guidance_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(dim + guidance_dim, dim)
+        self.k_proj = nn.Linear(dim + guidance_dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, hidden_states: torch.Tensor, guidance: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: `(batch, classes, windows, window_area, dim)`.
+            guidance: `(batch, 1, windows, window_area, guidance_dim)`, shared by the classes.
+            attention_mask: additive `(windows, window_area, window_area)` shift mask, or `None`.
+        Returns:
+            `(batch, classes, windows, window_area, dim)`.
+        """
+        batch, classes, windows, area, dim = hidden_states.shape
+        head_dim = dim // self.num_heads
+
+        def split_heads(x: torch.Tensor) -> torch.Tensor:
+            # Windows and heads share one axis so a single (windows * heads) mask broadcasts over batch and classes.
+            x = x.expand(batch, classes, windows, area, dim).reshape(batch * classes, windows, area, self.num_heads, -1)
+            return x.transpose(2, 3).reshape(batch * classes, windows * self.num_heads, area, head_dim)
+
+        query = split_heads(guided_linear(self.q_proj, hidden_states, guidance))
+        key = split_heads(guided_linear(self.k_proj, hidden_states, guidance))
+        value = split_heads(self.v_proj(hidden_states))
+        if attention_mask is not None:
+            attention_mask = attention_mask.repeat_interleave(self.num_heads, dim=0).unsqueeze(0)
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        context = context.view(batch, classes, windows, self.num_heads, area, head_dim).transpose(3, 4)
+        return self.out_proj(context.reshape(batch, classes, windows, area, dim))
+
+
+class CatSegSwinBlock(nn.Module):
+    """A Swin transformer block over the spatial axes of every class's cost map (no relative position bias)."""
+
+    def __init__(self, config: CatSegConfig, shift: bool) -> None:
+        super().__init__()
+        dim, resolution = config.hidden_dim, config.feature_resolution
+        # A grid no larger than one window is attended as a whole, unshifted, as in Swin.
+        self.window_size = min(config.window_size, resolution)
+        self.shift_size = self.window_size // 2 if shift and resolution > config.window_size else 0
+        if resolution % self.window_size:
+            raise ValueError(
+                f"The CLIP grid {resolution}x{resolution} (image_size / patch_size) must be a multiple of "
+                f"window_size={config.window_size}."
+            )
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = CatSegWindowAttention(dim, config.appearance_guidance_dim, config.num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, nn.GELU())
+        mask = self._shift_mask(resolution) if self.shift_size else None
+        self.register_buffer("attention_mask", mask, persistent=False)
+
+    def _shift_mask(self, resolution: int) -> torch.Tensor:
+        """`(windows, area, area)` mask: -100 between tokens that the cyclic shift brought from different regions."""
+        region = torch.zeros(resolution, resolution)
+        bounds = (slice(0, -self.window_size), slice(-self.window_size, -self.shift_size), slice(-self.shift_size, None))
+        label = 0
+        for rows in bounds:
+            for cols in bounds:
+                region[rows, cols] = label
+                label += 1
+        region = self._partition(region[None, None, :, :, None]).flatten(0, 2).squeeze(-1)
+        mask = region[:, None, :] - region[:, :, None]
+        return mask.ne(0).float() * -100.0
+
+    def _partition(self, x: torch.Tensor) -> torch.Tensor:
+        """`(b, t, h, w, c)` -> `(b, t, windows, window_area, c)`, windows in row-major order."""
+        b, t, h, w, c = x.shape
+        ws = self.window_size
+        x = x.view(b, t, h // ws, ws, w // ws, ws, c).transpose(3, 4)
+        return x.reshape(b, t, (h // ws) * (w // ws), ws * ws, c)
+
+    def _reverse(self, windows: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        b, t, _, _, c = windows.shape
+        ws = self.window_size
+        x = windows.view(b, t, h // ws, w // ws, ws, ws, c).transpose(3, 4)
+        return x.reshape(b, t, h, w, c)
+
+    def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: `(batch, classes, grid, grid, hidden_dim)`.
+            guidance: `(batch, 1, grid, grid, guidance_dim)`, already layer-normalised.
+        """
+        h, w = hidden_states.shape[2:4]
+        shortcut = hidden_states
+        hidden_states = self.norm1(hidden_states)
+        if self.shift_size:
+            shifts = (-self.shift_size, -self.shift_size)
+            hidden_states = torch.roll(hidden_states, shifts, dims=(2, 3))
+            guidance = torch.roll(guidance, shifts, dims=(2, 3))
+        attended = self.attention(self._partition(hidden_states), self._partition(guidance), self.attention_mask)
+        attended = self._reverse(attended, h, w)
+        if self.shift_size:
+            attended = torch.roll(attended, (self.shift_size, self.shift_size), dims=(2, 3))
+        hidden_states = shortcut + attended
+        return hidden_states + self.mlp(self.norm2(hidden_states))
+
+
+class CatSegSpatialAggregation(nn.Module):
+    """Spatial aggregation: a regular and a shifted Swin block over each class's cost map, guided by the image."""
+
+    def __init__(self, config: CatSegConfig) -> None:
+        super().__init__()
+        self.guidance_norm = nn.LayerNorm(config.appearance_guidance_dim)
+        self.blocks = nn.ModuleList([CatSegSwinBlock(config, shift=False), CatSegSwinBlock(config, shift=True)])
+
+    def forward(self, hidden_states: torch.Tensor, appearance_guidance: torch.Tensor) -> torch.Tensor:
+        """`hidden_states` `(batch, classes, grid, grid, dim)`; `appearance_guidance` `(batch, grid, grid, g_dim)`."""
+        guidance = self.guidance_norm(appearance_guidance).unsqueeze(1)
+        for block in self.blocks:
+            hidden_states = block(hidden_states, guidance)
+        return hidden_states
+
+
+class CatSegLinearAttention(nn.Module):
+    """Linear attention over the class axis ("Transformers are RNNs"); queries and keys also see the text guidance.
+
+    There is no output projection, as in the official model.
+    """
+
+    def __init__(self, dim: int, guidance_dim: int, num_heads: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.eps = eps
+        self.q_proj = nn.Linear(dim + guidance_dim, dim)
+        self.k_proj = nn.Linear(dim + guidance_dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+
+    def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: `(batch, positions, classes, dim)`.
+            guidance: `(batch, 1, classes, guidance_dim)`, shared by the positions.
+        """
+        *leading, length, dim = hidden_states.shape
+        heads = (*leading, length, self.num_heads, dim // self.num_heads)
+        query = F.elu(guided_linear(self.q_proj, hidden_states, guidance)).add(1).view(heads)
+        key = F.elu(guided_linear(self.k_proj, hidden_states, guidance)).add(1).view(heads)
+        value = self.v_proj(hidden_states).view(heads) / length
+        key_value = torch.einsum("...shd,...she->...hde", key, value)
+        normaliser = 1.0 / (torch.einsum("...lhd,...hd->...lh", query, key.sum(dim=-3)) + self.eps)
+        context = torch.einsum("...lhd,...hde,...lh->...lhe", query, key_value, normaliser) * length
+        return context.reshape(*leading, length, dim)
+
+
+class CatSegClassAggregation(nn.Module):
+    """Class aggregation: attention across classes at every (pooled) position, guided by the text features.
+
+    The class axis is padded to `config.max_classes` with learned tokens, and the result is added back to the
+    unpooled input, so the block returns `x + upsample(pool(x) + attention + mlp)` (`2x + delta` without pooling),
+    exactly as the official model does.
+    """
+
+    def __init__(self, config: CatSegConfig) -> None:
+        super().__init__()
+        dim, guidance_dim = config.hidden_dim, config.text_guidance_dim
+        self.max_classes = config.max_classes
+        self.padding_tokens = nn.Parameter(torch.zeros(1, 1, dim))
+        self.padding_guidance = nn.Parameter(torch.zeros(1, 1, guidance_dim))
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = CatSegLinearAttention(dim, guidance_dim, config.num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, nn.ReLU())
+
+    def forward(self, hidden_states: torch.Tensor, text_guidance: torch.Tensor, pooling_size: int) -> torch.Tensor:
+        """`hidden_states` `(batch, classes, grid, grid, dim)`; `text_guidance` `(batch, classes, guidance_dim)`."""
+        batch, classes, h, w, dim = hidden_states.shape
+        pooled = hidden_states
+        if pooling_size > 1:
+            pooled = F.avg_pool2d(hidden_states.permute(0, 1, 4, 2, 3).flatten(0, 1), pooling_size)
+            pooled = pooled.unflatten(0, (batch, classes)).permute(0, 1, 3, 4, 2)
+        positions = pooled.shape[2] * pooled.shape[3]
+        tokens = pooled.reshape(batch, classes, positions, dim).transpose(1, 2)
+        padding = self.max_classes - classes
+        if padding > 0:
+            tokens = torch.cat([tokens, self.padding_tokens.expand(batch, positions, padding, dim)], dim=2)
+            text_guidance = torch.cat([text_guidance, self.padding_guidance.expand(batch, padding, -1)], dim=1)
+        tokens = tokens + self.attention(self.norm1(tokens), text_guidance.unsqueeze(1))
+        tokens = tokens + self.mlp(self.norm2(tokens))
+        tokens = tokens[:, :, :classes].transpose(1, 2).reshape(pooled.shape)
+        if pooling_size > 1:
+            tokens = F.interpolate(
+                tokens.permute(0, 1, 4, 2, 3).flatten(0, 1), size=(h, w), mode="bilinear", align_corners=True
+            )
+            tokens = tokens.unflatten(0, (batch, classes)).permute(0, 1, 3, 4, 2)
+        return hidden_states + tokens
+
+
+class CatSegAggregationLayer(GradientCheckpointingLayer):
+    """One round of cost aggregation: spatial aggregation, then class aggregation."""
+
+    def __init__(self, config: CatSegConfig) -> None:
+        super().__init__()
+        self.spatial_aggregation = CatSegSpatialAggregation(config)
+        self.class_aggregation = CatSegClassAggregation(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        appearance_guidance: torch.Tensor,
+        text_guidance: torch.Tensor,
+        pooling_size: int,
+    ) -> torch.Tensor:
+        hidden_states = self.spatial_aggregation(hidden_states, appearance_guidance)
+        return self.class_aggregation(hidden_states, text_guidance, pooling_size)
+
+
+class CatSegDecoderStage(nn.Module):
+    """x2 transposed convolution, concatenation of the projected CLIP guidance, then two conv-GroupNorm-ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, guidance_channels: int) -> None:
+        super().__init__()
+        self.upsample = nn.ConvTranspose2d(in_channels, in_channels - guidance_channels, kernel_size=2, stride=2)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(out_channels // 16, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(out_channels // 16, out_channels)
+
+    def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: `(batch * classes, in_channels, size, size)`, batch-major.
+            guidance: `(batch, guidance_channels, 2 * size, 2 * size)`, repeated for the classes of each image.
+        """
+        classes = hidden_states.shape[0] // guidance.shape[0]
+        hidden_states = torch.cat([self.upsample(hidden_states), guidance.repeat_interleave(classes, dim=0)], dim=1)
+        hidden_states = F.relu(self.norm1(self.conv1(hidden_states)))
+        return F.relu(self.norm2(self.conv2(hidden_states)))
+
+
+class CatSegUpsamplingDecoder(nn.Module):
+    """Upsampling decoder: recovers detail at 2x and 4x the grid from intermediate CLIP layers, then one logit map.
+
+    Stage `i` is guided by CLIP block `config.guidance_layers[i]`, upsampled by `2 ** (i + 1)` with a learned
+    transposed convolution and projected by a 3x3 convolution with ReLU.
+    """
+
+    def __init__(self, config: CatSegConfig) -> None:
+        super().__init__()
+        vision_dim = config.clip_config.vision_config.hidden_size
+        self.guidance_upsamplers = nn.ModuleList(
+            nn.ConvTranspose2d(vision_dim, dim, kernel_size=2 ** (i + 1), stride=2 ** (i + 1))
+            for i, dim in enumerate(config.decoder_guidance_dims)
+        )
+        self.guidance_projections = nn.ModuleList(
+            nn.Conv2d(dim, proj_dim, kernel_size=3, padding=1)
+            for dim, proj_dim in zip(config.decoder_guidance_dims, config.decoder_guidance_proj_dims)
+        )
+        in_dims = [config.hidden_dim, *config.decoder_dims[:-1]]
+        self.stages = nn.ModuleList(
+            CatSegDecoderStage(in_dim, out_dim, proj_dim)
+            for in_dim, out_dim, proj_dim in zip(in_dims, config.decoder_dims, config.decoder_guidance_proj_dims)
+        )
+        self.head = nn.Conv2d(config.decoder_dims[-1], 1, kernel_size=3, padding=1)
+
+    def forward(self, aggregated_features: torch.Tensor, guidance_features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """
+        Args:
+            aggregated_features: `(batch, classes, grid, grid, hidden_dim)`.
+            guidance_features: per stage `(batch, vision_hidden_size, grid, grid)`.
+        Returns:
+            Logits `(batch, classes, 4 * grid, 4 * grid)`.
+        """
+        batch, classes = aggregated_features.shape[:2]
+        guidance = [
+            F.relu(project(upsample(features)))
+            for upsample, project, features in zip(self.guidance_upsamplers, self.guidance_projections, guidance_features)
+        ]
+        hidden_states = aggregated_features.flatten(0, 1).permute(0, 3, 1, 2)
+        for stage, stage_guidance in zip(self.stages, guidance):
+            hidden_states = stage(hidden_states, stage_guidance)
+        logits = self.head(hidden_states)
+        return logits.view(batch, classes, *logits.shape[-2:])
+
+
+class CatSegPreTrainedModel(PreTrainedModel):
+    config_class = CatSegConfig
+    base_model_prefix = "catseg"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CatSegAggregationLayer", "CatSegUpsamplingDecoder"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    # The loss is a mean over every pixel and class, so the Trainer must not rescale it by its own token count.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, CatSegClassAggregation):
+            init.zeros_(module.padding_tokens)
+            init.zeros_(module.padding_guidance)
+        elif isinstance(module, CatSegModel) and module.visual_prompt_tokens is not None:
+            init.xavier_uniform_(module.visual_prompt_tokens)
+
+    def apply_clip_finetune_policy(self) -> None:
+        """Set `requires_grad` on the CLIP parameters according to `config.clip_finetune` (paper, Table 6).
+
+        Everything outside CLIP trains; the visual prompt tokens train only under the `"prompt"` policy.
+        """
+        keep = _CLIP_FINETUNE_RULES[self.config.clip_finetune]
+        for name, parameter in self.named_parameters():
+            if ".clip." in f".{name}":
+                parameter.requires_grad_(keep(name.split("clip.", 1)[1]))
+            elif name.endswith("visual_prompt_tokens"):
+                parameter.requires_grad_(self.config.clip_finetune == "prompt")
+
+    def learnable_parameter_counts(self) -> dict[str, int]:
+        """Counts of parameters with `requires_grad`: `{"clip": ..., "cost_aggregation": ..., "total": ...}`."""
+        counts = {"clip": 0, "cost_aggregation": 0}
+        for name, parameter in self.named_parameters():
+            if parameter.requires_grad:
+                counts["clip" if ".clip." in f".{name}" else "cost_aggregation"] += parameter.numel()
+        counts["total"] = counts["clip"] + counts["cost_aggregation"]
+        return counts
+
+
+def _is_attention_weight(name: str, *projections: str) -> bool:
+    return ".self_attn." in name and name.endswith(".weight") and name.split(".")[-2] in projections
+
+
+_CLIP_FINETUNE_RULES = {
+    "freeze": lambda name: False,
+    "prompt": lambda name: False,
+    "full": lambda name: ".encoder.layers." in name,
+    "attention": lambda name: ".self_attn." in name,
+    "qk": lambda name: _is_attention_weight(name, "q_proj", "k_proj"),
+    "kv": lambda name: _is_attention_weight(name, "k_proj", "v_proj"),
+    "qv": lambda name: _is_attention_weight(name, "q_proj", "v_proj"),
+    # The paper's QV (Img) count includes the vision position embedding, which its code trained alongside.
+    "qv_image": lambda name: name.startswith("vision_model.")
+    and (_is_attention_weight(name, "q_proj", "v_proj") or name.endswith("embeddings.position_embedding.weight")),
+    "qv_text": lambda name: name.startswith("text_model.") and _is_attention_weight(name, "q_proj", "v_proj"),
+}
+
+
+class CatSegModel(CatSegPreTrainedModel):
+    """CLIP, the cost volume and its aggregation; [`CatSegForSemanticSegmentation`] adds the upsampling decoder."""
+
+    def __init__(self, config: CatSegConfig) -> None:
+        super().__init__(config)
+        projection_dim = config.clip_config.projection_dim
+        self.clip = CLIPModel._from_config(config.clip_config)
+        self.visual_prompt_tokens = (
+            nn.Parameter(
+                torch.zeros(config.prompt_depth, config.prompt_length, config.clip_config.vision_config.hidden_size)
+            )
+            if config.prompt_length > 0
+            else None
+        )
+        kernel = config.cost_embed_kernel_size
+        self.cost_embedding = nn.Conv2d(1, config.hidden_dim, kernel_size=kernel, padding=kernel // 2)
+        self.appearance_guidance_projection = nn.Conv2d(
+            projection_dim, config.appearance_guidance_dim, kernel_size=3, padding=1
+        )
+        self.text_guidance_projection = nn.Linear(projection_dim, config.text_guidance_dim)
+        self.layers = nn.ModuleList(CatSegAggregationLayer(config) for _ in range(config.num_layers))
+        self.post_init()
+        self.apply_clip_finetune_policy()
+
+    def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised CLIP text features `(num_classes, projection_dim)` of tokenised prompts `(num_classes, len)`.
+
+        Prompts are cut after their longest end-of-text token: attention is causal and the feature is read at the
+        end-of-text token, so the padding after it cannot change the result and is not worth computing.
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(
+                f"input_ids must be (num_classes, sequence_length), one vocabulary shared by the batch; got shape "
+                f"{tuple(input_ids.shape)}."
+            )
+        if attention_mask is not None:
+            length = int(attention_mask.sum(dim=1).max())
+        else:
+            eos = self.config.clip_config.text_config.eos_token_id
+            is_eos = input_ids == (eos if eos != 2 else input_ids.max())
+            length = int(is_eos.int().argmax(dim=1).max()) + 1 if bool(is_eos.any(dim=1).all()) else input_ids.shape[1]
+        input_ids = input_ids[:, :length]
+        attention_mask = attention_mask[:, :length] if attention_mask is not None else None
+        text_embeds = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return F.normalize(text_embeds, dim=-1)
+
+    def get_dense_image_features(
+        self, pixel_values: torch.FloatTensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Dense CLIP features `(batch, projection_dim, grid, grid)` and the guidance layers' patch tokens.
+
+        The last vision block runs only its value path: `out_proj(v_proj(norm1(x)))` plus the input CLS token as the
+        residual, then its MLP; the result goes through `post_layernorm` and `visual_projection` on every token.
+        """
+        vision = self.clip.vision_model
+        hidden_states = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
+        *blocks, last_block = vision.encoder.layers
+        grid = self.config.feature_resolution
+        taps = {}
+        for index, block in enumerate(blocks):
+            hidden_states = self._run_vision_block(block, hidden_states, index)
+            if index in self.config.guidance_layers:
+                taps[index] = _patch_tokens_to_map(hidden_states, grid)
+        attention = last_block.self_attn
+        values = attention.out_proj(attention.v_proj(last_block.layer_norm1(hidden_states)))
+        hidden_states = values + hidden_states[:, :1]
+        hidden_states = hidden_states + last_block.mlp(last_block.layer_norm2(hidden_states))
+        dense = self.clip.visual_projection(vision.post_layernorm(hidden_states))
+        return _patch_tokens_to_map(dense, grid), tuple(taps[index] for index in self.config.guidance_layers)
+
+    def _run_vision_block(self, block: nn.Module, hidden_states: torch.Tensor, index: int) -> torch.Tensor:
+        """A regular CLIP block; with deep visual prompt tuning, fresh prompt tokens ride along after the CLS token."""
+        if self.visual_prompt_tokens is None or index >= self.config.prompt_depth:
+            return block(hidden_states, None)
+        prompts = self.visual_prompt_tokens[index].expand(hidden_states.shape[0], -1, -1)
+        hidden_states = block(torch.cat([hidden_states[:, :1], prompts, hidden_states[:, 1:]], dim=1), None)
+        return torch.cat([hidden_states[:, :1], hidden_states[:, 1 + prompts.shape[1] :]], dim=1)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        text_embeds: torch.FloatTensor | None = None,
+        class_pooling_size: int | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CatSegModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`):
+                Images normalised with the CLIP mean and std, at `config.image_size` (use the processor).
+            input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)`, *optional*):
+                The tokenised class prompts, one vocabulary shared by the whole batch.
+            attention_mask (`torch.Tensor` of shape `(num_classes, sequence_length)`, *optional*):
+                Mask of `input_ids`.
+            text_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)` or `(batch_size, num_classes,
+            projection_dim)`, *optional*):
+                Precomputed text features (from [`~CatSegModel.get_text_features`]) instead of `input_ids`.
+            class_pooling_size (`int`, *optional*):
+                Pooling of the class aggregation; defaults to `config.class_pooling_size` in training mode and
+                `config.eval_class_pooling_size` in evaluation mode (the official protocol).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_pixel_values(pixel_values)
+        if (input_ids is None) == (text_embeds is None):
+            raise ValueError(
+                "Give the class vocabulary exactly once: either input_ids (num_classes, sequence_length) from the "
+                "processor, or text_embeds (num_classes, projection_dim) from get_text_features()."
+            )
+        if text_embeds is None:
+            text_embeds = self.get_text_features(input_ids, attention_mask)
+        elif text_embeds.shape[-1] != self.config.clip_config.projection_dim or text_embeds.ndim not in (2, 3):
+            raise ValueError(
+                f"text_embeds must be (num_classes, {self.config.clip_config.projection_dim}) or (batch_size, "
+                f"num_classes, {self.config.clip_config.projection_dim}); got shape {tuple(text_embeds.shape)}."
+            )
+        if text_embeds.shape[-2] == 0:
+            raise ValueError("The vocabulary is empty: give at least one class.")
+        if class_pooling_size is None:
+            class_pooling_size = self.config.class_pooling_size if self.training else self.config.eval_class_pooling_size
+
+        dense_image_features, guidance_features = self.get_dense_image_features(pixel_values)
+        batch = pixel_values.shape[0]
+        class_features = F.normalize(text_embeds, dim=-1).to(dense_image_features.dtype)
+        if class_features.ndim == 2:
+            class_features = class_features.expand(batch, -1, -1)
+        cost_volume = torch.einsum(
+            "bchw,btc->bthw", F.normalize(dense_image_features, dim=1), class_features
+        )
+        aggregated, selected_classes = cost_volume, None
+        if cost_volume.shape[1] > self.config.max_classes:
+            # Keep the classes that best match some patch; the rest get a constant logit in the head.
+            scores = cost_volume.flatten(2).amax(dim=-1)
+            selected_classes = scores.topk(self.config.max_classes, dim=-1).indices.sort(dim=-1).values
+            aggregated = cost_volume.gather(1, selected_classes[:, :, None, None].expand(-1, -1, *cost_volume.shape[2:]))
+            class_features = class_features.gather(1, selected_classes[:, :, None].expand(-1, -1, class_features.shape[-1]))
+
+        hidden_states = self.cost_embedding(aggregated.flatten(0, 1).unsqueeze(1))
+        hidden_states = hidden_states.unflatten(0, aggregated.shape[:2]).permute(0, 1, 3, 4, 2)
+        appearance_guidance = F.relu(self.appearance_guidance_projection(dense_image_features)).permute(0, 2, 3, 1)
+        text_guidance = F.relu(self.text_guidance_projection(F.normalize(class_features, dim=-1)))
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, appearance_guidance, text_guidance, class_pooling_size)
+
+        output = CatSegModelOutput(
+            aggregated_features=hidden_states.permute(0, 4, 1, 2, 3),
+            guidance_features=guidance_features,
+            dense_image_features=dense_image_features,
+            text_embeds=text_embeds,
+            cost_volume=cost_volume,
+            selected_classes=selected_classes,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        size = self.config.image_size
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[2:]) != (size, size):
+            raise ValueError(
+                f"pixel_values must be (batch_size, 3, {size}, {size}) CLIP-normalised images; got shape "
+                f"{tuple(pixel_values.shape)}. Prepare images with the CAT-Seg processor, which resizes them to "
+                f"config.image_size={size}."
+            )
+
+
+class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
+    """CAT-Seg with its upsampling decoder: per-class logits for any vocabulary, and the official training loss."""
+
+    def __init__(self, config: CatSegConfig) -> None:
+        super().__init__(config)
+        self.catseg = CatSegModel(config)
+        self.upsampling_decoder = CatSegUpsamplingDecoder(config)
+        self.post_init()
+        self.apply_clip_finetune_policy()
+
+    @classmethod
+    def from_clip(
+        cls, clip: CLIPModel | str | os.PathLike, **config_kwargs
+    ) -> "CatSegForSemanticSegmentation":
+        """A new CAT-Seg, ready to train, whose CLIP starts from any `CLIPModel` checkpoint.
+
+        `clip` is a model, a hub id (`"openai/clip-vit-base-patch16"`, OpenCLIP or MetaCLIP models in the CLIP
+        format) or a local folder. By default the image size gives CLIP a 24x24 patch grid (384 for patch 16, 336
+        for patch 14), and the guidance layers are the blocks at one and two thirds of the depth (blocks 3 and 7 of
+        12, 7 and 15 of 24), as in the released models; `config_kwargs` override any [`CatSegConfig`] field.
+        """
+        if not isinstance(clip, CLIPModel):
+            clip = CLIPModel.from_pretrained(clip)
+        vision = clip.config.vision_config
+        depth = vision.num_hidden_layers
+        defaults = {
+            "image_size": 24 * vision.patch_size,
+            "guidance_layers": [depth // 3 - 1, 2 * depth // 3 - 1],
+        }
+        config = CatSegConfig(clip_config=clip.config.to_dict(), **{**defaults, **config_kwargs})
+        model = cls(config)
+        model.catseg.clip.load_state_dict(clip.state_dict())
+        return model
+
+    def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised text features `(num_classes, projection_dim)`; see [`CatSegModel.get_text_features`]."""
+        return self.catseg.get_text_features(input_ids, attention_mask)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        text_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        class_pooling_size: int | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CatSegSemanticSegmenterOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`):
+                Images normalised with the CLIP mean and std, at `config.image_size` (use the processor).
+            input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)`, *optional*):
+                The tokenised class prompts, one vocabulary shared by the whole batch.
+            attention_mask (`torch.Tensor` of shape `(num_classes, sequence_length)`, *optional*):
+                Mask of `input_ids`.
+            text_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`, *optional*):
+                Precomputed text features instead of `input_ids`, so a vocabulary is encoded once.
+            labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+                Class indices into the vocabulary, or `config.ignore_index`. Gives the official BCE loss.
+            class_pooling_size (`int`, *optional*):
+                Pooling of the class aggregation; defaults to the official 2 in training and 1 in evaluation.
+            output_hidden_states (`bool`, *optional*):
+                Also return the dense CLIP features, the cost volume, the aggregated features and the text features.
+
+        Example:
+
+        ```python
+        >>> from transformers import AutoModelForSemanticSegmentation, AutoProcessor
+        >>> model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True)
+        >>> processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        >>> inputs = processor(images=image, text=["cat", "sofa", "wooden floor"], return_tensors="pt")
+        >>> logits = model(**inputs).logits  # (1, 3, 96, 96)
+        ```
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        base = self.catseg(
+            pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            text_embeds=text_embeds,
+            class_pooling_size=class_pooling_size,
+            return_dict=True,
+        )
+        aggregated = base.aggregated_features.permute(0, 2, 3, 4, 1)
+        logits = self.upsampling_decoder(aggregated, base.guidance_features)
+        if base.selected_classes is not None:
+            full = logits.new_full((logits.shape[0], base.cost_volume.shape[1], *logits.shape[2:]), self.config.dropped_class_logit)
+            logits = full.scatter(1, base.selected_classes[:, :, None, None].expand_as(logits), logits)
+
+        loss = self.segmentation_loss(logits, labels) if labels is not None else None
+        hidden = {}
+        if output_hidden_states:
+            hidden = {
+                "dense_image_features": base.dense_image_features,
+                "cost_volume": base.cost_volume,
+                "aggregated_features": base.aggregated_features,
+                "text_embeds": base.text_embeds,
+                "selected_classes": base.selected_classes,
+            }
+        output = CatSegSemanticSegmenterOutput(loss=loss, logits=logits, **hidden)
+        return output if return_dict else output.to_tuple()
+
+    def segmentation_loss(self, logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+        """Binary cross-entropy on one-hot targets at the label resolution; ignored pixels are all-zero targets."""
+        num_classes = logits.shape[1]
+        if labels.ndim != 3 or labels.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"labels must be (batch_size, height, width) with batch_size {logits.shape[0]}; got shape "
+                f"{tuple(labels.shape)}."
+            )
+        ignored = labels == self.config.ignore_index
+        if bool(((labels < 0) | (labels >= num_classes))[~ignored].any()):
+            bad = sorted(set(labels[~ignored & ((labels < 0) | (labels >= num_classes))].unique().tolist()))
+            raise ValueError(
+                f"labels hold values {bad[:10]} outside the {num_classes} classes of the vocabulary and the ignore "
+                f"index {self.config.ignore_index}."
+            )
+        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        targets = torch.zeros_like(logits)
+        targets.scatter_(1, labels.masked_fill(ignored, 0).unsqueeze(1), (~ignored).unsqueeze(1).to(logits.dtype))
+        return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def _patch_tokens_to_map(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """`(batch, 1 + grid * grid, dim)` tokens -> `(batch, dim, grid, grid)` map of the patch tokens (CLS dropped)."""
+    return tokens[:, 1:].transpose(1, 2).unflatten(2, (grid, grid))
+
+
+__all__ = ["CatSegModel", "CatSegForSemanticSegmentation", "CatSegPreTrainedModel"]
