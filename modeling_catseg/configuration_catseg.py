@@ -172,6 +172,12 @@ class CatSegConfig(PreTrainedConfig):
                 f"guidance_layers {self.guidance_layers} must be CLIP vision blocks before the last one "
                 f"(0..{last - 1}): the last block runs the dense value path."
             )
+        stage_inputs = [self.hidden_dim, *self.decoder_dims[:-1]]
+        if any(guidance >= dim for dim, guidance in zip(stage_inputs, self.decoder_guidance_proj_dims)):
+            raise ValueError(
+                f"decoder_guidance_proj_dims {self.decoder_guidance_proj_dims} must each be smaller than the input "
+                f"width of their decoder stage {stage_inputs} (hidden_dim, then decoder_dims)."
+            )
         if any(dim % 16 for dim in self.decoder_dims):
             raise ValueError(f"decoder_dims {self.decoder_dims} must be multiples of 16 (GroupNorm(dim // 16)).")
         if self.prompt_depth > vision.num_hidden_layers:

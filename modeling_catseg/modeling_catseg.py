@@ -167,12 +167,12 @@ class CatSegSwinBlock(nn.Module):
         self.attention = CatSegWindowAttention(dim, config.appearance_guidance_dim, config.num_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, nn.GELU())
-        mask = self._shift_mask(resolution) if self.shift_size else None
-        self.register_buffer("attention_mask", mask, persistent=False)
+        self.resolution = resolution
+        self.register_buffer("attention_mask", self.shift_mask() if self.shift_size else None, persistent=False)
 
-    def _shift_mask(self, resolution: int) -> torch.Tensor:
+    def shift_mask(self) -> torch.Tensor:
         """`(windows, area, area)` mask: -100 between tokens that the cyclic shift brought from different regions."""
-        region = torch.zeros(resolution, resolution)
+        region = torch.zeros(self.resolution, self.resolution)
         bounds = (slice(0, -self.window_size), slice(-self.window_size, -self.shift_size), slice(-self.shift_size, None))
         label = 0
         for rows in bounds:
@@ -410,11 +410,21 @@ class CatSegPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, CatSegClassAggregation):
+        if isinstance(module, CatSegSwinBlock) and module.attention_mask is not None:
+            # Not saved with the weights: rebuilt here because from_pretrained creates buffers on the meta device.
+            init.copy_(module.attention_mask, module.shift_mask())
+        elif isinstance(module, CatSegClassAggregation):
             init.zeros_(module.padding_tokens)
             init.zeros_(module.padding_guidance)
         elif isinstance(module, CatSegModel) and module.visual_prompt_tokens is not None:
             init.xavier_uniform_(module.visual_prompt_tokens)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        # Loading materialises fresh parameters, which forgets which CLIP weights are frozen.
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_clip_finetune_policy()
+        return loaded
 
     def apply_clip_finetune_policy(self) -> None:
         """Set `requires_grad` on the CLIP parameters according to `config.clip_finetune` (paper, Table 6).
@@ -429,11 +439,16 @@ class CatSegPreTrainedModel(PreTrainedModel):
                 parameter.requires_grad_(self.config.clip_finetune == "prompt")
 
     def learnable_parameter_counts(self) -> dict[str, int]:
-        """Counts of parameters with `requires_grad`: `{"clip": ..., "cost_aggregation": ..., "total": ...}`."""
+        """Parameters with `requires_grad`: `{"clip": ..., "cost_aggregation": ..., "total": ...}`.
+
+        `"clip"` counts CLIP and its visual prompt tokens, `"cost_aggregation"` the aggregator and the decoder. With
+        the ViT-L/14@336 preset the totals are the paper's Table 6 (`"qv"`: 70.27M).
+        """
         counts = {"clip": 0, "cost_aggregation": 0}
         for name, parameter in self.named_parameters():
             if parameter.requires_grad:
-                counts["clip" if ".clip." in f".{name}" else "cost_aggregation"] += parameter.numel()
+                in_clip = ".clip." in f".{name}" or name.endswith("visual_prompt_tokens")
+                counts["clip" if in_clip else "cost_aggregation"] += parameter.numel()
         counts["total"] = counts["clip"] + counts["cost_aggregation"]
         return counts
 

@@ -1,0 +1,33 @@
+"""Tiny random configurations for fast tests (no download, no ../shared)."""
+
+from typing import Any
+
+from modeling_catseg import CatSegConfig
+
+
+def tiny_clip_config(vision_layers: int = 4, patch_size: int = 16) -> dict[str, Any]:
+    common = dict(hidden_act="quick_gelu", layer_norm_eps=1e-5, hidden_size=32, intermediate_size=64, num_attention_heads=2)
+    return dict(
+        text_config=dict(vocab_size=49408, max_position_embeddings=77, eos_token_id=49407, num_hidden_layers=2, **common),
+        vision_config=dict(num_hidden_layers=vision_layers, image_size=224, patch_size=patch_size, **common),
+        projection_dim=16,
+    )
+
+
+def tiny_catseg_config(**overrides: Any) -> CatSegConfig:
+    """A 4x4 CLIP grid (64 px, patch 16) with 2x2 windows, so the shifted-window mask is exercised."""
+    settings = dict(
+        clip_config=tiny_clip_config(),
+        image_size=64,
+        guidance_layers=[0, 1],
+        hidden_dim=16,
+        num_heads=2,
+        window_size=2,
+        appearance_guidance_dim=8,
+        text_guidance_dim=8,
+        max_classes=8,
+        decoder_dims=[16, 16],
+        decoder_guidance_dims=[8, 8],
+        decoder_guidance_proj_dims=[4, 4],
+    )
+    return CatSegConfig(**{**settings, **overrides})
