@@ -644,6 +644,8 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         super().__init__(config)
         self.catseg = CatSegModel(config)
         self.upsampling_decoder = CatSegUpsamplingDecoder(config)
+        # `AutoModel.from_pretrained(folder, trust_remote_code=True)` should give the full model, as users expect.
+        config.auto_map = {**(getattr(config, "auto_map", None) or {}), "AutoModel": f"modeling_catseg.{type(self).__name__}"}
         self.post_init()
         self.apply_clip_finetune_policy()
 

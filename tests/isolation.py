@@ -12,8 +12,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _PRELUDE = """
 import importlib.util, sys
 repo = {repo!r}
-sys.path[:] = [p for p in sys.path if p and not p.startswith(repo)]
-sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in type(f).__module__]
+sys.path[:] = [p for p in sys.path if p and not p.startswith(repo) and "__editable__" not in p]
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path_importer_cache.clear()
 for name in ("modeling_catseg", "modeling_lseg", "processing", "training"):
     assert importlib.util.find_spec(name) is None, f"{{name}} is importable: the isolation failed"
 """
