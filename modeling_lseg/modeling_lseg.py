@@ -1,0 +1,475 @@
+"""PyTorch LSeg: language-driven semantic segmentation (Li et al., ICLR 2022).
+
+The data flow, top-down in this file: a DPT image encoder (transformers' ViT, reassemble and fusion neck) ->
+`pixel_embeddings` (a 1x1 convolution into the CLIP text space, L2-normalised per pixel) -> `word_pixel_correlation`
+with the L2-normalised CLIP text embeddings of the labels, divided by a fixed temperature -> optional
+`spatial_regularization` blocks -> bilinear upsampling to the input resolution.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, CLIPModel, CLIPTextModelWithProjection, DPTModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.models.dpt.modeling_dpt import DPTNeck
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+
+from .configuration_lseg import LSegConfig
+
+# Inputs are padded at the bottom and right with black, the value of a 0 pixel after LSeg's (x / 255 - 0.5) / 0.5
+# normalisation; the original training pipeline and evaluator pad crops the same way.
+PADDING_VALUE = -1.0
+
+
+@dataclass
+class LSegModelOutput(ModelOutput):
+    r"""
+    Output of [`LSegModel`]: pixel and label embeddings and their correlation, at the pixel-embedding resolution.
+
+    `(height, width)` is the input size; the embeddings have `(ceil(height / 2), ceil(width / 2))` pixels.
+
+    Args:
+        correlation (`torch.FloatTensor` of shape `(batch_size, num_labels, ceil(height / 2), ceil(width / 2))`):
+            Word-pixel correlation: cosine similarity between every pixel embedding and every label embedding,
+            divided by `config.correlation_temperature`: the logits before spatial regularisation and upsampling.
+        pixel_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim, ceil(height / 2), ceil(width / 2))`):
+            L2-normalised pixel embeddings in the CLIP text space.
+        text_embeds (`torch.FloatTensor` of shape `(num_labels, projection_dim)` or `(batch_size, num_labels,
+        projection_dim)`):
+            L2-normalised label embeddings.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The ViT embeddings and the output of every ViT block, each `(batch_size, 1 + num_patches, hidden_size)`,
+            computed on the input padded to a multiple of `config.input_size_multiple`.
+    """
+
+    correlation: torch.FloatTensor | None = None
+    pixel_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class LSegSemanticSegmenterOutput(ModelOutput):
+    r"""
+    Output of [`LSegForSemanticSegmentation`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+            Cross-entropy over the labels, averaged over the pixels whose label is not `config.ignore_index`.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`):
+            Per-label scores at the input resolution; `logits.argmax(1)` is the segmentation.
+        pixel_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim, ceil(height / 2), ceil(width / 2))`,
+        *optional*, returned with `output_hidden_states=True`):
+            L2-normalised pixel embeddings in the CLIP text space.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The ViT embeddings and the output of every ViT block, each `(batch_size, 1 + num_patches, hidden_size)`,
+            computed on the input padded to a multiple of `config.input_size_multiple`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    pixel_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class LSegPixelEmbeddings(nn.Module):
+    """Dense image embeddings in the text space: a 1x1 convolution of the finest fused DPT map, L2-normalised."""
+
+    def __init__(self, config: LSegConfig) -> None:
+        super().__init__()
+        self.projection = nn.Conv2d(config.dpt_config.fusion_hidden_size, config.clip_config.projection_dim, 1)
+
+    def forward(self, fused_features: torch.Tensor) -> torch.Tensor:
+        """`(batch, fusion_hidden_size, h, w)` -> `(batch, projection_dim, h, w)` unit vectors."""
+        return F.normalize(self.projection(fused_features), dim=1)
+
+
+class LSegWordPixelCorrelation(nn.Module):
+    """Cosine similarity of every pixel embedding with every label embedding, divided by a fixed temperature."""
+
+    def __init__(self, config: LSegConfig) -> None:
+        super().__init__()
+        self.logit_scale = 1.0 / config.correlation_temperature
+
+    def forward(self, pixel_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            pixel_embeds: `(batch, dim, h, w)` unit vectors.
+            text_embeds: `(num_labels, dim)` shared by the batch, or `(batch, num_labels, dim)`; unit vectors.
+        Returns:
+            `(batch, num_labels, h, w)`.
+        """
+        batch, dim, height, width = pixel_embeds.shape
+        # Scaling the pixels before the product, in this layout, keeps the original's rounding exactly.
+        pixels = self.logit_scale * pixel_embeds.permute(0, 2, 3, 1).reshape(batch, height * width, dim)
+        correlation = pixels @ text_embeds.transpose(-1, -2)
+        return correlation.view(batch, height, width, -1).permute(0, 3, 1, 2)
+
+
+class LSegSpatialRegularizationBlock(nn.Module):
+    """The optional spatial regularisation of the correlation map (`config.arch_option` 1 or 2).
+
+    One 3x3 convolution filters every label map alike; the "bottleneck" variant (arch_option 1) adds the per-pixel
+    maximum over the labels of its input. The block is applied `config.block_depth` times with the same weights,
+    with `config.activation` between applications but not after the last.
+    """
+
+    def __init__(self, config: LSegConfig) -> None:
+        super().__init__()
+        # The block's own 1->1 channel 3x3 kernel, applied to each label map as a separate image.
+        self.weight = nn.Parameter(torch.empty(1, 1, 3, 3))
+        self.bias = nn.Parameter(torch.empty(1))
+        self.add_label_maximum = config.arch_option == 1
+        self.activation = {"relu": nn.ReLU(), "lrelu": nn.LeakyReLU(), "tanh": nn.Tanh()}[config.activation]
+        self.depth = max(config.block_depth, 1)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """`(batch, num_labels, h, w)` -> `(batch, num_labels, h, w)`."""
+        batch, num_labels, height, width = logits.shape
+        for step in range(self.depth):
+            filtered = F.conv2d(logits.reshape(batch * num_labels, 1, height, width), self.weight, self.bias, padding=1)
+            filtered = filtered.view_as(logits)
+            if self.add_label_maximum:
+                filtered = filtered + logits.amax(dim=1, keepdim=True)
+            logits = self.activation(filtered) if step < self.depth - 1 else filtered
+        return logits
+
+
+class LSegPreTrainedModel(PreTrainedModel):
+    config_class = LSegConfig
+    base_model_prefix = "lseg"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DPTViTLayer", "CLIPEncoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    # The loss is a mean over the labelled pixels, so the Trainer must not rescale it by its own token count.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, LSegSpatialRegularizationBlock):
+            # A new block starts as the identity, so it passes the correlation on instead of scaling it down.
+            init.dirac_(module.weight)
+            init.zeros_(module.bias)
+
+
+class LSegModel(LSegPreTrainedModel):
+    """The DPT image encoder, the CLIP text encoder and their word-pixel correlation.
+
+    The CLIP text encoder stays frozen, as in the original training, which never gave it to the optimiser: it runs
+    without autograd, so its parameters get no gradient (under DDP, set `requires_grad_(False)` on
+    `text_encoder` or let DDP find unused parameters).
+    """
+
+    def __init__(self, config: LSegConfig) -> None:
+        super().__init__(config)
+        self.dpt = DPTModel._from_config(config.dpt_config, add_pooling_layer=False)
+        self.neck = DPTNeck(config.dpt_config)
+        self.pixel_embeddings = LSegPixelEmbeddings(config)
+        self.text_encoder = CLIPTextModelWithProjection._from_config(config.clip_config.text_config)
+        self.word_pixel_correlation = LSegWordPixelCorrelation(config)
+        self.post_init()
+
+    def get_text_features(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """L2-normalised label embeddings `(num_labels, projection_dim)` of tokenised labels `(num_labels, length)`.
+
+        LSeg encodes the raw label strings, without a prompt template. The CLIP tokenizer's output works as is: the
+        feature is read at the first end-of-text token, and causal attention keeps the padding after it out.
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(
+                f"input_ids must be (num_labels, sequence_length), one vocabulary shared by the batch; got shape "
+                f"{tuple(input_ids.shape)}. For a vocabulary per image, stack get_text_features() of each into "
+                f"text_embeds of shape (batch_size, num_labels, projection_dim)."
+            )
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}."
+            )
+        with torch.no_grad():
+            outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        return F.normalize(outputs.text_embeds, dim=-1)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        text_embeds: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> LSegModelOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                RGB images normalised as `(x / 255 - 0.5) / 0.5`. Any size works; sides that are not a multiple of
+                `config.input_size_multiple` (32) are padded with black at the bottom and right, and the outputs
+                are cropped back (the original implementation fails on such sizes).
+            input_ids (`torch.LongTensor` of shape `(num_labels, sequence_length)`, *optional*):
+                The tokenised labels (raw names, no template), one vocabulary shared by the whole batch.
+            attention_mask (`torch.Tensor` of shape `(num_labels, sequence_length)`, *optional*):
+                Mask of `input_ids`.
+            text_embeds (`torch.FloatTensor` of shape `(num_labels, projection_dim)` or `(batch_size, num_labels,
+            projection_dim)`, *optional*):
+                Precomputed label embeddings (from [`~LSegModel.get_text_features`]) instead of `input_ids`, so a
+                vocabulary is encoded once; a batched tensor gives every image its own vocabulary. They are
+                L2-normalised here.
+            output_hidden_states (`bool`, *optional*):
+                Also return the ViT hidden states.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        self._check_pixel_values(pixel_values)
+        text_embeds = self._label_embeddings(input_ids, attention_mask, text_embeds, batch_size=pixel_values.shape[0])
+
+        height, width = pixel_values.shape[-2:]
+        multiple = self.config.input_size_multiple
+        pad_height, pad_width = -height % multiple, -width % multiple
+        if pad_height or pad_width:
+            pixel_values = F.pad(pixel_values, (0, pad_width, 0, pad_height), value=PADDING_VALUE)
+        dpt_config = self.config.dpt_config
+        encoder_outputs = self.dpt(pixel_values, output_hidden_states=True, return_dict=True)
+        hooked = [encoder_outputs.hidden_states[index + 1] for index in dpt_config.backbone_out_indices]
+        fused = self.neck(
+            hooked,
+            patch_height=pixel_values.shape[-2] // dpt_config.patch_size,
+            patch_width=pixel_values.shape[-1] // dpt_config.patch_size,
+        )[-1]
+        pixel_embeds = self.pixel_embeddings(fused)
+        stride = pixel_values.shape[-2] // pixel_embeds.shape[-2]
+        pixel_embeds = pixel_embeds[..., : -(-height // stride), : -(-width // stride)]
+
+        correlation = self.word_pixel_correlation(pixel_embeds, text_embeds.to(pixel_embeds.dtype))
+        return LSegModelOutput(
+            correlation=correlation,
+            pixel_embeds=pixel_embeds,
+            text_embeds=text_embeds,
+            hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
+        )
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        channels = self.config.dpt_config.num_channels
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
+            raise ValueError(
+                f"pixel_values must be (batch_size, {channels}, height, width) images normalised as "
+                f"(x / 255 - 0.5) / 0.5; got shape {tuple(pixel_values.shape)}."
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be floating point, normalised as (x / 255 - 0.5) / 0.5; got {pixel_values.dtype}."
+            )
+
+    def _label_embeddings(
+        self,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        text_embeds: torch.FloatTensor | None,
+        batch_size: int,
+    ) -> torch.Tensor:
+        """The normalised label embeddings from whichever of `input_ids` and `text_embeds` was given."""
+        if (input_ids is None) == (text_embeds is None):
+            raise ValueError(
+                "Give the label vocabulary exactly once: either input_ids (num_labels, sequence_length) from the CLIP "
+                "tokenizer, or text_embeds (num_labels, projection_dim) from get_text_features()."
+            )
+        if text_embeds is None:
+            text_embeds = self.get_text_features(input_ids, attention_mask)
+        else:
+            dim = self.config.clip_config.projection_dim
+            batched = text_embeds.ndim == 3 and text_embeds.shape[0] == batch_size
+            if not (text_embeds.ndim == 2 or batched) or text_embeds.shape[-1] != dim:
+                raise ValueError(
+                    f"text_embeds must be (num_labels, {dim}) or (batch_size={batch_size}, num_labels, {dim}); got "
+                    f"shape {tuple(text_embeds.shape)}. Compute them with get_text_features() of this model."
+                )
+            text_embeds = F.normalize(text_embeds, dim=-1)
+        if text_embeds.shape[-2] == 0:
+            raise ValueError("The label vocabulary is empty: give at least one label.")
+        return text_embeds
+
+
+class LSegForSemanticSegmentation(LSegPreTrainedModel):
+    """LSeg with its spatial regularisation and upsampling: per-label logits at the input resolution for any labels.
+
+    Zero-shot and FSS-style binary segmentation use the same weights with the labels `["others", name]`:
+    `logits.argmax(1)` is then the mask of `name`.
+    """
+
+    def __init__(self, config: LSegConfig) -> None:
+        super().__init__(config)
+        self.lseg = LSegModel(config)
+        self.spatial_regularization = LSegSpatialRegularizationBlock(config) if config.arch_option else None
+        self.post_init()
+
+    @classmethod
+    def from_pretrained_parts(
+        cls,
+        image_encoder: PreTrainedModel | str | os.PathLike,
+        text_encoder: CLIPModel | str | os.PathLike,
+        config: LSegConfig | None = None,
+        **config_kwargs,
+    ) -> LSegForSemanticSegmentation:
+        """A new LSeg, ready to train, whose ViT comes from a DPT or ViT checkpoint and whose text encoder from CLIP.
+
+        `image_encoder` is a `DPTModel`, `ViTModel` (or any model with their `embeddings`/`encoder`/`layernorm`
+        layout), a hub id such as `"Intel/dpt-large"` or `"google/vit-large-patch16-384"`, or a local folder; only
+        its ViT is used (LSeg's neck, with BatchNorm in the fusion units, starts fresh, as in the original
+        training). `text_encoder` is a `CLIPModel`, hub id or folder, e.g. `"openai/clip-vit-base-patch32"`.
+
+        Without `config`, the ViT and CLIP dimensions are read from the checkpoints, the hooks sit at the ends of the
+        four quarters of the ViT (blocks 5/11/17/23 of 24) and the rest is the demo model's; `config_kwargs`
+        override [`LSegConfig`] fields. With `config`, the checkpoints must match it.
+        """
+        if not isinstance(image_encoder, PreTrainedModel):
+            image_encoder = AutoModel.from_pretrained(image_encoder)
+        # A task model (DPT for depth, ViT for classification) holds the ViT as its base model.
+        image_encoder = image_encoder.base_model
+        if not isinstance(text_encoder, CLIPModel):
+            text_encoder = CLIPModel.from_pretrained(text_encoder)
+        if config is None:
+            vit = image_encoder.config
+            depth = vit.num_hidden_layers
+            vit_fields = (
+                "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+                "layer_norm_eps", "image_size", "patch_size", "num_channels", "qkv_bias",
+            )  # fmt: skip
+            dpt_config = {
+                **{field: getattr(vit, field) for field in vit_fields},
+                "backbone_out_indices": [depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1],
+            }
+            config = LSegConfig(dpt_config=dpt_config, clip_config=text_encoder.config.to_dict(), **config_kwargs)
+        model = cls(config)
+        vit_state = {
+            name: tensor
+            for name, tensor in image_encoder.state_dict().items()
+            if name.split(".", 1)[0] in ("embeddings", "encoder", "layernorm")
+        }
+        _load_part(model.lseg.dpt, vit_state, "image_encoder")
+        clip_state = {
+            name: tensor
+            for name, tensor in text_encoder.state_dict().items()
+            if name.split(".", 1)[0] in ("text_model", "text_projection")
+        }
+        _load_part(model.lseg.text_encoder, clip_state, "text_encoder")
+        return model
+
+    def get_text_features(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """L2-normalised label embeddings `(num_labels, projection_dim)`; see [`LSegModel.get_text_features`]."""
+        return self.lseg.get_text_features(input_ids, attention_mask)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        text_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> LSegSemanticSegmenterOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                RGB images normalised as `(x / 255 - 0.5) / 0.5`, any size (see [`LSegModel.forward`]).
+            input_ids (`torch.LongTensor` of shape `(num_labels, sequence_length)`, *optional*):
+                The tokenised labels (raw names, no template), one vocabulary shared by the whole batch.
+            attention_mask (`torch.Tensor` of shape `(num_labels, sequence_length)`, *optional*):
+                Mask of `input_ids`.
+            text_embeds (`torch.FloatTensor` of shape `(num_labels, projection_dim)` or `(batch_size, num_labels,
+            projection_dim)`, *optional*):
+                Precomputed label embeddings instead of `input_ids`, so a vocabulary is encoded once.
+            labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+                Indices into the vocabulary, or `config.ignore_index`; gives the cross-entropy loss. Labels of
+                another size are compared with bilinearly resized logits.
+            output_hidden_states (`bool`, *optional*):
+                Also return the pixel embeddings and the ViT hidden states.
+
+        Example:
+
+        ```python
+        >>> from transformers import AutoModelForSemanticSegmentation, CLIPTokenizer
+        >>> model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True)
+        >>> tokenizer = CLIPTokenizer.from_pretrained("openai/clip-vit-base-patch32")
+        >>> text = tokenizer(["dog", "grass", "other"], padding=True, return_tensors="pt")
+        >>> pixel_values = (image / 255 - 0.5) / 0.5  # (1, 3, height, width)
+        >>> logits = model(pixel_values, **text).logits  # (1, 3, height, width)
+        ```
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        outputs = self.lseg(
+            pixel_values,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            text_embeds=text_embeds,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = outputs.correlation
+        if self.spatial_regularization is not None:
+            logits = self.spatial_regularization(logits)
+        # For an even side this is the original's exact x2 upsampling (align_corners ignores the scale factor).
+        logits = F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=True)
+
+        loss = None
+        if labels is not None:
+            self._check_labels(labels, logits)
+            loss = self.loss_function(logits, labels, ignore_index=self.config.ignore_index)
+        return LSegSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            pixel_embeds=outputs.pixel_embeds if output_hidden_states else None,
+            hidden_states=outputs.hidden_states,
+        )
+
+    def _check_labels(self, labels: torch.Tensor, logits: torch.Tensor) -> None:
+        batch, num_labels = logits.shape[:2]
+        if labels.ndim != 3 or labels.shape[0] != batch or labels.is_floating_point():
+            raise ValueError(
+                f"labels must be integer (batch_size={batch}, height, width) label indices; got a "
+                f"{labels.dtype} tensor of shape {tuple(labels.shape)}."
+            )
+        labelled = labels[labels != self.config.ignore_index]
+        outside = labelled[(labelled < 0) | (labelled >= num_labels)]
+        if outside.numel():
+            raise ValueError(
+                f"labels hold values {sorted(set(outside.unique().tolist()))[:10]} that are neither indices into the "
+                f"{num_labels} labels of the vocabulary nor the ignore index {self.config.ignore_index}."
+            )
+
+
+def _load_part(module: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
+    """Load a sub-model strictly, with an error that names the keys and shapes that do not fit."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        f"{key}: {tuple(state_dict[key].shape)} vs {tuple(tensor.shape)}"
+        for key, tensor in expected.items()
+        if key in state_dict and state_dict[key].shape != tensor.shape
+    ]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"The {name} checkpoint does not fit the LSeg config: missing {missing[:8]}, unexpected "
+            f"{unexpected[:8]}, shape mismatches (checkpoint vs model) {mismatched[:8]}."
+        )
+    module.load_state_dict(state_dict)
+
+
+__all__ = ["LSegModel", "LSegForSemanticSegmentation", "LSegPreTrainedModel"]
