@@ -1,0 +1,321 @@
+"""Command line: segment image files or folders with your own labels.
+
+    ovseg-segment photos/ --labels "cat, sofa, floor" --model path/to/model --out results/
+
+For every image it writes, under ``--out``:
+  <name>_labels.png   the label map: pixel value = class index (a palette PNG shown in the overlay's colours;
+                      16-bit grayscale above 256 classes)
+  <name>_overlay.png  the photo at full resolution, tinted per class, with a legend of the classes present
+  <name>.json         the labels, and per class present its pixel fraction and mean probability
+
+Labels: on the command line, commas separate labels (``--labels "cat, sofa, floor"`` is three classes). To give a
+class synonyms, use a labels file: one class per line, and inside a line ``", "`` separates synonyms (``sofa,
+couch``), as in the Python API. A ``.json`` file holding a list of names (the official class lists) works too.
+
+``--model`` is a saved folder, a Hub id, or an official checkpoint file (CAT-Seg ``model_base.pth`` /
+``model_large.pth``), converted on first use and cached.
+
+Inputs are all checked (readable images, labels, output names) before anything is computed, and every output file is
+written atomically, so an error never leaves partial outputs behind.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers.utils import logging as transformers_logging
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+CHECKPOINT_SUFFIXES = {".pth", ".pt", ".ckpt", ".bin"}
+
+
+class UsageError(Exception):
+    """A problem with the command's inputs; reported as ``error: ...`` with exit status 2."""
+
+
+def parse_labels(labels: str | None, labels_file: str | None) -> list[str]:
+    """The vocabulary from ``--labels`` (comma-separated) or ``--labels-file`` (one class per line, or JSON)."""
+    if (labels is None) == (labels_file is None):
+        raise UsageError("give the classes with exactly one of --labels 'cat, sofa, floor' or --labels-file FILE")
+    if labels is not None:
+        names = [name.strip() for name in labels.split(",")]
+        if all(not name for name in names):
+            raise UsageError("--labels is empty: give at least one class name, e.g. --labels 'cat, sofa, floor'")
+        if any(not name for name in names):
+            raise UsageError(f"--labels {labels!r} has an empty label between commas")
+        return names
+    path = Path(labels_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read the labels file {path}: {error}") from None
+    if path.suffix == ".json":
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"labels file {path} is not valid JSON: {error}") from None
+        if not isinstance(names, list):
+            raise UsageError(f"labels file {path} must hold a JSON list of class names")
+        return names
+    names = [line.strip() for line in text.splitlines()]
+    names = [name for name in names if name and not name.startswith("#")]
+    if not names:
+        raise UsageError(f"labels file {path} has no class names (one per line; '#' starts a comment)")
+    return names
+
+
+def collect_images(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """``(image path, output stem relative to --out)`` for every input file and every image in input folders.
+
+    Folders are searched recursively and their sub-folder layout is kept under ``--out``.
+    """
+    found = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise UsageError(f"folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            found += [(p, p.relative_to(path).with_suffix("")) for p in images]
+        elif path.is_file():
+            found.append((path, Path(path.stem)))
+        else:
+            raise UsageError(f"input {name!r} does not exist")
+    stems: dict[Path, Path] = {}
+    for path, stem in found:
+        if stem in stems and stems[stem].resolve() != path.resolve():
+            raise UsageError(
+                f"{stems[stem]} and {path} would both write {stem}_labels.png: rename one or segment them separately"
+            )
+        stems[stem] = path
+    unique = {}
+    for path, stem in found:
+        unique.setdefault(stem, path)
+    return [(path, stem) for stem, path in unique.items()]
+
+
+def check_images(images: list[tuple[Path, Path]]) -> None:
+    """Decode every image once up front, so a bad file stops the run before any output is written."""
+    from .image_utils_ovseg import open_image
+
+    for path, _ in images:
+        open_image(path)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:1, mps, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} was requested but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name} was requested but MPS is not available here; use --device cpu")
+    return device
+
+
+def default_cache_dir() -> Path:
+    if "OVSEG_CACHE" in os.environ:
+        return Path(os.environ["OVSEG_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ovseg-hf"
+
+
+def convert_official_checkpoint(checkpoint: Path, cache_dir: Path) -> Path:
+    """The converted folder (model, processor, pipeline) of an official checkpoint, converting it on first use.
+
+    The cache key is the file's absolute path, size and modification time, and the converter's transformers version.
+    """
+    import transformers
+
+    stat = checkpoint.stat()
+    key = f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}"
+    target = cache_dir / "converted" / hashlib.sha256(key.encode()).hexdigest()[:20]
+    if (target / "config.json").is_file():
+        return target
+    container = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    keys = list(container.get("model", container.get("state_dict", container))) if isinstance(container, dict) else []
+    del container
+    if any(key.startswith("sem_seg_head.predictor.") for key in keys):
+        from modeling_catseg.convert_catseg import infer_catseg_config, load_official_state_dict, load_official_weights
+        from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation
+
+        state_dict = load_official_state_dict(checkpoint)
+        model = CatSegForSemanticSegmentation(infer_catseg_config(state_dict))
+        load_official_weights(model, state_dict)
+    else:
+        raise UsageError(
+            f"{checkpoint} is not an official CAT-Seg checkpoint (model_base.pth / model_large.pth): convert other "
+            "checkpoints with their converter and pass the folder to --model"
+        )
+    from .hub import save_for_hub
+    from .presets import processor_for_config
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        save_for_hub(model.eval(), processor_for_config(model.config), staging)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_model(name: str, cache_dir: Path, device: torch.device):
+    """The model and its processor from a folder, a Hub id or an official checkpoint file."""
+    from transformers import AutoModelForSemanticSegmentation, AutoProcessor
+
+    from .presets import processor_for_config
+
+    path = Path(name)
+    if path.is_file():
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise UsageError(f"--model {name} is a file but not a checkpoint ({', '.join(sorted(CHECKPOINT_SUFFIXES))})")
+        path = convert_official_checkpoint(path, cache_dir)
+    elif path.is_dir() and not (path / "config.json").is_file():
+        raise UsageError(f"--model {name} is a folder without config.json: pass a save_pretrained folder")
+    source = str(path) if path.exists() else name
+    try:
+        model = AutoModelForSemanticSegmentation.from_pretrained(source, trust_remote_code=True)
+    except OSError as error:
+        raise UsageError(f"cannot load --model {name}: {error}") from None
+    try:
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
+    except (OSError, ValueError, KeyError):  # a folder saved without its processor: the model's official settings
+        processor = processor_for_config(model.config)
+    return model.to(device).eval(), processor
+
+
+def write_outputs(out_dir: Path, stem: Path, image_path: Path, image: np.ndarray, result, extra: dict) -> None:
+    """Write the label-map PNG, the overlay PNG and the JSON summary of one image, all or nothing.
+
+    Everything is rendered in memory and written to temporary files beside the destinations, which are renamed into
+    place only when all three are complete.
+    """
+    from .visualization import label_map_image, overlay_image
+
+    label_map = result.label_map.numpy()
+    base = out_dir / stem
+    paths = {kind: base.with_name(base.name + suffix) for kind, suffix in
+             (("label_map", "_labels.png"), ("overlay", "_overlay.png"), ("summary", ".json"))}
+    summary = {
+        "image": str(image_path),
+        "height": int(label_map.shape[0]),
+        "width": int(label_map.shape[1]),
+        "labels": result.labels,
+        "classes": result.summary(),
+        "label_map": paths["label_map"].name,
+        "overlay": paths["overlay"].name,
+        **extra,
+    }
+    label_png = label_map_image(label_map, len(result.labels))
+    overlay = overlay_image(image, label_map, result.labels, result.pixel_fractions.numpy())
+    writers = {
+        "label_map": lambda file: label_png.save(file, format="PNG"),
+        "overlay": lambda file: overlay.save(file, format="PNG"),
+        "summary": lambda file: Path(file).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8"),
+    }
+    base.parent.mkdir(parents=True, exist_ok=True)
+    temporaries = {}
+    try:
+        for kind, write in writers.items():
+            handle, temporaries[kind] = tempfile.mkstemp(prefix=f".{paths[kind].name}.", dir=base.parent)
+            os.close(handle)
+            write(temporaries[kind])
+            os.chmod(temporaries[kind], 0o644)
+        for kind, temporary in temporaries.items():
+            os.replace(temporary, paths[kind])
+    finally:
+        for temporary in temporaries.values():
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ovseg-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--labels", help="comma-separated class names, e.g. 'cat, sofa, floor'")
+    parser.add_argument("--labels-file", help="one class per line (', ' separates synonyms), or a JSON list")
+    parser.add_argument("--model", required=True, help="saved folder, Hub id, or official checkpoint file")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps, ...")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    coverage = parser.add_mutually_exclusive_group()
+    coverage.add_argument("--sliding", action="store_true", help="CAT-Seg's official sliding-window evaluation")
+    coverage.add_argument("--tiled", action="store_true", help="native-resolution tiles, for very large images")
+    parser.add_argument("--templates", help="prompt template with '{}', or 'imagenet' (80 templates)")
+    parser.add_argument("--synonyms", choices=["first", "average"], help="how 'a, b' labels are encoded")
+    parser.add_argument("--cache-dir", help="where converted checkpoints are kept (default: ~/.cache/ovseg-hf)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from .image_utils_ovseg import open_image, to_rgb_array
+    from .inference_ovseg import TextFeatureCache, segment
+    from .text_prompts_ovseg import resolve_templates, validate_vocabulary
+
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    labels = validate_vocabulary(parse_labels(args.labels, args.labels_file))
+    templates = resolve_templates(args.templates) if args.templates is not None else None
+    images = collect_images(args.inputs)
+    check_images(images)
+    device = resolve_device(args.device)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    model, processor = load_model(args.model, cache_dir, device)
+    mode = "sliding" if args.sliding else "tiled" if args.tiled else "whole"
+    out_dir = Path(args.out)
+    cache = TextFeatureCache()
+    extra = {"model": args.model, "mode": mode}
+    with tqdm(total=len(images), unit="image", disable=args.quiet) as progress:
+        for first in range(0, len(images), args.batch_size):
+            batch = images[first : first + args.batch_size]
+            arrays = [to_rgb_array(open_image(path)) for path, _ in batch]
+            results = segment(
+                model, processor, arrays, labels, mode=mode, batch_size=args.batch_size,
+                prompt_templates=templates, synonyms=args.synonyms, cache=cache,
+            )
+            for (path, stem), array, result in zip(batch, arrays, results):
+                write_outputs(out_dir, stem, path, array, result, extra)
+                progress.update()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # One progress bar (ours, per image); transformers' weight-loading bars would interleave with it.
+    transformers_logging.disable_progress_bar()
+    from .image_utils_ovseg import InvalidImageError
+    from .text_prompts_ovseg import VocabularyError
+
+    try:
+        return run(args)
+    except (UsageError, VocabularyError, InvalidImageError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except ValueError as error:  # e.g. --sliding with a model that has no sliding window
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

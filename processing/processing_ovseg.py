@@ -1,0 +1,163 @@
+"""Processor shared by CAT-Seg and LSeg: images, a vocabulary of class names and training label maps in, model
+inputs out.
+
+```python
+inputs = processor(images=image, text=["cat", "sofa", "floor"], return_tensors="pt")
+logits = model(**inputs).logits                                        # (1, 3, h, w)
+label_map = processor.post_process_semantic_segmentation(logits, target_sizes=[(height, width)])[0]
+```
+
+With several prompts per class (``prompt_templates="imagenet"``, a list of templates, or ``synonyms="average"``) the
+text side is one row per prompt plus ``prompt_class_ids``; turn it into one embedding per class with
+``processor.encode_text(model, inputs)`` and call ``model(pixel_values=..., text_embeds=...)``.
+
+Hub-facing: imports between our modules are relative (``from .x import y``) so the file survives the remote-code copy.
+"""
+
+import torch
+from transformers import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+from .text_prompts_ovseg import (
+    CATSEG_TEMPLATE,
+    SYNONYM_MODES,
+    VocabularyError,
+    average_prompt_embeds,
+    build_prompts,
+    first_synonym_collisions,
+    resolve_templates,
+    validate_vocabulary,
+)
+
+logger = logging.get_logger(__name__)
+
+
+class OVSegProcessor(ProcessorMixin):
+    r"""
+    Wraps an [`OVSegImageProcessor`] and a CLIP tokenizer into one processor.
+
+    Args:
+        image_processor ([`OVSegImageProcessor`]): the model's image settings.
+        tokenizer ([`CLIPTokenizer`]): the OpenAI CLIP tokenizer.
+        prompt_templates (`str` or `list[str]`, defaults to `"A photo of a {} in the scene"`):
+            Default template(s) with one `{}` for the class name: CAT-Seg's official single template; `"{}"` (raw
+            names) for LSeg; `"imagenet"` for OpenAI CLIP's 80 templates. Several templates are averaged as
+            normalised embeddings.
+        synonyms (`str`, defaults to `"first"`):
+            A label `"a, b"` lists synonyms of one class. `"first"` encodes only `a` (the official convention);
+            `"average"` encodes every synonym and averages them.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, prompt_templates=CATSEG_TEMPLATE, synonyms="first", **kwargs):
+        self.prompt_templates = resolve_templates(prompt_templates)
+        if synonyms not in SYNONYM_MODES:
+            raise VocabularyError(f"synonyms must be one of {SYNONYM_MODES}, got {synonyms!r}")
+        self.synonyms = synonyms
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["pixel_values", "input_ids", "attention_mask"]
+
+    def __call__(
+        self,
+        images=None,
+        text: list[str] | None = None,
+        segmentation_maps=None,
+        prompt_templates: str | list[str] | None = None,
+        synonyms: str | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        r"""
+        Args:
+            images: image(s) to segment: PIL images, arrays, tensors or file paths.
+            text (`list[str]`): the vocabulary, one class name per entry, shared by every image of the call.
+            segmentation_maps: training label maps, one per image, each the size of its image; values must be
+                class indices into `text` (or `ignore_index`).
+            prompt_templates, synonyms: override the processor's defaults for this call.
+            kwargs: image-processor options (`do_reduce_labels`, `ignore_index`, `size`, ...).
+
+        Returns:
+            [`BatchFeature`] with `pixel_values` `(B, 3, H, W)`; `input_ids` and `attention_mask` `(N, L)`, one row
+            per prompt (N = T classes with a single template and first synonyms); `prompt_class_ids` `(N,)` only
+            when N != T; `labels` `(B, H, W)` with `segmentation_maps`.
+        """
+        if images is None and text is None:
+            raise ValueError("pass images=, text= (the vocabulary), or both")
+        if segmentation_maps is not None and images is None:
+            raise ValueError("segmentation_maps= needs the images they label (images=)")
+        data = {}
+        labels = None
+        if text is not None:
+            labels = validate_vocabulary(text)
+            data.update(self._tokenize_vocabulary(labels, prompt_templates, synonyms, return_tensors))
+        if images is not None:
+            if segmentation_maps is not None:
+                kwargs.setdefault("num_labels", None if labels is None else len(labels))
+            data.update(self.image_processor(images, segmentation_maps=segmentation_maps, return_tensors=return_tensors, **kwargs))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def build_prompts(
+        self, text: list[str], prompt_templates: str | list[str] | None = None, synonyms: str | None = None
+    ) -> tuple[list[str], list[int]]:
+        """The prompts the text encoder sees for a vocabulary, and the class index of each."""
+        labels = validate_vocabulary(text)
+        templates = self.prompt_templates if prompt_templates is None else resolve_templates(prompt_templates)
+        synonyms = self.synonyms if synonyms is None else synonyms
+        if synonyms == "first":
+            for name, group in first_synonym_collisions(labels).items():
+                logger.warning(
+                    f"labels {group} all use the first synonym {name!r}, so they get identical scores (as in the "
+                    "official code); pass synonyms='average' to tell them apart"
+                )
+        return build_prompts(labels, templates, synonyms)
+
+    def _tokenize_vocabulary(self, labels, prompt_templates, synonyms, return_tensors) -> dict:
+        prompts, class_ids = self.build_prompts(labels, prompt_templates, synonyms)
+        tokens = self.tokenizer(prompts, padding=True, truncation=False, return_tensors=None)
+        limit = self.tokenizer.model_max_length
+        for prompt, class_id, ids in zip(prompts, class_ids, tokens["input_ids"]):
+            if len(ids) > limit:
+                raise VocabularyError(
+                    f"the prompt {prompt!r} for label {labels[class_id]!r} is {len(ids)} tokens long, more than CLIP's "
+                    f"{limit}-token context: shorten the class name or the template"
+                )
+        data = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+        if len(prompts) != len(labels):
+            data["prompt_class_ids"] = class_ids
+        return data
+
+    @torch.no_grad()
+    def encode_text(self, model, text_inputs: dict, batch_size: int = 256) -> torch.Tensor:
+        """One L2-normalised embedding per class from this processor's text output, ready for ``text_embeds=``.
+
+        Args:
+            model: a CAT-Seg or LSeg model (anything with ``get_text_features(input_ids, attention_mask)``).
+            text_inputs: the output of ``processor(text=...)`` (``input_ids``, ``attention_mask`` and, with several
+                prompts per class, ``prompt_class_ids``).
+            batch_size: prompts encoded per forward pass (80 templates x 847 classes is 67,760 prompts).
+
+        Returns:
+            ``(T, C)`` class embeddings: each prompt normalised, averaged over its class, re-normalised.
+        """
+        device = next(model.parameters()).device
+        input_ids = torch.as_tensor(text_inputs["input_ids"])
+        attention_mask = torch.as_tensor(text_inputs["attention_mask"])
+        features = []
+        for start in range(0, len(input_ids), batch_size):
+            output = model.get_text_features(
+                input_ids=input_ids[start : start + batch_size].to(device),
+                attention_mask=attention_mask[start : start + batch_size].to(device),
+            )
+            features.append(output if isinstance(output, torch.Tensor) else output.pooler_output)
+        features = torch.cat(features)
+        if "prompt_class_ids" not in text_inputs:
+            return torch.nn.functional.normalize(features, dim=-1)
+        class_ids = torch.as_tensor(text_inputs["prompt_class_ids"], device=device)
+        return average_prompt_embeds(features, class_ids, int(class_ids.max()) + 1)
+
+    def post_process_semantic_segmentation(self, *args, **kwargs):
+        """Label maps at the requested sizes; see ``OVSegImageProcessor.post_process_semantic_segmentation``."""
+        return self.image_processor.post_process_semantic_segmentation(*args, **kwargs)
