@@ -168,14 +168,16 @@ def load_original_state_dict(path: Path, trust_checkpoint: bool = False) -> dict
 
 def infer_config(
     state_dict: dict[str, torch.Tensor],
+    vit_heads: int | None = None,
+    text_heads: int | None = None,
     arch_option: int | None = None,
     block_depth: int | None = None,
     activation: str | None = None,
 ) -> LSegConfig:
     """The [`LSegConfig`] of an original state dict, read from its shapes.
 
-    Attention heads are not stored, so they follow the released models' convention of 64 channels per head (timm
-    ViT-L/16 and OpenAI CLIP); the hooks sit at the ends of the four quarters of the ViT. The spatial
+    Attention heads are not stored: unless given, they follow the released models' 64 channels per head (timm
+    ViT-L/16 and OpenAI CLIP). The hooks sit at the ends of the four quarters of the ViT. The spatial
     regularisation block's variant, depth and activation are not stored either: a checkpoint that has one needs
     `arch_option`, `block_depth` and `activation`. Pass a config to `convert_lseg_checkpoint` for anything else.
     """
@@ -206,7 +208,7 @@ def infer_config(
     dpt_config = {
         "hidden_size": vit_width,
         "num_hidden_layers": vit_depth,
-        "num_attention_heads": max(vit_width // 64, 1),
+        "num_attention_heads": vit_heads or max(vit_width // 64, 1),
         "intermediate_size": state_dict["pretrained.model.blocks.0.mlp.fc1.weight"].shape[0],
         "image_size": grid * patch_size,
         "patch_size": patch_size,
@@ -222,7 +224,7 @@ def infer_config(
         "hidden_size": text_width,
         "intermediate_size": state_dict["clip_pretrained.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         "num_hidden_layers": count(r"clip_pretrained\.transformer\.resblocks\.(\d+)\..+"),
-        "num_attention_heads": max(text_width // 64, 1),
+        "num_attention_heads": text_heads or max(text_width // 64, 1),
         "max_position_embeddings": state_dict["clip_pretrained.positional_embedding"].shape[0],
     }
     clip_config = {"text_config": text_config, "projection_dim": state_dict["clip_pretrained.text_projection"].shape[1]}
@@ -315,16 +317,14 @@ def convert_lseg_checkpoint(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
     config: LSegConfig | None = None,
-    arch_option: int | None = None,
-    block_depth: int | None = None,
-    activation: str | None = None,
     overwrite: bool = False,
     trust_checkpoint: bool = False,
+    **infer_kwargs,
 ) -> LSegForSemanticSegmentation:
     """Convert `checkpoint` (path, URL or released name) and save it, with its code, to `output_dir`.
 
-    The config is inferred from the checkpoint (see [`infer_config`]) unless given. The folder appears complete or
-    not at all: it is written beside its final place and renamed.
+    The config is inferred from the checkpoint (see [`infer_config`], which takes `infer_kwargs`) unless given. The
+    folder appears complete or not at all: it is written beside its final place and renamed.
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
@@ -333,7 +333,7 @@ def convert_lseg_checkpoint(
     with tempfile.TemporaryDirectory(prefix="lseg-download-") as download_dir:
         state_dict = load_original_state_dict(resolve_checkpoint(checkpoint, Path(download_dir)), trust_checkpoint)
     if config is None:
-        config = infer_config(state_dict, arch_option=arch_option, block_depth=block_depth, activation=activation)
+        config = infer_config(state_dict, **infer_kwargs)
     converted = convert_state_dict(state_dict)
     with init.no_init_weights():
         model = LSegForSemanticSegmentation(config)
@@ -364,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output", required=True, type=Path, help="folder to write (must not exist)")
     parser.add_argument("--config", help="an LSeg config.json (or its folder) instead of inferring it")
+    parser.add_argument("--vit-heads", type=int, help="ViT attention heads (default: width / 64, as released)")
+    parser.add_argument("--text-heads", type=int, help="CLIP text attention heads (default: width / 64)")
     parser.add_argument("--arch-option", type=int, choices=(1, 2), help="variant of the checkpoint's head_block")
     parser.add_argument("--block-depth", type=int, help="how often the head_block was applied in training")
     parser.add_argument("--activation", choices=("relu", "lrelu", "tanh"), help="activation between head_blocks")
@@ -374,20 +376,25 @@ def main(argv: list[str] | None = None) -> None:
         help="unpickle the checkpoint fully (runs code from the file: only for trusted files that need it)",
     )
     args = parser.parse_args(argv)
-    head_flags = (args.arch_option, args.block_depth, args.activation)
-    if args.config and any(flag is not None for flag in head_flags):
-        parser.error("--config already sets the head; drop --arch-option/--block-depth/--activation")
+    infer_kwargs = {
+        name: getattr(args, name)
+        for name in ("vit_heads", "text_heads", "arch_option", "block_depth", "activation")
+        if getattr(args, name) is not None
+    }
+    if args.config and infer_kwargs:
+        parser.error("--config sets the whole architecture; drop the heads and head_block options")
     try:
         config = LSegConfig.from_pretrained(args.config) if args.config else None
+    except (OSError, ValueError) as error:
+        parser.error(f"--config {args.config}: {error}")
+    try:
         convert_lseg_checkpoint(
             args.checkpoint,
             args.output,
             config=config,
-            arch_option=args.arch_option,
-            block_depth=args.block_depth,
-            activation=args.activation,
             overwrite=args.overwrite,
             trust_checkpoint=args.trust_checkpoint,
+            **infer_kwargs,
         )
     except LSegConversionError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -9,6 +9,7 @@ with the L2-normalised CLIP text embeddings of the labels, divided by a fixed te
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -352,11 +353,11 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
             }
             config = LSegConfig(dpt_config=dpt_config, clip_config=text_encoder.config.to_dict(), **config_kwargs)
         model = cls(config)
-        vit_state = {
-            name: tensor
-            for name, tensor in image_encoder.state_dict().items()
-            if name.split(".", 1)[0] in ("embeddings", "encoder", "layernorm")
-        }
+        vit_state = {}
+        for name, tensor in image_encoder.state_dict().items():
+            name = next((pattern.sub(new, name) for pattern, new in _VIT_TO_DPT_KEYS if pattern.match(name)), name)
+            if name.split(".", 1)[0] in ("embeddings", "encoder", "layernorm"):
+                vit_state[name] = tensor
         _load_part(model.lseg.dpt, vit_state, "image_encoder")
         clip_state = {
             name: tensor
@@ -452,6 +453,21 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
                 f"labels hold values {sorted(set(outside.unique().tolist()))[:10]} that are neither indices into the "
                 f"{num_labels} labels of the vocabulary nor the ignore index {self.config.ignore_index}."
             )
+
+
+# transformers' `ViTModel` names its blocks differently from DPT's copy of the ViT (which `DPTModel` keeps).
+_VIT_TO_DPT_KEYS = [
+    (re.compile(rf"layers\.(\d+)\.{vit}\."), rf"encoder.layer.\1.{dpt}.")
+    for vit, dpt in [
+        ("attention.q_proj", "attention.attention.query"),
+        ("attention.k_proj", "attention.attention.key"),
+        ("attention.v_proj", "attention.attention.value"),
+        ("attention.o_proj", "attention.output.dense"),
+        ("mlp.fc1", "intermediate.dense"),
+        ("mlp.fc2", "output.dense"),
+        ("(layernorm_before|layernorm_after)", r"\2"),
+    ]
+]
 
 
 def _load_part(module: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
