@@ -126,7 +126,7 @@ def to_rgb_array(image: ImageLike, what: str = "image") -> np.ndarray:
     1/257, floats must lie in [0, 1] or [0, 255], and a fourth channel is alpha (composited onto white).
     """
     if isinstance(image, (str, os.PathLike)):
-        image = open_image(image, what)
+        image = open_image(image)  # the path names the input better than its index
     if isinstance(image, PIL.Image.Image):
         return _pil_to_rgb(image, what)
     try:
@@ -151,7 +151,7 @@ def to_label_array(label_map: ImageLike, what: str = "segmentation map") -> np.n
     its three channels are equal (some datasets store grayscale masks as RGB); a truly coloured mask is an error.
     """
     if isinstance(label_map, (str, os.PathLike)):
-        label_map = open_image(label_map, what)
+        label_map = open_image(label_map, "segmentation map")
     if isinstance(label_map, PIL.Image.Image):
         label_map = upright(label_map)
         if label_map.mode in ("PA", "LA"):

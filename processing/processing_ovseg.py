@@ -118,11 +118,12 @@ class OVSegProcessor(ProcessorMixin):
         prompts, class_ids = self.build_prompts(labels, prompt_templates, synonyms)
         tokens = self.tokenizer(prompts, padding=True, truncation=False, return_tensors=None)
         limit = self.tokenizer.model_max_length
-        for prompt, class_id, ids in zip(prompts, class_ids, tokens["input_ids"]):
-            if len(ids) > limit:
+        for prompt, class_id, mask in zip(prompts, class_ids, tokens["attention_mask"]):
+            if sum(mask) > limit:
+                shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
                 raise VocabularyError(
-                    f"the prompt {prompt!r} for label {labels[class_id]!r} is {len(ids)} tokens long, more than CLIP's "
-                    f"{limit}-token context: shorten the class name or the template"
+                    f"label {class_id} gives the prompt {shown!r} of {sum(mask)} tokens, more than CLIP's {limit}-token "
+                    "context: shorten the class name or the template"
                 )
         data = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
         if len(prompts) != len(labels):
