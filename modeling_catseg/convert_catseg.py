@@ -297,7 +297,7 @@ def load_official_weights(model: CatSegForSemanticSegmentation, state_dict: dict
     for key, tensor in state_dict.items():
         if key.endswith("attn_mask"):
             layer = int(re.search(r"layers\.(\d+)\.", key)[1])
-            ours = model.catseg.layers[layer].spatial_aggregation.blocks[1].attention_mask
+            ours = model.catseg.layers[layer].spatial_aggregation.blocks[1].shift_mask()
             if ours is None or ours.shape != tensor.shape or not torch.equal(ours, tensor.to(ours.dtype)):
                 problems.append(f"{key} does not match the shift mask of the config (window_size / image_size)")
     if problems:

@@ -132,20 +132,21 @@ class CatSegWindowAttention(nn.Module):
             `(batch, classes, windows, window_area, dim)`.
         """
         batch, classes, windows, area, dim = hidden_states.shape
-        head_dim = dim // self.num_heads
-
-        def split_heads(x: torch.Tensor) -> torch.Tensor:
-            # Windows and heads share one axis so a single (windows * heads) mask broadcasts over batch and classes.
-            x = x.expand(batch, classes, windows, area, dim).reshape(batch * classes, windows, area, self.num_heads, -1)
-            return x.transpose(2, 3).reshape(batch * classes, windows * self.num_heads, area, head_dim)
-
-        query = split_heads(guided_linear(self.q_proj, hidden_states, guidance))
-        key = split_heads(guided_linear(self.k_proj, hidden_states, guidance))
-        value = split_heads(self.v_proj(hidden_states))
+        heads = self.num_heads
+        # One matmul projects the class features for q, k and v; the guidance half of q and k is computed once per
+        # image instead of once per class.
+        weight = torch.cat([self.q_proj.weight[:, :dim], self.k_proj.weight[:, :dim], self.v_proj.weight])
+        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        qkv = F.linear(hidden_states, weight, bias).view(batch, classes, windows, area, 3, dim)
+        guided = F.linear(guidance, torch.cat([self.q_proj.weight[:, dim:], self.k_proj.weight[:, dim:]]))
+        qkv[..., :2, :] += guided.view(batch, 1, windows, area, 2, dim)
+        # Windows and heads share one axis, so a single (windows * heads) mask broadcasts over batch and classes.
+        qkv = qkv.view(batch * classes, windows, area, 3, heads, dim // heads).permute(3, 0, 1, 4, 2, 5)
+        query, key, value = qkv.reshape(3, batch * classes, windows * heads, area, dim // heads).unbind(0)
         if attention_mask is not None:
-            attention_mask = attention_mask.repeat_interleave(self.num_heads, dim=0).unsqueeze(0)
+            attention_mask = attention_mask.repeat_interleave(heads, dim=0).unsqueeze(0)
         context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-        context = context.view(batch, classes, windows, self.num_heads, area, head_dim).transpose(3, 4)
+        context = context.view(batch, classes, windows, heads, area, dim // heads).transpose(3, 4)
         return self.out_proj(context.reshape(batch, classes, windows, area, dim))
 
 
@@ -163,57 +164,48 @@ class CatSegSwinBlock(nn.Module):
                 f"The CLIP grid {resolution}x{resolution} (image_size / patch_size) must be a multiple of "
                 f"window_size={config.window_size}."
             )
+        self.resolution = resolution
         self.norm1 = nn.LayerNorm(dim)
         self.attention = CatSegWindowAttention(dim, config.appearance_guidance_dim, config.num_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, nn.GELU())
-        self.resolution = resolution
-        self.register_buffer("attention_mask", self.shift_mask() if self.shift_size else None, persistent=False)
 
-    def shift_mask(self) -> torch.Tensor:
-        """`(windows, area, area)` mask: -100 between tokens that the cyclic shift brought from different regions."""
-        region = torch.zeros(self.resolution, self.resolution)
-        bounds = (slice(0, -self.window_size), slice(-self.window_size, -self.shift_size), slice(-self.shift_size, None))
-        label = 0
-        for rows in bounds:
-            for cols in bounds:
-                region[rows, cols] = label
-                label += 1
-        region = self._partition(region[None, None, :, :, None]).flatten(0, 2).squeeze(-1)
-        mask = region[:, None, :] - region[:, :, None]
-        return mask.ne(0).float() * -100.0
+    def window_order(self, device: torch.device | None = None) -> torch.Tensor:
+        """Flat grid index of each token in window order, after the cyclic shift (roll by `-shift_size`).
 
-    def _partition(self, x: torch.Tensor) -> torch.Tensor:
-        """`(b, t, h, w, c)` -> `(b, t, windows, window_area, c)`, windows in row-major order."""
-        b, t, h, w, c = x.shape
-        ws = self.window_size
-        x = x.view(b, t, h // ws, ws, w // ws, ws, c).transpose(3, 4)
-        return x.reshape(b, t, (h // ws) * (w // ws), ws * ws, c)
+        Gathering with it does the shift and the window partition in one copy. Windows are row-major, and so are
+        the tokens inside a window.
+        """
+        n, ws, shift = self.resolution, self.window_size, self.shift_size
+        grid = torch.arange(n * n, device=device).view(n, n).roll((-shift, -shift), dims=(0, 1))
+        return grid.view(n // ws, ws, n // ws, ws).transpose(1, 2).reshape(-1)
 
-    def _reverse(self, windows: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        b, t, _, _, c = windows.shape
-        ws = self.window_size
-        x = windows.view(b, t, h // ws, w // ws, ws, ws, c).transpose(3, 4)
-        return x.reshape(b, t, h, w, c)
+    def shift_mask(self, device: torch.device | None = None) -> torch.Tensor | None:
+        """`(windows, area, area)` additive mask, -100 between tokens that the shift brought from different regions."""
+        if not self.shift_size:
+            return None
+        n, ws, shift = self.resolution, self.window_size, self.shift_size
+        region = torch.zeros(n, n, device=device)
+        bounds = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+        for label, (rows, cols) in enumerate((rows, cols) for rows in bounds for cols in bounds):
+            region[rows, cols] = label
+        # The regions are laid out on the shifted grid, which the unshifted window order partitions.
+        region = region.view(n // ws, ws, n // ws, ws).transpose(1, 2).reshape(-1, ws * ws)
+        return (region[:, None, :] != region[:, :, None]).float() * -100.0
 
     def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            hidden_states: `(batch, classes, grid, grid, hidden_dim)`.
-            guidance: `(batch, 1, grid, grid, guidance_dim)`, already layer-normalised.
+            hidden_states: `(batch, classes, grid * grid, hidden_dim)`, contiguous.
+            guidance: `(batch, 1, grid * grid, guidance_dim)`, already layer-normalised.
         """
-        h, w = hidden_states.shape[2:4]
-        shortcut = hidden_states
-        hidden_states = self.norm1(hidden_states)
-        if self.shift_size:
-            shifts = (-self.shift_size, -self.shift_size)
-            hidden_states = torch.roll(hidden_states, shifts, dims=(2, 3))
-            guidance = torch.roll(guidance, shifts, dims=(2, 3))
-        attended = self.attention(self._partition(hidden_states), self._partition(guidance), self.attention_mask)
-        attended = self._reverse(attended, h, w)
-        if self.shift_size:
-            attended = torch.roll(attended, (self.shift_size, self.shift_size), dims=(2, 3))
-        hidden_states = shortcut + attended
+        batch, classes, tokens, dim = hidden_states.shape
+        area = self.window_size**2
+        order = self.window_order(hidden_states.device)
+        windows = self.norm1(hidden_states).index_select(2, order).view(batch, classes, -1, area, dim)
+        window_guidance = guidance.index_select(2, order).view(batch, 1, -1, area, guidance.shape[-1])
+        attended = self.attention(windows, window_guidance, self.shift_mask(hidden_states.device))
+        hidden_states = hidden_states + attended.view(batch, classes, tokens, dim).index_select(2, order.argsort())
         return hidden_states + self.mlp(self.norm2(hidden_states))
 
 
@@ -227,10 +219,11 @@ class CatSegSpatialAggregation(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, appearance_guidance: torch.Tensor) -> torch.Tensor:
         """`hidden_states` `(batch, classes, grid, grid, dim)`; `appearance_guidance` `(batch, grid, grid, g_dim)`."""
-        guidance = self.guidance_norm(appearance_guidance).unsqueeze(1)
+        guidance = self.guidance_norm(appearance_guidance).flatten(1, 2).unsqueeze(1)
+        tokens = hidden_states.flatten(2, 3)
         for block in self.blocks:
-            hidden_states = block(hidden_states, guidance)
-        return hidden_states
+            tokens = block(tokens, guidance)
+        return tokens.view(hidden_states.shape)
 
 
 class CatSegLinearAttention(nn.Module):
@@ -247,27 +240,48 @@ class CatSegLinearAttention(nn.Module):
         self.k_proj = nn.Linear(dim + guidance_dim, dim)
         self.v_proj = nn.Linear(dim, dim)
 
-    def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        guidance: torch.Tensor,
+        padding: tuple[torch.Tensor, torch.Tensor] | None = None,
+        length: int | None = None,
+    ) -> torch.Tensor:
         """
         Args:
-            hidden_states: `(batch, positions, classes, dim)`.
+            hidden_states: `(batch, positions, classes, dim)`, layer-normalised.
             guidance: `(batch, 1, classes, guidance_dim)`, shared by the positions.
+            padding: a padding token `(dim,)` (layer-normalised) and its guidance `(guidance_dim,)`, repeated after
+                the classes up to `length` tokens. The padding keys and values are the same everywhere, so their
+                share of the key-value sums is computed once; padded queries are never needed.
+            length: the padded sequence length (defaults to `classes`).
+        Returns:
+            `(batch, positions, classes, dim)`: the attention output of the real classes.
         """
-        *leading, length, dim = hidden_states.shape
-        heads = (*leading, length, self.num_heads, dim // self.num_heads)
-        query = F.elu(guided_linear(self.q_proj, hidden_states, guidance)).add(1).view(heads)
-        key = F.elu(guided_linear(self.k_proj, hidden_states, guidance)).add(1).view(heads)
-        value = self.v_proj(hidden_states).view(heads) / length
+        *leading, classes, dim = hidden_states.shape
+        length = length or classes
+        heads = (self.num_heads, dim // self.num_heads)
+        query = F.elu(guided_linear(self.q_proj, hidden_states, guidance)).add(1).view(*leading, classes, *heads)
+        key = F.elu(guided_linear(self.k_proj, hidden_states, guidance)).add(1).view(*leading, classes, *heads)
+        value = self.v_proj(hidden_states).view(*leading, classes, *heads) / length
         key_value = torch.einsum("...shd,...she->...hde", key, value)
-        normaliser = 1.0 / (torch.einsum("...lhd,...hd->...lh", query, key.sum(dim=-3)) + self.eps)
+        key_sum = key.sum(dim=-3)
+        if length > classes:
+            padding_states, padding_guidance = padding
+            padding_key = F.elu(guided_linear(self.k_proj, padding_states, padding_guidance)).add(1).view(heads)
+            padding_value = self.v_proj(padding_states).view(heads) / length
+            repeats = length - classes
+            key_value = key_value + repeats * torch.einsum("hd,he->hde", padding_key, padding_value)
+            key_sum = key_sum + repeats * padding_key
+        normaliser = 1.0 / (torch.einsum("...lhd,...hd->...lh", query, key_sum) + self.eps)
         context = torch.einsum("...lhd,...hde,...lh->...lhe", query, key_value, normaliser) * length
-        return context.reshape(*leading, length, dim)
+        return context.reshape(*leading, classes, dim)
 
 
 class CatSegClassAggregation(nn.Module):
     """Class aggregation: attention across classes at every (pooled) position, guided by the text features.
 
-    The class axis is padded to `config.max_classes` with learned tokens, and the result is added back to the
+    The class axis is padded to `config.max_classes` with a learned token, and the result is added back to the
     unpooled input, so the block returns `x + upsample(pool(x) + attention + mlp)` (`2x + delta` without pooling),
     exactly as the official model does.
     """
@@ -290,15 +304,13 @@ class CatSegClassAggregation(nn.Module):
         if pooling_size > 1:
             pooled = F.avg_pool2d(hidden_states.permute(0, 1, 4, 2, 3).flatten(0, 1), pooling_size)
             pooled = pooled.unflatten(0, (batch, classes)).permute(0, 1, 3, 4, 2)
-        positions = pooled.shape[2] * pooled.shape[3]
-        tokens = pooled.reshape(batch, classes, positions, dim).transpose(1, 2)
-        padding = self.max_classes - classes
-        if padding > 0:
-            tokens = torch.cat([tokens, self.padding_tokens.expand(batch, positions, padding, dim)], dim=2)
-            text_guidance = torch.cat([text_guidance, self.padding_guidance.expand(batch, padding, -1)], dim=1)
-        tokens = tokens + self.attention(self.norm1(tokens), text_guidance.unsqueeze(1))
+        tokens = pooled.reshape(batch, classes, -1, dim).transpose(1, 2)
+        # Padded tokens only feed the keys and values of the real classes; their own outputs are dropped.
+        padding = (self.norm1(self.padding_tokens.view(dim)), self.padding_guidance.view(-1))
+        length = max(classes, self.max_classes)
+        tokens = tokens + self.attention(self.norm1(tokens), text_guidance.unsqueeze(1), padding, length)
         tokens = tokens + self.mlp(self.norm2(tokens))
-        tokens = tokens[:, :, :classes].transpose(1, 2).reshape(pooled.shape)
+        tokens = tokens.transpose(1, 2).reshape(pooled.shape)
         if pooling_size > 1:
             tokens = F.interpolate(
                 tokens.permute(0, 1, 4, 2, 3).flatten(0, 1), size=(h, w), mode="bilinear", align_corners=True
@@ -321,8 +333,16 @@ class CatSegAggregationLayer(GradientCheckpointingLayer):
         appearance_guidance: torch.Tensor,
         text_guidance: torch.Tensor,
         pooling_size: int,
+        class_chunk_size: int,
     ) -> torch.Tensor:
-        hidden_states = self.spatial_aggregation(hidden_states, appearance_guidance)
+        # Each class's map is aggregated on its own, so chunks of classes bound the memory of large vocabularies.
+        hidden_states = torch.cat(
+            [
+                self.spatial_aggregation(chunk, appearance_guidance)
+                for chunk in hidden_states.split(class_chunk_size, dim=1)
+            ],
+            dim=1,
+        )
         return self.class_aggregation(hidden_states, text_guidance, pooling_size)
 
 
@@ -340,13 +360,20 @@ class CatSegDecoderStage(nn.Module):
     def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            hidden_states: `(batch * classes, in_channels, size, size)`, batch-major.
-            guidance: `(batch, guidance_channels, 2 * size, 2 * size)`, repeated for the classes of each image.
+            hidden_states: `(batch, classes, in_channels, size, size)`.
+            guidance: `(batch, guidance_channels, 2 * size, 2 * size)`, the same for every class of an image.
+        Returns:
+            `(batch, classes, out_channels, 2 * size, 2 * size)`.
         """
-        classes = hidden_states.shape[0] // guidance.shape[0]
-        hidden_states = torch.cat([self.upsample(hidden_states), guidance.repeat_interleave(classes, dim=0)], dim=1)
-        hidden_states = F.relu(self.norm1(self.conv1(hidden_states)))
-        return F.relu(self.norm2(self.conv2(hidden_states)))
+        batch, classes = hidden_states.shape[:2]
+        upsampled = self.upsample(hidden_states.flatten(0, 1))
+        channels = upsampled.shape[1]
+        # conv1 sees [upsampled, guidance]; the guidance half is convolved once per image rather than per class.
+        hidden_states = F.conv2d(upsampled, self.conv1.weight[:, :channels], padding=1).unflatten(0, (batch, classes))
+        hidden_states = hidden_states + F.conv2d(guidance, self.conv1.weight[:, channels:], padding=1).unsqueeze(1)
+        hidden_states = F.relu(self.norm1(hidden_states.flatten(0, 1)), inplace=True)
+        hidden_states = F.relu(self.norm2(self.conv2(hidden_states)), inplace=True)
+        return hidden_states.unflatten(0, (batch, classes))
 
 
 class CatSegUpsamplingDecoder(nn.Module):
@@ -374,24 +401,28 @@ class CatSegUpsamplingDecoder(nn.Module):
         )
         self.head = nn.Conv2d(config.decoder_dims[-1], 1, kernel_size=3, padding=1)
 
-    def forward(self, aggregated_features: torch.Tensor, guidance_features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def forward(
+        self, aggregated_features: torch.Tensor, guidance_features: tuple[torch.Tensor, ...], class_chunk_size: int
+    ) -> torch.Tensor:
         """
         Args:
             aggregated_features: `(batch, classes, grid, grid, hidden_dim)`.
             guidance_features: per stage `(batch, vision_hidden_size, grid, grid)`.
+            class_chunk_size: classes decoded together; each class is decoded on its own, so this bounds memory only.
         Returns:
             Logits `(batch, classes, 4 * grid, 4 * grid)`.
         """
-        batch, classes = aggregated_features.shape[:2]
         guidance = [
             F.relu(project(upsample(features)))
             for upsample, project, features in zip(self.guidance_upsamplers, self.guidance_projections, guidance_features)
         ]
-        hidden_states = aggregated_features.flatten(0, 1).permute(0, 3, 1, 2)
-        for stage, stage_guidance in zip(self.stages, guidance):
-            hidden_states = stage(hidden_states, stage_guidance)
-        logits = self.head(hidden_states)
-        return logits.view(batch, classes, *logits.shape[-2:])
+        logits = []
+        for chunk in aggregated_features.split(class_chunk_size, dim=1):
+            hidden_states = chunk.permute(0, 1, 4, 2, 3)
+            for stage, stage_guidance in zip(self.stages, guidance):
+                hidden_states = stage(hidden_states, stage_guidance)
+            logits.append(self.head(hidden_states.flatten(0, 1)).view(*chunk.shape[:2], *hidden_states.shape[-2:]))
+        return torch.cat(logits, dim=1)
 
 
 class CatSegPreTrainedModel(PreTrainedModel):
@@ -410,10 +441,7 @@ class CatSegPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, CatSegSwinBlock) and module.attention_mask is not None:
-            # Not saved with the weights: rebuilt here because from_pretrained creates buffers on the meta device.
-            init.copy_(module.attention_mask, module.shift_mask())
-        elif isinstance(module, CatSegClassAggregation):
+        if isinstance(module, CatSegClassAggregation):
             init.zeros_(module.padding_tokens)
             init.zeros_(module.padding_guidance)
         elif isinstance(module, CatSegModel) and module.visual_prompt_tokens is not None:
@@ -611,11 +639,13 @@ class CatSegModel(CatSegPreTrainedModel):
             class_features = class_features.gather(1, selected_classes[:, :, None].expand(-1, -1, class_features.shape[-1]))
 
         hidden_states = self.cost_embedding(aggregated.flatten(0, 1).unsqueeze(1))
-        hidden_states = hidden_states.unflatten(0, aggregated.shape[:2]).permute(0, 1, 3, 4, 2)
+        hidden_states = hidden_states.unflatten(0, aggregated.shape[:2]).permute(0, 1, 3, 4, 2).contiguous()
         appearance_guidance = F.relu(self.appearance_guidance_projection(dense_image_features)).permute(0, 2, 3, 1)
         text_guidance = F.relu(self.text_guidance_projection(F.normalize(class_features, dim=-1)))
         for layer in self.layers:
-            hidden_states = layer(hidden_states, appearance_guidance, text_guidance, class_pooling_size)
+            hidden_states = layer(
+                hidden_states, appearance_guidance, text_guidance, class_pooling_size, self.config.class_chunk_size
+            )
 
         output = CatSegModelOutput(
             aggregated_features=hidden_states.permute(0, 4, 1, 2, 3),
@@ -729,7 +759,7 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
             return_dict=True,
         )
         aggregated = base.aggregated_features.permute(0, 2, 3, 4, 1)
-        logits = self.upsampling_decoder(aggregated, base.guidance_features)
+        logits = self.upsampling_decoder(aggregated, base.guidance_features, self.config.class_chunk_size)
         if base.selected_classes is not None:
             full = logits.new_full((logits.shape[0], base.cost_volume.shape[1], *logits.shape[2:]), self.config.dropped_class_logit)
             logits = full.scatter(1, base.selected_classes[:, :, None, None].expand_as(logits), logits)

@@ -260,3 +260,15 @@ def test_save_and_reload_round_trip(model, tmp_path):
     assert reloaded.learnable_parameter_counts() == model.learnable_parameter_counts()
     base = CatSegModel.from_pretrained(tmp_path)
     torch.testing.assert_close(base.cost_embedding.weight, model.catseg.cost_embedding.weight)
+
+
+@torch.no_grad()
+def test_class_chunks_bound_memory_without_changing_logits(model):
+    ids = prompts(7)
+    expected = model(pixels(2), input_ids=ids).logits
+    model.config.class_chunk_size = 2
+    try:
+        chunked = model(pixels(2), input_ids=ids).logits
+    finally:
+        model.config.class_chunk_size = 64
+    torch.testing.assert_close(chunked, expected, atol=1e-6, rtol=1e-5)
