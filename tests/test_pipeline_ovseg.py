@@ -1,0 +1,112 @@
+"""The zero-shot semantic segmentation pipeline, in process and loaded from a saved folder in a fresh offline process
+that cannot import this project (the way a Hub user gets it)."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from isolation import run_isolated
+from tiny_models import tiny_catseg_config, tiny_clip_config
+from transformers import pipeline
+
+from modeling_catseg import CatSegForSemanticSegmentation
+from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
+from processing import TASK, VocabularyError, catseg_processor, lseg_processor, save_for_hub, segment
+
+LABELS = ["cat", "sofa, couch", "floor"]
+
+
+def tiny_lseg_config() -> LSegConfig:
+    dpt_config = dict(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
+        backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+    )  # fmt: skip
+    return LSegConfig(dpt_config=dpt_config, clip_config=tiny_clip_config(vision_layers=1))
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return {
+        "catseg": (CatSegForSemanticSegmentation(tiny_catseg_config()).eval(), catseg_processor(image_size=64)),
+        "lseg": (LSegForSemanticSegmentation(tiny_lseg_config()).eval(), lseg_processor(image_size=64)),
+    }
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 72, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_pipeline_in_process_matches_segment(models, photo):
+    model, processor = models["catseg"]
+    segmenter = pipeline(
+        TASK, model=model, processor=processor, tokenizer=processor.tokenizer, image_processor=processor.image_processor
+    )
+    segments = segmenter(photo, candidate_labels=LABELS)
+    reference = segment(model, processor, photo, LABELS)
+    assert [s["label"] for s in segments] == [LABELS[i] for i in reference.present_classes()]
+    for entry in segments:
+        index = LABELS.index(entry["label"])
+        assert entry["mask"].mode == "L" and entry["mask"].size == (72, 48)
+        assert np.array_equal(np.asarray(entry["mask"]) == 255, reference.label_map.numpy() == index)
+        assert entry["score"] == pytest.approx(float(reference.scores[index]))
+    two = segmenter([photo, photo], candidate_labels=LABELS, mode="tiled")
+    assert len(two) == 2 and all(isinstance(s, list) for s in two)
+    with pytest.raises(VocabularyError, match="candidate_labels= is required"):
+        segmenter(photo)
+    with pytest.raises(VocabularyError, match="got 2 different vocabularies in one batch"):
+        segmenter(photo, candidate_labels=[["cat"], ["dog"]])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        segmenter(photo, candidate_labels=LABELS, mode="fast")
+
+
+def test_saved_folder_loads_offline_in_a_fresh_process(models, photo, tmp_path):
+    expected = {}
+    for name, (model, processor) in models.items():
+        folder = tmp_path / name
+        save_for_hub(model, processor, folder)
+        assert (folder / "preprocessor_config.json").is_file()  # what transformers 4.x loaders read
+        config = json.loads((folder / "config.json").read_text())
+        assert config["custom_pipelines"][TASK]["impl"] == "pipeline_ovseg.ZeroShotSemanticSegmentationPipeline"
+        expected[name] = {
+            "label_map": segment(model, processor, photo, LABELS).label_map.tolist(),
+            "input_ids": processor(text=LABELS)["input_ids"].tolist(),
+            "pixel_values_sum": float(processor(images=photo)["pixel_values"].sum()),
+        }
+    result = run_isolated(
+        f"""
+        import json
+        import numpy as np
+        from transformers import AutoImageProcessor, AutoProcessor, pipeline
+
+        out = {{}}
+        for name in ("catseg", "lseg"):
+            folder = {str(tmp_path)!r} + "/" + name
+            processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+            image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+            segmenter = pipeline(model=folder, trust_remote_code=True)
+            segments = segmenter({photo!r}, candidate_labels={LABELS!r})
+            label_map = np.full((48, 72), -1)
+            for entry in segments:
+                label_map[np.asarray(entry["mask"]) == 255] = {LABELS!r}.index(entry["label"])
+            out[name] = {{
+                "classes": [type(processor).__name__, type(image_processor).__name__, type(segmenter).__name__],
+                "label_map": label_map.tolist(),
+                "input_ids": processor(text={LABELS!r})["input_ids"].tolist(),
+                "pixel_values_sum": float(processor(images={photo!r})["pixel_values"].sum()),
+            }}
+        print(json.dumps(out))
+        """,
+        tmp_path,
+    )
+    for name, reference in expected.items():
+        loaded = result[name]
+        assert loaded["classes"] == ["OVSegProcessor", "OVSegImageProcessor", "ZeroShotSemanticSegmentationPipeline"]
+        assert loaded["label_map"] == reference["label_map"]
+        assert loaded["input_ids"] == reference["input_ids"]
+        assert loaded["pixel_values_sum"] == pytest.approx(reference["pixel_values_sum"], rel=1e-6)
