@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -136,15 +135,14 @@ def load_original_state_dict(path: Path, trust_checkpoint: bool = False) -> dict
     """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error):
+    except Exception as error:  # a damaged file fails anywhere in the unpickler, with any exception type
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsupported:
             raise LSegConversionError(
-                f"{path} holds Python objects beyond tensors, which safe loading refuses "
-                f"({str(error).splitlines()[-1]}). If you trust the file, convert it with --trust-checkpoint."
+                f"{path} holds Python objects beyond tensors ({unsupported.group(1)}), which safe loading refuses. "
+                f"If you trust the file, convert it with --trust-checkpoint."
             ) from error
-        raise LSegConversionError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
-    except (RuntimeError, EOFError, ValueError, OSError) as error:
-        raise LSegConversionError(f"{path} is truncated or not a PyTorch checkpoint: {error}") from error
+        raise LSegConversionError(f"{path} is truncated or not a PyTorch checkpoint: {error!r}") from error
     state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise LSegConversionError(

@@ -1,0 +1,251 @@
+"""The converter turns an official LSeg checkpoint into a loadable folder, or refuses with a clear error and writes
+nothing."""
+
+import argparse
+import functools
+import http.server
+import io
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import shared_path
+from safetensors.torch import load_file
+from test_lseg_parity import LOGITS, converted_model, fixture_config, pixel_values
+
+from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
+from modeling_lseg import convert_lseg
+from modeling_lseg.convert_lseg import (
+    LSegConversionError,
+    convert_lseg_checkpoint,
+    infer_config,
+    load_original_state_dict,
+    main,
+)
+
+HEADS = ["--vit-heads", "2", "--text-heads", "2"]
+
+
+@pytest.fixture(scope="module")
+def folder():
+    return shared_path("fixtures", "lseg_tiny")
+
+
+@pytest.fixture(scope="module")
+def original(folder):
+    """The official checkpoint container: Lightning keys plus the `net.`-prefixed state dict."""
+    return torch.load(folder / "original_checkpoint.ckpt", weights_only=True)
+
+
+def save_variant(tmp_path, original, drop=(), add=None, name="variant.ckpt", **extra):
+    state_dict = {key: value for key, value in original["state_dict"].items() if key not in drop}
+    state_dict.update(add or {})
+    path = tmp_path / name
+    torch.save({**original, "state_dict": state_dict, **extra}, path)
+    return path
+
+
+def assert_reproduces_the_fixture(output, folder):
+    model = LSegForSemanticSegmentation.from_pretrained(output).eval()
+    tensors = load_file(folder / "io.safetensors")
+    with torch.no_grad():
+        logits = model(pixel_values(tensors["image"]), input_ids=tensors["input_ids"]).logits
+    expected = F.interpolate(tensors["logits_lowres"], scale_factor=2, mode="bilinear", align_corners=True)
+    torch.testing.assert_close(logits, expected, **LOGITS)
+
+
+def architecture(config: dict) -> dict:
+    """A config dict without what saving adds (the weights' dtype, the saved class)."""
+    return {
+        key: architecture(value) if isinstance(value, dict) else value
+        for key, value in config.items()
+        if key not in ("dtype", "architectures", "transformers_version")
+    }
+
+
+def assert_holds_the_parity_tested_weights(output, folder):
+    """Cheaper than a forward pass: the folder holds exactly the weights and config that the parity tests check."""
+    assert architecture(LSegConfig.from_pretrained(output).to_dict()) == architecture(fixture_config(folder).to_dict())
+    saved = load_file(output / "model.safetensors")
+    expected = converted_model(folder).state_dict()
+    assert saved.keys() == expected.keys()
+    assert all(torch.equal(saved[key], expected[key]) for key in saved)
+
+
+def assert_nothing_written(tmp_path, output):
+    assert not output.exists()
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]  # no staging leftovers
+
+
+def test_cli_writes_a_folder_with_its_code_that_reproduces_the_official_logits(folder, tmp_path, capsys):
+    main(["--checkpoint", str(folder / "original_checkpoint.ckpt"), "--output", str(tmp_path / "out"), *HEADS])
+    assert f"wrote {tmp_path / 'out'}" in capsys.readouterr().out
+    files = {path.name for path in (tmp_path / "out").iterdir()}
+    assert files == {"config.json", "model.safetensors", "configuration_lseg.py", "modeling_lseg.py"}
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]
+    assert_reproduces_the_fixture(tmp_path / "out", folder)
+
+
+def test_cli_converts_a_checkpoint_with_a_regularisation_block(tmp_path):
+    folder = shared_path("fixtures", "lseg_tiny", "arch_option2")
+    checkpoint = str(folder / "original_checkpoint.ckpt")
+    head = ["--arch-option", "2", "--block-depth", "2", "--activation", "lrelu"]
+    main(["--checkpoint", checkpoint, "--output", str(tmp_path / "out"), *HEADS, *head])
+    assert_holds_the_parity_tested_weights(tmp_path / "out", folder)
+
+
+def test_cli_takes_a_config_instead_of_inferring_it(folder, tmp_path):
+    fixture_config(folder).save_pretrained(tmp_path / "config")
+    config = tmp_path / "config" / "config.json"
+    checkpoint = str(folder / "original_checkpoint.ckpt")
+    main(["--checkpoint", checkpoint, "--output", str(tmp_path / "out"), "--config", str(config)])
+    assert_holds_the_parity_tested_weights(tmp_path / "out", folder)
+    with pytest.raises(SystemExit):  # the config already says how many heads
+        main(["--checkpoint", "x.ckpt", "--output", str(tmp_path / "other"), "--config", str(config), *HEADS])
+
+
+def test_the_inferred_config_is_the_official_one_given_the_heads(folder):
+    state_dict = load_original_state_dict(folder / "original_checkpoint.ckpt")
+    assert infer_config(state_dict, vit_heads=2, text_heads=2).to_dict() == fixture_config(folder).to_dict()
+    # Without them heads follow the released models' 64 channels per head.
+    config = infer_config(state_dict)
+    assert config.dpt_config.num_attention_heads == 1 and config.clip_config.text_config.num_attention_heads == 1
+
+
+def test_the_weights_are_float32_and_the_unused_tensors_dropped(folder, original, tmp_path):
+    half = {
+        key: value.half() if key.startswith("net.clip_pretrained.") and value.is_floating_point() else value
+        for key, value in original["state_dict"].items()
+    }
+    checkpoint = save_variant(tmp_path, {**original, "state_dict": half})
+    model = convert_lseg_checkpoint(checkpoint, tmp_path / "out", config=fixture_config(folder))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    assert not [key for key in saved if "vision" in key or "logit_scale" in key or ".head." in key]
+    # 490 official tensors less the timm classifier (2), CLIP's image tower (20) and logit scale (1), plus the
+    # three q/k/v tensors that every fused projection (24 ViT + 3 text blocks, weight and bias) splits into.
+    assert len(saved) == 490 - 2 - 20 - 1 + 2 * 27 * 2
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"this is not a checkpoint", "truncated or not a PyTorch checkpoint"),
+        ("half", "truncated or not a PyTorch checkpoint"),
+    ],
+)
+def test_unreadable_files(folder, tmp_path, content, message):
+    path = tmp_path / "broken.ckpt"
+    data = (folder / "original_checkpoint.ckpt").read_bytes()
+    path.write_bytes(data[: len(data) // 2] if content == "half" else content)
+    with pytest.raises(LSegConversionError, match=message):
+        convert_lseg_checkpoint(path, tmp_path / "out")
+    assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_a_file_that_is_not_an_lseg_checkpoint(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"sem_seg_head.predictor.weight": torch.zeros(2)}, path)  # a bare state dict of another model
+    with pytest.raises(LSegConversionError, match=r"not an LSeg checkpoint: it lacks \['pretrained.model.cls_token'"):
+        convert_lseg_checkpoint(path, tmp_path / "out")
+    torch.save({"model": {"sem_seg_head.predictor.weight": torch.zeros(2)}}, path)  # CAT-Seg's container
+    with pytest.raises(LSegConversionError, match=r"expected a Lightning checkpoint .* got dict with keys \['model'\]"):
+        convert_lseg_checkpoint(path, tmp_path / "out")
+    assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_a_resnet_checkpoint_is_named_as_unsupported(original, tmp_path):
+    checkpoint = save_variant(tmp_path, original, add={"net.pretrained.layer1.0.weight": torch.zeros(64, 3, 7, 7)})
+    with pytest.raises(LSegConversionError, match="ResNet-101 image encoder"):
+        convert_lseg_checkpoint(checkpoint, tmp_path / "out")
+
+
+def test_missing_unexpected_and_misshapen_keys_are_named(folder, original, tmp_path):
+    config = fixture_config(folder)
+    missing = save_variant(tmp_path, original, drop=["net.scratch.refinenet2.out_conv.bias"])
+    with pytest.raises(LSegConversionError, match=r"missing \(1\): \['lseg.neck.fusion_stage.layers.2.projection.bias'\]"):
+        convert_lseg_checkpoint(missing, tmp_path / "out", config=config)
+    unexpected = save_variant(tmp_path, original, add={"net.scratch.extra.weight": torch.zeros(1)})
+    with pytest.raises(LSegConversionError, match=r"keys that LSeg does not have: \['scratch.extra.weight'\]"):
+        convert_lseg_checkpoint(unexpected, tmp_path / "out", config=config)
+    misshapen = save_variant(tmp_path, original, add={"net.scratch.head1.bias": torch.zeros(33)})
+    with pytest.raises(LSegConversionError, match=r"lseg.pixel_embeddings.projection.bias: checkpoint \(33,\), model \(32,\)"):
+        convert_lseg_checkpoint(misshapen, tmp_path / "out", config=config)
+    assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_a_regularisation_block_needs_its_variant(tmp_path, capsys):
+    checkpoint = shared_path("fixtures", "lseg_tiny", "arch_option2", "original_checkpoint.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), *HEADS])
+    assert exit_info.value.code == 1
+    assert "error: The checkpoint has a spatial regularisation block" in capsys.readouterr().err
+    assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_pickled_objects_need_explicit_trust(folder, original, tmp_path):
+    # Real Lightning checkpoints may pickle more than tensors; safe loading refuses them until told otherwise.
+    checkpoint = save_variant(tmp_path, original, hyper_parameters=argparse.Namespace(arch_option=0))
+    with pytest.raises(LSegConversionError, match="--trust-checkpoint"):
+        convert_lseg_checkpoint(checkpoint, tmp_path / "out", vit_heads=2, text_heads=2)
+    assert_nothing_written(tmp_path, tmp_path / "out")
+    convert_lseg_checkpoint(checkpoint, tmp_path / "out", vit_heads=2, text_heads=2, trust_checkpoint=True)
+    assert_holds_the_parity_tested_weights(tmp_path / "out", folder)
+
+
+def test_an_existing_output_is_kept_unless_overwritten(folder, tmp_path):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "old.txt").write_text("old")
+    checkpoint = folder / "original_checkpoint.ckpt"
+    with pytest.raises(LSegConversionError, match="already exists"):
+        convert_lseg_checkpoint(checkpoint, output, vit_heads=2, text_heads=2)
+    assert (output / "old.txt").exists()
+    convert_lseg_checkpoint(checkpoint, output, vit_heads=2, text_heads=2, overwrite=True)
+    assert not (output / "old.txt").exists() and (output / "model.safetensors").exists()
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """An HTTP server on localhost serving `tmp_path / "served"`."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_url_is_downloaded_and_converted(folder, server, tmp_path):
+    root, url = server
+    (root / "lseg.ckpt").write_bytes((folder / "original_checkpoint.ckpt").read_bytes())
+    (root / "login.html").write_text("<!DOCTYPE html><html>Sign in</html>")
+    convert_lseg_checkpoint(f"{url}/lseg.ckpt", tmp_path / "out", vit_heads=2, text_heads=2)
+    assert_holds_the_parity_tested_weights(tmp_path / "out", folder)
+    with pytest.raises(LSegConversionError, match="returned a web page, not a checkpoint"):
+        convert_lseg_checkpoint(f"{url}/login.html", tmp_path / "other")
+    with pytest.raises(LSegConversionError, match="Could not download"):
+        convert_lseg_checkpoint(f"{url}/absent.ckpt", tmp_path / "other")
+    assert_nothing_written(tmp_path, tmp_path / "other")
+
+
+def test_released_names_resolve_to_direct_google_drive_downloads(monkeypatch, tmp_path):
+    requested = []
+
+    def urlopen(url, timeout):
+        requested.append(url)
+        return io.BytesIO(b"<html>quota exceeded</html>")
+
+    monkeypatch.setattr(convert_lseg.urllib.request, "urlopen", urlopen)
+    with pytest.raises(LSegConversionError, match="web page"):
+        convert_lseg_checkpoint("demo_e200", tmp_path / "out")
+    assert requested == [
+        "https://drive.usercontent.google.com/download?id=1FTuHY1xPUkM-5gaDtMfgCl3D0gR89WV7&export=download&confirm=t"
+    ]
+    with pytest.raises(LSegConversionError, match="neither a file, a URL nor a released checkpoint"):
+        convert_lseg_checkpoint("demo_e300", tmp_path / "out")
