@@ -1,0 +1,53 @@
+"""A saved LSeg folder loads through the Auto classes as remote code, in a process that cannot import us."""
+
+import json
+
+import torch
+from isolation import run_isolated
+from test_lseg_model import label_ids, pixels, tiny_lseg_config
+
+from modeling_lseg import LSegForSemanticSegmentation
+
+
+def test_auto_classes_load_the_saved_code_offline_with_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    model = LSegForSemanticSegmentation(tiny_lseg_config(arch_option=1, block_depth=2)).eval()
+    model.save_pretrained(tmp_path / "model")
+    files = {path.name for path in (tmp_path / "model").iterdir()}
+    assert files == {"config.json", "model.safetensors", "configuration_lseg.py", "modeling_lseg.py"}
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_lseg.LSegConfig",
+        "AutoModel": "modeling_lseg.LSegForSemanticSegmentation",
+        "AutoModelForSemanticSegmentation": "modeling_lseg.LSegForSemanticSegmentation",
+    }
+    # Two non-square images, one not a multiple of 32, so the padding path runs in the copied code too.
+    inputs = {"pixel_values": pixels(2, 64, 80), "input_ids": label_ids(3)}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        torch.save(model(**inputs).logits, tmp_path / "expected.pt")
+
+    result = run_isolated(
+        f"""
+        import json, torch
+        from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
+        folder = {str(tmp_path / "model")!r}
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        report = {{"config": [type(config).__name__, config.arch_option, config.dpt_config.layer_norm_eps]}}
+        for auto in (AutoModel, AutoModelForSemanticSegmentation):
+            model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+            with torch.no_grad():
+                logits = model(**inputs).logits
+            report[auto.__name__] = [type(model).__name__, type(model).__module__, (logits - expected).abs().max().item()]
+        print(json.dumps(report))
+        """,
+        tmp_path,
+    )
+    assert result["config"] == ["LSegConfig", 1, 1e-6]
+    for auto in ("AutoModel", "AutoModelForSemanticSegmentation"):
+        name, module, difference = result[auto]
+        assert name == "LSegForSemanticSegmentation"
+        assert module.startswith("transformers_modules.")  # the copied code, not our package
+        assert difference == 0.0
