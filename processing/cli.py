@@ -2,35 +2,61 @@
 
     ovseg-segment photos/ --labels "cat, sofa, floor" --model path/to/model --out results/
 
-For every image it writes, under ``--out``:
-  <name>_labels.png   the label map: pixel value = class index (a palette PNG shown in the overlay's colours;
-                      16-bit grayscale above 256 classes)
-  <name>_overlay.png  the photo at full resolution, tinted per class, with a legend of the classes present
-  <name>.json         the labels, and per class present its pixel fraction and mean probability
+For every image it writes, under --out (keeping the sub-folders of input folders):
+  NAME_labels.png   the label map, pixel value = class index: a palette PNG shown in the overlay's colours
+                    (16-bit grayscale above 256 classes)
+  NAME_overlay.png  the photo at full resolution, tinted per class, with a legend of the classes present
+  NAME.json         the labels, and for each class present its pixel fraction and mean probability
 
-Labels: on the command line, commas separate labels (``--labels "cat, sofa, floor"`` is three classes). To give a
-class synonyms, use a labels file: one class per line, and inside a line ``", "`` separates synonyms (``sofa,
-couch``), as in the Python API. A ``.json`` file holding a list of names (the official class lists) works too.
+Labels: on the command line, commas separate labels: --labels "cat, sofa, floor" is three classes. To give a class
+synonyms, use --labels-file: one class per line, where ", " inside a line separates synonyms ("sofa, couch" is one
+class), as in the Python API. A .json file holding a list of names (the official class lists) works too.
 
-``--model`` is a saved folder, a Hub id, or an official checkpoint file (CAT-Seg ``model_base.pth`` /
-``model_large.pth``), converted on first use and cached.
+--model is a saved folder, a Hub id, or an official checkpoint file (CAT-Seg model_base.pth / model_large.pth, LSeg
+demo_e200.ckpt), converted on first use and cached in --cache-dir.
 
-Inputs are all checked (readable images, labels, output names) before anything is computed, and every output file is
-written atomically, so an error never leaves partial outputs behind.
+All inputs are checked (labels, readable images, output names) before anything is computed, and each image's output
+files appear together and complete, so an error never leaves partial outputs behind.
 """
 
 import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from tqdm.auto import tqdm
+from transformers import AutoModelForSemanticSegmentation, AutoProcessor
 from transformers.utils import logging as transformers_logging
+
+from modeling_catseg.convert_catseg import (
+    CheckpointConversionError,
+    infer_catseg_config,
+    load_official_state_dict,
+    load_official_weights,
+)
+from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation
+from modeling_lseg.convert_lseg import (
+    LSegConversionError,
+    convert_state_dict,
+    infer_config,
+    load_converted,
+    load_original_state_dict,
+)
+from modeling_lseg.modeling_lseg import LSegForSemanticSegmentation
+
+from .hub import save_for_hub
+from .image_utils_ovseg import InvalidImageError, open_image, to_rgb_array
+from .inference_ovseg import SegmentationResult, TextFeatureCache, segment
+from .presets import processor_for_config
+from .text_prompts_ovseg import VocabularyError, resolve_templates, validate_vocabulary
+from .visualization import label_map_image, overlay_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 CHECKPOINT_SUFFIXES = {".pth", ".pt", ".ckpt", ".bin"}
@@ -88,23 +114,19 @@ def collect_images(inputs: list[str]) -> list[tuple[Path, Path]]:
             found.append((path, Path(path.stem)))
         else:
             raise UsageError(f"input {name!r} does not exist")
-    stems: dict[Path, Path] = {}
+    images, seen = [], {}
     for path, stem in found:
-        if stem in stems and stems[stem].resolve() != path.resolve():
-            raise UsageError(
-                f"{stems[stem]} and {path} would both write {stem}_labels.png: rename one or segment them separately"
-            )
-        stems[stem] = path
-    unique = {}
-    for path, stem in found:
-        unique.setdefault(stem, path)
-    return [(path, stem) for stem, path in unique.items()]
+        if stem in seen:
+            if seen[stem].resolve() == path.resolve():
+                continue  # the same file given twice
+            raise UsageError(f"{seen[stem]} and {path} would both write {stem}_labels.png: rename one or run them apart")
+        seen[stem] = path
+        images.append((path, stem))
+    return images
 
 
 def check_images(images: list[tuple[Path, Path]]) -> None:
     """Decode every image once up front, so a bad file stops the run before any output is written."""
-    from .image_utils_ovseg import open_image
-
     for path, _ in images:
         open_image(path)
 
@@ -135,55 +157,52 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ovseg-hf"
 
 
+def _model_from_official_checkpoint(checkpoint: Path):
+    """A CAT-Seg (``model_base.pth`` / ``model_large.pth``) or LSeg (Lightning ``.ckpt``) model from the original
+    checkpoint, converted by each model's converter."""
+    try:
+        state_dict = load_official_state_dict(checkpoint)
+    except CheckpointConversionError as catseg_error:
+        try:
+            state_dict = load_original_state_dict(checkpoint)
+            model = LSegForSemanticSegmentation(infer_config(state_dict))
+            load_converted(model, convert_state_dict(state_dict))
+        except LSegConversionError as lseg_error:
+            raise UsageError(
+                f"--model {checkpoint} could not be converted. As a CAT-Seg checkpoint: {catseg_error} As an LSeg "
+                f"checkpoint: {lseg_error} (Convert unusual checkpoints with python -m modeling_catseg.convert_catseg "
+                "or python -m modeling_lseg.convert_lseg, and pass the folder to --model.)"
+            ) from None
+        return model
+    model = CatSegForSemanticSegmentation(infer_catseg_config(state_dict))
+    load_official_weights(model, state_dict)
+    return model
+
+
 def convert_official_checkpoint(checkpoint: Path, cache_dir: Path) -> Path:
     """The converted folder (model, processor, pipeline) of an official checkpoint, converting it on first use.
 
-    The cache key is the file's absolute path, size and modification time, and the converter's transformers version.
+    The cache key is the file's absolute path, size and modification time, and the transformers version. The folder
+    is written beside its final place and renamed, so an interrupted conversion leaves no half-written cache entry.
     """
-    import transformers
-
     stat = checkpoint.stat()
     key = f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}"
     target = cache_dir / "converted" / hashlib.sha256(key.encode()).hexdigest()[:20]
     if (target / "config.json").is_file():
         return target
-    container = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    keys = list(container.get("model", container.get("state_dict", container))) if isinstance(container, dict) else []
-    del container
-    if any(key.startswith("sem_seg_head.predictor.") for key in keys):
-        from modeling_catseg.convert_catseg import infer_catseg_config, load_official_state_dict, load_official_weights
-        from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation
-
-        state_dict = load_official_state_dict(checkpoint)
-        model = CatSegForSemanticSegmentation(infer_catseg_config(state_dict))
-        load_official_weights(model, state_dict)
-    else:
-        raise UsageError(
-            f"{checkpoint} is not an official CAT-Seg checkpoint (model_base.pth / model_large.pth): convert other "
-            "checkpoints with their converter and pass the folder to --model"
-        )
-    from .hub import save_for_hub
-    from .presets import processor_for_config
-
+    model = _model_from_official_checkpoint(checkpoint).eval()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
-        save_for_hub(model.eval(), processor_for_config(model.config), staging)
+        save_for_hub(model, processor_for_config(model.config), staging)
         os.replace(staging, target)
     finally:
-        if staging.exists():
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 def load_model(name: str, cache_dir: Path, device: torch.device):
     """The model and its processor from a folder, a Hub id or an official checkpoint file."""
-    from transformers import AutoModelForSemanticSegmentation, AutoProcessor
-
-    from .presets import processor_for_config
-
     path = Path(name)
     if path.is_file():
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
@@ -203,14 +222,14 @@ def load_model(name: str, cache_dir: Path, device: torch.device):
     return model.to(device).eval(), processor
 
 
-def write_outputs(out_dir: Path, stem: Path, image_path: Path, image: np.ndarray, result, extra: dict) -> None:
+def write_outputs(
+    out_dir: Path, stem: Path, image_path: Path, image: np.ndarray, result: SegmentationResult, extra: dict
+) -> None:
     """Write the label-map PNG, the overlay PNG and the JSON summary of one image, all or nothing.
 
     Everything is rendered in memory and written to temporary files beside the destinations, which are renamed into
     place only when all three are complete.
     """
-    from .visualization import label_map_image, overlay_image
-
     label_map = result.label_map.numpy()
     base = out_dir / stem
     paths = {kind: base.with_name(base.name + suffix) for kind, suffix in
@@ -270,10 +289,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .image_utils_ovseg import open_image, to_rgb_array
-    from .inference_ovseg import TextFeatureCache, segment
-    from .text_prompts_ovseg import resolve_templates, validate_vocabulary
-
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     labels = validate_vocabulary(parse_labels(args.labels, args.labels_file))
@@ -284,6 +299,8 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     model, processor = load_model(args.model, cache_dir, device)
     mode = "sliding" if args.sliding else "tiled" if args.tiled else "whole"
+    if mode == "sliding" and not processor.image_processor.sliding_window:
+        raise UsageError(f"--sliding is CAT-Seg's evaluation protocol; this {model.config.model_type} model has none")
     out_dir = Path(args.out)
     cache = TextFeatureCache()
     extra = {"model": args.model, "mode": mode}
@@ -306,14 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # One progress bar (ours, per image); transformers' weight-loading bars would interleave with it.
     transformers_logging.disable_progress_bar()
-    from .image_utils_ovseg import InvalidImageError
-    from .text_prompts_ovseg import VocabularyError
-
     try:
         return run(args)
     except (UsageError, VocabularyError, InvalidImageError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    except ValueError as error:  # e.g. --sliding with a model that has no sliding window
         parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 

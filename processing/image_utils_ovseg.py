@@ -116,7 +116,7 @@ def _pil_to_rgb(image: PIL.Image.Image, what: str) -> np.ndarray:
         return np.repeat(_to_uint8(np.asarray(image), what)[..., None], 3, axis=-1)
     if "A" in image.getbands() or "a" in image.getbands() or image.info.get("transparency") is not None:
         return _composite_on_white(np.asarray(image.convert("RGBA")))
-    return np.asarray(image.convert("RGB"))
+    return np.array(image.convert("RGB"))  # a writable copy (np.asarray of a PIL image is read-only)
 
 
 def to_rgb_array(image: ImageLike, what: str = "image") -> np.ndarray:

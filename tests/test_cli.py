@@ -1,0 +1,168 @@
+"""The `ovseg-segment` command line: outputs for real photos, every kind of image file, official checkpoints converted
+once and cached, and bad input stopped before any output is written."""
+
+import json
+import shutil
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import shared_path
+from tiny_models import tiny_catseg_config, tiny_clip_config
+
+import processing.cli as cli
+from modeling_catseg import CatSegForSemanticSegmentation
+from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
+from processing import catseg_processor, lseg_processor, save_for_hub
+
+LABELS = "person, sky, building, grass, road"
+
+
+@pytest.fixture(scope="module")
+def catseg_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("models") / "catseg"
+    save_for_hub(CatSegForSemanticSegmentation(tiny_catseg_config()).eval(), catseg_processor(image_size=64), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lseg_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    dpt_config = dict(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
+        backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+    )  # fmt: skip
+    model = LSegForSemanticSegmentation(LSegConfig(dpt_config=dpt_config, clip_config=tiny_clip_config(vision_layers=1)))
+    folder = tmp_path_factory.mktemp("models") / "lseg"
+    save_for_hub(model.eval(), lseg_processor(image_size=64), folder)
+    return folder
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """A folder of real photos in the formats users have: JPEG, PNG, grayscale, palette, 16-bit, RGBA, EXIF-rotated."""
+    folder = tmp_path / "photos"
+    (folder / "street").mkdir(parents=True)
+    shutil.copy(shared_path("data", "coco128-semantic", "images", "000000000009.jpg"), folder / "food.jpg")
+    shutil.copy(shared_path("data", "camvid-mini", "images_prepped_test", "0016E5_07959.png"), folder / "street" / "road.png")
+    photo = PIL.Image.open(shared_path("data", "ade20k-samples", "sceneparsing", "images", "ADE_val_00000002.jpg"))
+    photo.convert("L").save(folder / "gray.png")
+    photo.convert("P", palette=PIL.Image.Palette.ADAPTIVE).save(folder / "palette.png")
+    PIL.Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257).save(folder / "sixteen.png")
+    photo.convert("RGBA").save(folder / "alpha.png")
+    exif = photo.getexif()
+    exif[0x0112] = 6  # stored landscape, shown rotated by 90 degrees
+    photo.save(folder / "rotated.jpg", exif=exif.tobytes())
+    (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
+    return folder
+
+
+def run(*argv, expect: int = 0, capsys=None):
+    try:
+        status = cli.main([str(a) for a in argv])
+    except SystemExit as exit:
+        status = exit.code
+    assert status == expect
+    return capsys.readouterr().err if capsys else None
+
+
+def test_outputs_for_a_folder_of_real_photos(photos, catseg_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    run(photos, "--labels", LABELS, "--model", catseg_folder, "--out", out, "--batch-size", 3, capsys=capsys)
+    names = ["food", "street/road", "gray", "palette", "sixteen", "alpha", "rotated"]
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == sorted(f"{n}{suffix}" for n in names for suffix in ("_labels.png", "_overlay.png", ".json"))
+    for name in names:
+        summary = json.loads((out / f"{name}.json").read_text())
+        height, width = summary["height"], summary["width"]
+        label_png = PIL.Image.open(out / f"{name}_labels.png")
+        overlay = PIL.Image.open(out / f"{name}_overlay.png")
+        assert label_png.mode == "P" and label_png.size == (width, height) and len(label_png.getpalette()) >= 15
+        assert overlay.mode == "RGB" and overlay.height == height and overlay.width > width  # legend on the right
+        assert summary["labels"] == ["person", "sky", "building", "grass", "road"] and summary["mode"] == "whole"
+        counts = np.bincount(np.asarray(label_png).flatten(), minlength=5) / (height * width)
+        assert {c["label"]: c["pixel_fraction"] for c in summary["classes"]} == {
+            summary["labels"][i]: pytest.approx(counts[i], abs=1e-6) for i in np.flatnonzero(counts)
+        }
+    original = PIL.Image.open(photos / "gray.png").size
+    assert PIL.Image.open(out / "rotated_labels.png").size == original[::-1]  # shown upright, as the EXIF tag says
+    assert PIL.Image.open(out / "food_labels.png").size == (640, 480)
+
+
+def test_labels_files_sliding_and_lseg(photos, catseg_folder, lseg_folder, tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("# a comment\nsofa, couch\n\nfloor\n")
+    out = tmp_path / "out"
+    run(photos / "food.jpg", "--labels-file", labels, "--model", catseg_folder, "--out", out, "--sliding", "--quiet",
+        capsys=capsys)  # fmt: skip
+    summary = json.loads((out / "food.json").read_text())
+    assert summary["labels"] == ["sofa, couch", "floor"] and summary["mode"] == "sliding"
+    json_labels = tmp_path / "voc.json"
+    json_labels.write_text(json.dumps(["aeroplane", "bicycle", "bird"]))
+    PIL.Image.open(photos / "food.jpg").crop((0, 0, 150, 100)).save(tmp_path / "crop.png")  # 3x2 tiles of 64
+    run(tmp_path / "crop.png", "--labels-file", json_labels, "--model", lseg_folder, "--out", out, "--tiled", "--quiet",
+        capsys=capsys)  # fmt: skip
+    summary = json.loads((out / "crop.json").read_text())
+    assert summary["labels"] == ["aeroplane", "bicycle", "bird"] and (summary["height"], summary["width"]) == (100, 150)
+
+
+def test_official_checkpoints_are_converted_once_and_cached(photos, tmp_path, capsys, monkeypatch):
+    cache = tmp_path / "cache"
+    for checkpoint, labels in (
+        (shared_path("fixtures", "catseg_tiny_b", "original_checkpoint.pth"), "person, sky"),
+        (shared_path("fixtures", "lseg_tiny", "original_checkpoint.ckpt"), "dog, grass, other"),
+    ):
+        out = tmp_path / checkpoint.suffix[1:]
+        run(photos / "food.jpg", "--labels", labels, "--model", checkpoint, "--out", out, "--cache-dir", cache, "--quiet",
+            capsys=capsys)  # fmt: skip
+        assert (out / "food_overlay.png").is_file()
+    converted = sorted(p for p in (cache / "converted").iterdir())
+    assert len(converted) == 2 and all((p / "processor_config.json").is_file() for p in converted)
+    monkeypatch.setattr(cli, "_model_from_official_checkpoint", lambda path: pytest.fail("converted again"))
+    model, processor = cli.load_model(str(checkpoint), cache, torch.device("cpu"))
+    assert model.config.model_type == "lseg" and processor.prompt_templates == ["{}"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--labels", ""], "--labels is empty: give at least one class name"),
+        (["--labels", "cat,,dog"], "--labels 'cat,,dog' has an empty label between commas"),
+        (["--labels", "cat, dog, Cat"], "duplicate labels ['cat', 'Cat']: each class must be named once"),
+        ([], "give the classes with exactly one of --labels"),
+        (["--labels", "cat", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--labels", "cat", "--device", "cuda:7"], "--device cuda:7"),
+        (["--labels", "cat", "--device", "toaster"], "--device 'toaster' is not a device"),
+        (["--labels", "cat", "--templates", "a photo"], "prompt template 'a photo' must be a string with exactly one"),
+    ],
+)
+def test_bad_arguments_stop_before_any_output(photos, catseg_folder, tmp_path, capsys, arguments, message):
+    out = tmp_path / "out"
+    error = run(photos, *arguments, "--model", catseg_folder, "--out", out, expect=2, capsys=capsys)
+    assert message in error and "Traceback" not in error
+    assert not out.exists()
+
+
+def test_bad_inputs_stop_before_any_output(photos, catseg_folder, lseg_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    broken = photos / "broken.jpg"
+    broken.write_bytes((photos / "food.jpg").read_bytes()[:500])
+    cases = [
+        ([photos], catseg_folder, "broken.jpg' is not a readable image file"),
+        ([photos / "food.jpg", photos / "notes.txt"], catseg_folder, "notes.txt' is not a readable image file"),
+        ([photos / "food.jpg", tmp_path / "missing.jpg"], catseg_folder, "missing.jpg' does not exist"),
+        ([photos / "food.jpg", photos / "street"], catseg_folder, None),  # fine: distinct names
+        ([photos / "gray.png", tmp_path / "gray.jpg"], catseg_folder, "would both write gray_labels.png"),
+        ([photos / "food.jpg"], photos / "notes.txt", "is a file but not a checkpoint"),
+        ([photos / "food.jpg"], photos / "street", "is a folder without config.json"),
+    ]
+    shutil.copy(photos / "food.jpg", tmp_path / "gray.jpg")
+    for inputs, model, message in cases[:3] + cases[4:]:
+        error = run(*inputs, "--labels", "cat", "--model", model, "--out", out, expect=2, capsys=capsys)
+        assert message in error and "Traceback" not in error
+        assert not out.exists()
+    error = run(photos / "food.jpg", "--labels", "cat", "--model", lseg_folder, "--out", out, "--sliding", expect=2,
+                capsys=capsys)  # fmt: skip
+    assert "--sliding is CAT-Seg's evaluation protocol; this lseg model has none" in error and not out.exists()
