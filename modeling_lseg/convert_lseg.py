@@ -25,7 +25,7 @@ import torch
 from transformers import initialization as init
 
 from .configuration_lseg import LSegConfig
-from .modeling_lseg import LSegForSemanticSegmentation
+from .modeling_lseg import LSegForSemanticSegmentation, load_state_dict_strictly
 
 # The released checkpoints with the ViT-L/16 image encoder (the README's model zoo). The other zero-shot
 # checkpoints (pascal_fold*, coco_fold*, fss_rn101) use a ResNet-101 image encoder, which this port does not have.
@@ -288,29 +288,6 @@ def _split_qkv(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-def load_converted(model: LSegForSemanticSegmentation, converted: dict[str, torch.Tensor]) -> None:
-    """Load strictly, after an explicit comparison whose error names the missing, extra and misshapen keys."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
-    mismatched = [
-        f"{key}: checkpoint {tuple(converted[key].shape)}, model {tuple(tensor.shape)}"
-        for key, tensor in expected.items()
-        if key in converted and converted[key].shape != tensor.shape
-    ]
-    problems = [
-        f"{label} ({len(keys)}): {keys[:20]}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched))
-        if keys
-    ]
-    if problems:
-        raise LSegConversionError(
-            "The checkpoint does not fit the LSeg config (pass the right config if the inferred one is wrong): "
-            + "; ".join(problems)
-        )
-    model.load_state_dict(converted, strict=True)
-
-
 def convert_lseg_checkpoint(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -335,7 +312,10 @@ def convert_lseg_checkpoint(
     converted = convert_state_dict(state_dict)
     with init.no_init_weights():
         model = LSegForSemanticSegmentation(config)
-    load_converted(model, converted)
+    try:
+        load_state_dict_strictly(model, converted, "The checkpoint")
+    except ValueError as error:
+        raise LSegConversionError(f"{error}. Pass the right config if the inferred one is wrong.") from error
     model.eval()
 
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))

@@ -358,13 +358,13 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
             name = next((pattern.sub(new, name) for pattern, new in _VIT_TO_DPT_KEYS if pattern.match(name)), name)
             if name.split(".", 1)[0] in ("embeddings", "encoder", "layernorm"):
                 vit_state[name] = tensor
-        _load_part(model.lseg.dpt, vit_state, "image_encoder")
+        load_state_dict_strictly(model.lseg.dpt, vit_state, "The image_encoder checkpoint")
         clip_state = {
             name: tensor
             for name, tensor in text_encoder.state_dict().items()
             if name.split(".", 1)[0] in ("text_model", "text_projection")
         }
-        _load_part(model.lseg.text_encoder, clip_state, "text_encoder")
+        load_state_dict_strictly(model.lseg.text_encoder, clip_state, "The text_encoder checkpoint")
         return model
 
     def get_text_features(
@@ -470,21 +470,23 @@ _VIT_TO_DPT_KEYS = [
 ]
 
 
-def _load_part(module: nn.Module, state_dict: dict[str, torch.Tensor], name: str) -> None:
-    """Load a sub-model strictly, with an error that names the keys and shapes that do not fit."""
+def load_state_dict_strictly(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load strictly, after a comparison whose error names the missing, unexpected and misshapen keys."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     mismatched = [
-        f"{key}: {tuple(state_dict[key].shape)} vs {tuple(tensor.shape)}"
+        f"{key}: checkpoint {tuple(state_dict[key].shape)}, model {tuple(tensor.shape)}"
         for key, tensor in expected.items()
         if key in state_dict and state_dict[key].shape != tensor.shape
     ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"The {name} checkpoint does not fit the LSeg config: missing {missing[:8]}, unexpected "
-            f"{unexpected[:8]}, shape mismatches (checkpoint vs model) {mismatched[:8]}."
-        )
+    problems = [
+        f"{label} ({len(keys)}): {keys[:20]}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", mismatched))
+        if keys
+    ]
+    if problems:
+        raise ValueError(f"{source} does not fit the LSeg config: " + "; ".join(problems))
     module.load_state_dict(state_dict)
 
 

@@ -19,6 +19,7 @@ from modeling_lseg import convert_lseg
 from modeling_lseg.convert_lseg import (
     LSegConversionError,
     convert_lseg_checkpoint,
+    convert_state_dict,
     infer_config,
     load_original_state_dict,
     main,
@@ -249,3 +250,89 @@ def test_released_names_resolve_to_direct_google_drive_downloads(monkeypatch, tm
     ]
     with pytest.raises(LSegConversionError, match="neither a file, a URL nor a released checkpoint"):
         convert_lseg_checkpoint("demo_e300", tmp_path / "out")
+
+
+def released_layout() -> dict[str, torch.Tensor]:
+    """The key layout and shapes of `demo_e200.ckpt` (without `net.`), as the spec lists them, on the meta device."""
+    state_dict = {}
+
+    def add(name, *shape):
+        state_dict[name] = torch.empty(shape, device="meta")
+
+    def linear(name, out_features, in_features):
+        add(f"{name}.weight", out_features, in_features)
+        add(f"{name}.bias", out_features)
+
+    def norm(name, width):
+        add(f"{name}.weight", width)
+        add(f"{name}.bias", width)
+
+    vit, text, vision = "pretrained.model", "clip_pretrained", "clip_pretrained.visual"
+    add(f"{vit}.cls_token", 1, 1, 1024)
+    add(f"{vit}.pos_embed", 1, 577, 1024)
+    add(f"{vit}.patch_embed.proj.weight", 1024, 3, 16, 16)
+    add(f"{vit}.patch_embed.proj.bias", 1024)
+    for block in range(24):
+        prefix = f"{vit}.blocks.{block}"
+        norm(f"{prefix}.norm1", 1024)
+        norm(f"{prefix}.norm2", 1024)
+        linear(f"{prefix}.attn.qkv", 3072, 1024)
+        linear(f"{prefix}.attn.proj", 1024, 1024)
+        linear(f"{prefix}.mlp.fc1", 4096, 1024)
+        linear(f"{prefix}.mlp.fc2", 1024, 4096)
+    norm(f"{vit}.norm", 1024)
+    linear(f"{vit}.head", 1000, 1024)
+    resizes = [(256, 256, 4, 4), (512, 512, 2, 2), None, (1024, 1024, 3, 3)]
+    for stage, (width, resize) in enumerate(zip([256, 512, 1024, 1024], resizes), start=1):
+        linear(f"pretrained.act_postprocess{stage}.0.project.0", 1024, 2048)
+        add(f"pretrained.act_postprocess{stage}.3.weight", width, 1024, 1, 1)
+        add(f"pretrained.act_postprocess{stage}.3.bias", width)
+        if resize:
+            add(f"pretrained.act_postprocess{stage}.4.weight", *resize)
+            add(f"pretrained.act_postprocess{stage}.4.bias", resize[0])
+        add(f"scratch.layer{stage}_rn.weight", 256, width, 3, 3)
+        add(f"scratch.refinenet{stage}.out_conv.weight", 256, 256, 1, 1)
+        add(f"scratch.refinenet{stage}.out_conv.bias", 256)
+        for unit in (1, 2):
+            for index in (1, 2):
+                add(f"scratch.refinenet{stage}.resConfUnit{unit}.conv{index}.weight", 256, 256, 3, 3)
+                bn = f"scratch.refinenet{stage}.resConfUnit{unit}.bn{index}"
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    add(f"{bn}.{name}", 256)
+                add(f"{bn}.num_batches_tracked")
+    add("scratch.head1.weight", 512, 256, 1, 1)
+    add("scratch.head1.bias", 512)
+    add(f"{text}.token_embedding.weight", 49408, 512)
+    add(f"{text}.positional_embedding", 77, 512)
+    add(f"{text}.text_projection", 512, 512)
+    add(f"{text}.logit_scale")
+    norm(f"{text}.ln_final", 512)
+    add(f"{vision}.class_embedding", 768)
+    add(f"{vision}.conv1.weight", 768, 3, 32, 32)
+    add(f"{vision}.positional_embedding", 50, 768)
+    add(f"{vision}.proj", 768, 512)
+    norm(f"{vision}.ln_pre", 768)
+    norm(f"{vision}.ln_post", 768)
+    for tower, width in ((text, 512), (vision, 768)):
+        for block in range(12):
+            prefix = f"{tower}.transformer.resblocks.{block}"
+            add(f"{prefix}.attn.in_proj_weight", 3 * width, width)
+            add(f"{prefix}.attn.in_proj_bias", 3 * width)
+            linear(f"{prefix}.attn.out_proj", width, width)
+            norm(f"{prefix}.ln_1", width)
+            norm(f"{prefix}.ln_2", width)
+            linear(f"{prefix}.mlp.c_fc", 4 * width, width)
+            linear(f"{prefix}.mlp.c_proj", width, 4 * width)
+    return state_dict
+
+
+def test_the_released_layout_converts_to_the_demo_preset():
+    state_dict = released_layout()
+    assert len(state_dict) == 730  # the spec's count for demo_e200.ckpt
+    config = infer_config(state_dict)
+    assert architecture(config.to_dict()) == architecture(LSegConfig().to_dict())
+    with torch.device("meta"):
+        model = LSegForSemanticSegmentation(config)
+    converted = convert_state_dict(state_dict)
+    assert converted.keys() == model.state_dict().keys()
+    assert all(converted[key].shape == tensor.shape for key, tensor in model.state_dict().items())

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
-from modeling_lseg.convert_lseg import convert_state_dict, load_converted, load_original_state_dict
+from modeling_lseg.convert_lseg import convert_state_dict, load_original_state_dict
+from modeling_lseg.modeling_lseg import load_state_dict_strictly
 
 LOGITS = dict(atol=5e-5, rtol=1e-4)
 MEANS = dict(atol=1e-5, rtol=1e-4)
@@ -67,7 +68,8 @@ def fixture_config(folder: Path) -> LSegConfig:
 
 def converted_model(folder: Path) -> LSegForSemanticSegmentation:
     model = LSegForSemanticSegmentation(fixture_config(folder))
-    load_converted(model, convert_state_dict(load_original_state_dict(folder / "original_checkpoint.ckpt")))
+    state_dict = convert_state_dict(load_original_state_dict(folder / "original_checkpoint.ckpt"))
+    load_state_dict_strictly(model, state_dict, "The fixture checkpoint")
     return model.eval()
 
 
