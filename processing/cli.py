@@ -35,21 +35,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation, AutoProcessor
 from transformers.utils import logging as transformers_logging
 
-from modeling_catseg.convert_catseg import (
-    CheckpointConversionError,
-    infer_catseg_config,
-    load_official_state_dict,
-    load_official_weights,
-)
-from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation
-from modeling_lseg.convert_lseg import (
-    LSegConversionError,
-    convert_state_dict,
-    infer_config,
-    load_converted,
-    load_original_state_dict,
-)
-from modeling_lseg.modeling_lseg import LSegForSemanticSegmentation
+from modeling_catseg.convert_catseg import CheckpointConversionError, convert_catseg_checkpoint
+from modeling_lseg.convert_lseg import LSegConversionError, convert_lseg_checkpoint
 
 from .hub import save_for_hub
 from .image_utils_ovseg import InvalidImageError, open_image, to_rgb_array
@@ -157,26 +144,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ovseg-hf"
 
 
-def _model_from_official_checkpoint(checkpoint: Path):
-    """A CAT-Seg (``model_base.pth`` / ``model_large.pth``) or LSeg (Lightning ``.ckpt``) model from the original
-    checkpoint, converted by each model's converter."""
+def _convert_official_checkpoint(checkpoint: Path, output_dir: Path) -> None:
+    """Write the model of a CAT-Seg (``model_base.pth`` / ``model_large.pth``) or LSeg (Lightning ``.ckpt``)
+    checkpoint to ``output_dir`` with that model's converter; which one is found by trying CAT-Seg first."""
     try:
-        state_dict = load_official_state_dict(checkpoint)
+        convert_catseg_checkpoint(checkpoint, output_dir)
     except CheckpointConversionError as catseg_error:
         try:
-            state_dict = load_original_state_dict(checkpoint)
-            model = LSegForSemanticSegmentation(infer_config(state_dict))
-            load_converted(model, convert_state_dict(state_dict))
+            convert_lseg_checkpoint(checkpoint, output_dir)
         except LSegConversionError as lseg_error:
             raise UsageError(
                 f"--model {checkpoint} could not be converted. As a CAT-Seg checkpoint: {catseg_error} As an LSeg "
                 f"checkpoint: {lseg_error} (Convert unusual checkpoints with python -m modeling_catseg.convert_catseg "
                 "or python -m modeling_lseg.convert_lseg, and pass the folder to --model.)"
             ) from None
-        return model
-    model = CatSegForSemanticSegmentation(infer_catseg_config(state_dict))
-    load_official_weights(model, state_dict)
-    return model
 
 
 def convert_official_checkpoint(checkpoint: Path, cache_dir: Path) -> Path:
@@ -190,14 +171,15 @@ def convert_official_checkpoint(checkpoint: Path, cache_dir: Path) -> Path:
     target = cache_dir / "converted" / hashlib.sha256(key.encode()).hexdigest()[:20]
     if (target / "config.json").is_file():
         return target
-    model = _model_from_official_checkpoint(checkpoint).eval()
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent)) / "model"
     try:
-        save_for_hub(model, processor_for_config(model.config), staging)
+        _convert_official_checkpoint(checkpoint, staging)
+        model = AutoModelForSemanticSegmentation.from_pretrained(staging).eval()
+        save_for_hub(model, processor_for_config(model.config), staging)  # adds the processor and the pipeline
         os.replace(staging, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.parent, ignore_errors=True)
     return target
 
 

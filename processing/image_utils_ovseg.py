@@ -169,10 +169,12 @@ def to_label_array(label_map: ImageLike, what: str = "segmentation map") -> np.n
         array = _channels_last(array, channels_first, what)
         if array.shape[-1] == 4:
             array = array[..., :3]
-        if (array != array[..., :1]).any():
+        differing = int((array != array[..., :1]).any(axis=-1).sum())
+        if differing:
             raise InvalidImageError(
-                f"{what} is a colour image: expected one class index per pixel (a palette 'P' or grayscale 'L' PNG, "
-                "or a 2-D integer array)"
+                f"{what} is a colour image (its channels differ at {differing} pixels): expected one class index per "
+                "pixel, e.g. a palette 'P' or grayscale 'L' PNG or a 2-D integer array; map colours to class indices "
+                "first"
             )
         array = array[..., 0]
     elif array.ndim != 2:

@@ -30,6 +30,7 @@ _BASE_COLOURS = (
     (255, 140, 170),  # pink
     (120, 120, 120),  # grey
 )
+MAX_LEGEND_COLUMNS = 2
 _GOLDEN_ANGLE = 0.381966  # fraction of the hue circle between consecutive generated colours
 
 
@@ -99,7 +100,8 @@ def overlay_image(
         alpha: opacity of the class colours.
 
     Returns:
-        An RGB image of height ``H`` and width ``W`` plus the legend panel.
+        An RGB image: the photo at its top left, the legend to its right (the canvas is taller than ``H`` only when
+        the legend needs it).
     """
     height, width = label_map.shape
     colours = palette(len(labels))
@@ -113,17 +115,20 @@ def overlay_image(
     font_size = int(np.clip(round(max(height, 600) / 32), 16, 64))
     font = _font(font_size)
     row, margin, swatch, gap = round(font_size * 1.6), round(font_size * 0.8), round(font_size * 1.1), font_size // 2
-    rows_per_column = max(1, (height - 2 * margin) // row)
+    # As many rows as fit beside the photo, but at most two columns: a longer legend makes the canvas taller than the
+    # photo (white below it) rather than a strip many times wider than the photo.
+    rows_per_column = max(1, (height - 2 * margin) // row, -(-len(present) // MAX_LEGEND_COLUMNS))
     columns = -(-len(present) // rows_per_column)
     measure = PIL.ImageDraw.Draw(canvas_image)
     percents = [f"{100 * pixel_fractions[i]:.1f}%" if pixel_fractions[i] >= 0.0005 else "<0.1%" for i in present]
     percent_width = max((measure.textlength(p, font=font) for p in percents), default=0)
-    # Long labels (synonym lists) are cut at about 18 em so that the legend stays beside the photo.
-    name_width = min(max((measure.textlength(labels[i], font=font) for i in present), default=0), 18 * font_size)
+    # Long labels (synonym lists) are cut at about 14 em so that the legend stays compact.
+    name_width = min(max((measure.textlength(labels[i], font=font) for i in present), default=0), 14 * font_size)
     column_width = round(swatch + gap + name_width + gap + percent_width + margin)
     panel_width = margin + columns * column_width
 
-    canvas = PIL.Image.new("RGB", (width + panel_width, height), (255, 255, 255))
+    canvas_height = max(height, 2 * margin + rows_per_column * row if present else 0)
+    canvas = PIL.Image.new("RGB", (width + panel_width, canvas_height), (255, 255, 255))
     canvas.paste(canvas_image, (0, 0))
     draw = PIL.ImageDraw.Draw(canvas)
     for position, (index, percent) in enumerate(zip(present, percents)):
