@@ -42,7 +42,7 @@ class LSegConversionError(ValueError):
     """The checkpoint cannot be converted; the message says why."""
 
 
-# Original key (without `net.`) -> transformers key, per prefix of the original. In a template, `\\N` is a regex
+# Original key (without `net.`) -> transformers key, per prefix of the original. In a template, `\N` is a regex
 # group, `{stage}` the 0-based index of the 1-based `act_postprocess{k}`/`layer{k}_rn` in group 1, and `{fusion}`
 # transformers' fusion layer of `refinenet{k}` in group 1 (refinenet4, the deepest and first applied, is layer 0).
 # A fused q/k/v projection maps to a "QKV" key that `_split_qkv` splits.
@@ -184,10 +184,10 @@ def infer_config(
         return len({match.group(1) for key in state_dict if (match := re.fullmatch(pattern, key))})
 
     has_block = "scratch.head_block.depthwise.depthwise.weight" in state_dict
-    if has_block and arch_option not in (1, 2):
+    if has_block and (arch_option not in (1, 2) or block_depth is None or activation is None):
         raise LSegConversionError(
-            "The checkpoint has a spatial regularisation block (scratch.head_block), whose variant is not stored in "
-            "it: pass arch_option 1 (bottleneck) or 2 (depthwise), and its block_depth and activation, as trained."
+            "The checkpoint has a spatial regularisation block (scratch.head_block), whose settings are not stored in "
+            "it: pass arch_option 1 (bottleneck) or 2 (depthwise), block_depth and activation, as trained."
         )
     if not has_block and arch_option:
         raise LSegConversionError(

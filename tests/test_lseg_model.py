@@ -268,15 +268,15 @@ def test_from_pretrained_parts_starts_from_a_vit_or_dpt_and_a_clip_checkpoint(im
     vit_config = dict(
         hidden_size=32, num_hidden_layers=8, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
     )
-    if image_model == "vit":
-        image_encoder = ViTModel(ViTConfig(**vit_config, layer_norm_eps=1e-12))
-    else:
-        image_encoder = DPTModel(DPTConfig(**vit_config))
-    image_encoder.save_pretrained(tmp_path / "image")
     clip = CLIPModel(CLIPConfig(**tiny_clip_config(vision_layers=1)))
-    clip.save_pretrained(tmp_path / "clip")
-
-    model = LSegForSemanticSegmentation.from_pretrained_parts(tmp_path / "image", tmp_path / "clip", arch_option=2)
+    if image_model == "vit":  # from checkpoint folders
+        image_encoder = ViTModel(ViTConfig(**vit_config, layer_norm_eps=1e-12))
+        image_encoder.save_pretrained(tmp_path / "image")
+        clip.save_pretrained(tmp_path / "clip")
+        model = LSegForSemanticSegmentation.from_pretrained_parts(tmp_path / "image", tmp_path / "clip", arch_option=2)
+    else:  # from models in memory
+        image_encoder = DPTModel(DPTConfig(**vit_config))
+        model = LSegForSemanticSegmentation.from_pretrained_parts(image_encoder, clip, arch_option=2)
     dpt = model.config.dpt_config
     assert (dpt.hidden_size, dpt.num_hidden_layers, dpt.patch_size, dpt.image_size) == (32, 8, 8, 32)
     assert dpt.backbone_out_indices == [1, 3, 5, 7] and dpt.use_batch_norm_in_fusion_residual
