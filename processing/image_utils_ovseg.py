@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
+from transformers.image_utils import load_image
 
 # A path, a PIL image, a numpy array or a torch tensor (duck-typed through ``.numpy()`` to keep torch optional here).
 ImageLike = Any
@@ -120,12 +121,14 @@ def _pil_to_rgb(image: PIL.Image.Image, what: str) -> np.ndarray:
 
 
 def to_rgb_array(image: ImageLike, what: str = "image") -> np.ndarray:
-    """An ``(H, W, 3)`` uint8 RGB array of ``image`` (PIL image, numpy array, torch tensor or file path).
+    """An ``(H, W, 3)`` uint8 RGB array of ``image`` (PIL image, numpy array, torch tensor, file path or URL).
 
     numpy arrays are read channels-last when ambiguous, torch tensors channels-first; uint16 data is scaled by
     1/257, floats must lie in [0, 1] or [0, 255], and a fourth channel is alpha (composited onto white).
     """
-    if isinstance(image, (str, os.PathLike)):
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        image = load_image(image)
+    elif isinstance(image, (str, os.PathLike)):
         image = open_image(image)  # the path names the input better than its index
     if isinstance(image, PIL.Image.Image):
         return _pil_to_rgb(image, what)

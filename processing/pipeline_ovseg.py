@@ -11,14 +11,11 @@ segments = segmenter("room.jpg", candidate_labels=["sofa", "floor", "lamp"])
 Hub-facing: relative imports of sibling modules only.
 """
 
-import os
-
 import numpy as np
 import PIL.Image
 from transformers import Pipeline
-from transformers.image_utils import load_image
 
-from .image_utils_ovseg import open_image, to_rgb_array
+from .image_utils_ovseg import to_rgb_array
 from .inference_ovseg import MODES, segment
 from .text_prompts_ovseg import VocabularyError, validate_vocabulary
 
@@ -66,15 +63,17 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
         }
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if kwargs:
+            raise TypeError(
+                f"unexpected arguments {sorted(kwargs)}: the pipeline takes candidate_labels, prompt_templates, "
+                "synonyms, mode, tile_size and tile_overlap"
+            )
         return preprocess_params, forward_params, {}
 
     def preprocess(self, image, candidate_labels=None):
         if candidate_labels is None:
             raise VocabularyError("candidate_labels= is required: the class names to segment the image into")
         labels = validate_vocabulary(candidate_labels)
-        if isinstance(image, (str, os.PathLike)):
-            path = os.fspath(image)
-            image = load_image(path) if path.startswith(("http://", "https://")) else open_image(path)
         # numpy, not a tensor: the base class would otherwise move the whole image to the model's device.
         return {"image": to_rgb_array(image), "candidate_labels": labels}
 

@@ -63,6 +63,8 @@ def test_pipeline_in_process_matches_segment(models, photo):
         segmenter(photo, candidate_labels=[["cat"], ["dog"]])
     with pytest.raises(ValueError, match="mode must be one of"):
         segmenter(photo, candidate_labels=LABELS, mode="fast")
+    with pytest.raises(TypeError, match=r"unexpected arguments \['prompt_template'\]"):
+        segmenter(photo, candidate_labels=LABELS, prompt_template="a {}")
 
 
 def test_saved_folder_loads_offline_in_a_fresh_process(models, photo, tmp_path):
