@@ -236,6 +236,8 @@ class LSegModel(LSegPreTrainedModel):
         self._check_pixel_values(pixel_values)
         text_embeds = self._label_embeddings(input_ids, attention_mask, text_embeds, batch_size=pixel_values.shape[0])
 
+        # Images usually arrive in float32 whatever the model's dtype.
+        pixel_values = pixel_values.to(self.dpt.dtype)
         height, width = pixel_values.shape[-2:]
         multiple = self.config.input_size_multiple
         pad_height, pad_width = -height % multiple, -width % multiple

@@ -112,6 +112,15 @@ def test_sides_that_are_not_multiples_of_32_are_padded_with_black_and_cropped_ba
     assert model(pixels(1, 20, 9), input_ids=label_ids(2)).logits.shape == (1, 2, 20, 9)
 
 
+def test_a_half_precision_model_takes_float32_images():
+    model = LSegForSemanticSegmentation(tiny_lseg_config()).eval()
+    with torch.no_grad():
+        expected = model(pixels(), input_ids=label_ids(3)).logits
+        logits = model.to(torch.bfloat16)(pixels(), input_ids=label_ids(3)).logits
+    assert logits.dtype == torch.bfloat16
+    assert (logits.float() - expected).abs().max() < 0.05 * expected.abs().max()
+
+
 def test_precomputed_text_embeds_give_the_same_logits(model):
     with torch.no_grad():
         expected = model(pixels(), input_ids=label_ids(4)).logits
