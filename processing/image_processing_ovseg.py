@@ -70,8 +70,9 @@ class OVSegImageProcessor(PilBackend):
     official preprocessing; `processing.presets` builds the other variants.
 
     Images may be PIL images (any mode; EXIF orientation applied), numpy arrays (HWC or CHW, uint8, uint16, bool or
-    float in [0, 1]), torch tensors (CHW) or file paths. Segmentation maps are 2-D class-index maps of the same size
-    as their image (palette/grayscale/16-bit PNGs, integer arrays).
+    float in [0, 1]), torch tensors (CHW), file paths or URLs; they always become RGB, since both models take three
+    channels. Segmentation maps are 2-D class-index maps of the same size as their image (palette/grayscale/16-bit
+    PNGs, integer arrays).
     """
 
     valid_kwargs = OVSegImageProcessorKwargs
@@ -137,23 +138,21 @@ class OVSegImageProcessor(PilBackend):
                     f"image {index} is {height}x{width} pixels, smaller than one {kwargs['patch_size']}x"
                     f"{kwargs['patch_size']} patch of the model"
                 )
-        sizes = [self.target_size(*a.shape[:2], kwargs["size"]) for a in arrays]
-        pixel_values = self._preprocess([np.moveaxis(a, -1, 0) for a in arrays], target_sizes=sizes, **kwargs)
-        data = {"pixel_values": pixel_values}
-        if segmentation_maps is not None:
-            data["labels"] = self._preprocess_labels(segmentation_maps, arrays, sizes, **kwargs)
-        if return_tensors is not None and len({tuple(s) for s in sizes}) > 1:
+        sizes = [self.target_size(*a.shape[:2], kwargs["size"]) if kwargs["do_resize"] else a.shape[:2] for a in arrays]
+        if return_tensors is not None and len(set(sizes)) > 1:
             raise ValueError(
-                f"the images resize to different sizes {sorted(set(sizes))} and cannot be stacked into one tensor: "
+                f"the images come out in different sizes {sorted(set(sizes))} and cannot be stacked into one tensor: "
                 "use a fixed {'height', 'width'} size, or process them one at a time"
             )
+        data = {"pixel_values": self._preprocess([np.moveaxis(a, -1, 0) for a in arrays], sizes, **kwargs)}
+        if segmentation_maps is not None:
+            data["labels"] = self._preprocess_labels(segmentation_maps, arrays, sizes, **kwargs)
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def _preprocess(
         self,
         images: list[np.ndarray],
         target_sizes: list[tuple[int, int]],
-        do_resize: bool,
         resample: PILImageResampling,
         do_rescale: bool,
         rescale_factor: float,
@@ -165,7 +164,7 @@ class OVSegImageProcessor(PilBackend):
         """Resize (uint8, PIL), rescale and normalise ``(3, H, W)`` images; returns float32 ``(3, h, w)`` arrays."""
         processed = []
         for image, (height, width) in zip(images, target_sizes):
-            if do_resize and image.shape[1:] != (height, width):
+            if image.shape[1:] != (height, width):
                 image = self.resize(image, SizeDict(height=height, width=width), resample)
             image = image.astype(np.float32)
             if do_rescale:
@@ -180,7 +179,6 @@ class OVSegImageProcessor(PilBackend):
         segmentation_maps,
         images: list[np.ndarray],
         target_sizes: list[tuple[int, int]],
-        do_resize: bool,
         do_reduce_labels: bool,
         ignore_index: int,
         num_labels: int | None,
@@ -202,7 +200,7 @@ class OVSegImageProcessor(PilBackend):
             if do_reduce_labels:
                 label = self.reduce_label(label, ignore_index)
             self._check_label_values(label, index, ignore_index, num_labels, do_reduce_labels)
-            if do_resize and label.shape != (height, width):
+            if label.shape != (height, width):
                 # PIL's 32-bit integer mode keeps 16-bit ignore values such as 65535 exact.
                 resized = PIL.Image.fromarray(label.astype(np.int32)).resize((width, height), PIL.Image.NEAREST)
                 label = np.asarray(resized).astype(np.int64)
@@ -230,9 +228,10 @@ class OVSegImageProcessor(PilBackend):
                 f"are {allowed} and {ignore_index} (ignore_index)"
             )
 
-    def class_chunk_size(self, target_size: tuple[int, int]) -> int:
-        """How many classes to resize to ``target_size`` at once to keep memory bounded."""
-        return max(1, MAX_RESIZED_ELEMENTS // (int(target_size[0]) * int(target_size[1])))
+    @staticmethod
+    def class_chunk_size(num_pixels: int) -> int:
+        """How many classes of ``num_pixels`` score values each to hold at once, to keep memory bounded."""
+        return max(1, MAX_RESIZED_ELEMENTS // int(num_pixels))
 
     def reduce_class_scores(
         self, class_scores: torch.Tensor, target_size: tuple[int, int], are_probabilities: bool = False
@@ -250,7 +249,7 @@ class OVSegImageProcessor(PilBackend):
         if not are_probabilities and self.activate_before_resize:
             scores = scores.softmax(0) if self.score_activation == "softmax" else scores.sigmoid()
             are_probabilities = True
-        chunk = self.class_chunk_size(target_size)
+        chunk = self.class_chunk_size(int(target_size[0]) * int(target_size[1]))
         chunks = (scores[start : start + chunk] for start in range(0, scores.shape[0], chunk))
         return self.reduce_class_score_chunks(chunks, target_size, are_probabilities)
 

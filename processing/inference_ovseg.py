@@ -392,8 +392,11 @@ def segment(
         for array, image_logits in zip(arrays, logits):
             size = array.shape[:2]
             if mode == "sliding":
+                # The largest per-class intermediate: the views' upsampled logits, the blend, or the output.
+                _, crop_size, _ = _sliding_settings(image_processor)
+                num_pixels = max(size[0] * size[1], len(image_logits) * crop_size**2)
                 chunks = sliding_window_probability_chunks(
-                    image_processor, image_logits, image_processor.class_chunk_size(size)
+                    image_processor, image_logits, image_processor.class_chunk_size(num_pixels)
                 )
                 label_map, confidence = image_processor.reduce_class_score_chunks(chunks, size, are_probabilities=True)
             else:

@@ -210,3 +210,12 @@ def test_label_maps_of_huge_outputs_are_reduced_in_class_chunks(preset, monkeypa
     label_map, confidence = processor.reduce_class_scores(logits, size)
     assert torch.equal(label_map, probabilities.argmax(0))
     torch.testing.assert_close(confidence, probabilities.max(0).values)
+
+
+def test_images_of_different_output_sizes_are_not_stacked(catseg, lseg):
+    images = [random_image(40, 60), random_image(50, 50)]
+    assert [p.shape for p in catseg(images, do_resize=False)["pixel_values"]] == [(3, 40, 60), (3, 50, 50)]
+    with pytest.raises(ValueError, match=r"the images come out in different sizes \[\(40, 60\), \(50, 50\)\]"):
+        catseg(images, do_resize=False, return_tensors="pt")
+    with pytest.raises(ValueError, match="come out in different sizes"):
+        lseg(images, size={"shortest_edge": 64}, return_tensors="pt")
