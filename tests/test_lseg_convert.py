@@ -165,13 +165,15 @@ def test_a_resnet_checkpoint_is_named_as_unsupported(original, tmp_path):
 def test_missing_unexpected_and_misshapen_keys_are_named(folder, original, tmp_path):
     config = fixture_config(folder)
     missing = save_variant(tmp_path, original, drop=["net.scratch.refinenet2.out_conv.bias"])
-    with pytest.raises(LSegConversionError, match=r"missing \(1\): \['lseg.neck.fusion_stage.layers.2.projection.bias'\]"):
+    expected = r"missing \(1\): \['lseg.neck.fusion_stage.layers.2.projection.bias'\]"
+    with pytest.raises(LSegConversionError, match=expected):
         convert_lseg_checkpoint(missing, tmp_path / "out", config=config)
     unexpected = save_variant(tmp_path, original, add={"net.scratch.extra.weight": torch.zeros(1)})
     with pytest.raises(LSegConversionError, match=r"keys that LSeg does not have: \['scratch.extra.weight'\]"):
         convert_lseg_checkpoint(unexpected, tmp_path / "out", config=config)
     misshapen = save_variant(tmp_path, original, add={"net.scratch.head1.bias": torch.zeros(33)})
-    with pytest.raises(LSegConversionError, match=r"lseg.pixel_embeddings.projection.bias: checkpoint \(33,\), model \(32,\)"):
+    expected = r"lseg.pixel_embeddings.projection.bias: checkpoint \(33,\), model \(32,\)"
+    with pytest.raises(LSegConversionError, match=expected):
         convert_lseg_checkpoint(misshapen, tmp_path / "out", config=config)
     assert_nothing_written(tmp_path, tmp_path / "out")
 

@@ -237,7 +237,7 @@ def test_a_new_depthwise_block_starts_as_the_identity():
             "attention_mask has shape (2, 3)",
         ),
         (dict(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=label_ids(2), labels=torch.full((1, 64, 64), 2)), "[2]"),
-        (dict(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=label_ids(2), labels=torch.zeros(2, 64, 64)), "integer"),
+        (dict(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=label_ids(2), labels=torch.zeros(2, 64, 64)), "integ"),
         (dict(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=label_ids(2), labels=torch.zeros(64, 64)), "integer"),
     ],
 )
@@ -301,7 +301,8 @@ def test_from_pretrained_parts_starts_from_a_vit_or_dpt_and_a_clip_checkpoint(im
 
 
 def test_from_pretrained_parts_names_what_does_not_fit_a_given_config():
-    image_encoder = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+    vit_config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    image_encoder = ViTModel(vit_config)
     clip = CLIPModel(CLIPConfig(**tiny_clip_config(vision_layers=1)))
     with pytest.raises(ValueError, match=r"image_encoder checkpoint does not fit .*encoder\.layer\.2\."):
         LSegForSemanticSegmentation.from_pretrained_parts(image_encoder, clip, config=tiny_lseg_config())
