@@ -106,7 +106,9 @@ def collect_images(inputs: list[str]) -> list[tuple[Path, Path]]:
         if stem in seen:
             if seen[stem].resolve() == path.resolve():
                 continue  # the same file given twice
-            raise UsageError(f"{seen[stem]} and {path} would both write {stem}_labels.png: rename one or run them apart")
+            raise UsageError(
+                f"{seen[stem]} and {path} would both write {stem}_labels.png: rename one or run them apart"
+            )
         seen[stem] = path
         images.append((path, stem))
     return images
@@ -188,7 +190,9 @@ def load_model(name: str, cache_dir: Path, device: torch.device):
     path = Path(name)
     if path.is_file():
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
-            raise UsageError(f"--model {name} is a file but not a checkpoint ({', '.join(sorted(CHECKPOINT_SUFFIXES))})")
+            raise UsageError(
+                f"--model {name} is a file but not a checkpoint ({', '.join(sorted(CHECKPOINT_SUFFIXES))})"
+            )
         path = convert_official_checkpoint(path, cache_dir)
     elif path.is_dir() and not (path / "config.json").is_file():
         raise UsageError(f"--model {name} is a folder without config.json: pass a save_pretrained folder")
@@ -214,8 +218,10 @@ def write_outputs(
     """
     label_map = result.label_map.numpy()
     base = out_dir / stem
-    paths = {kind: base.with_name(base.name + suffix) for kind, suffix in
-             (("label_map", "_labels.png"), ("overlay", "_overlay.png"), ("summary", ".json"))}
+    paths = {
+        kind: base.with_name(base.name + suffix)
+        for kind, suffix in (("label_map", "_labels.png"), ("overlay", "_overlay.png"), ("summary", ".json"))
+    }
     summary = {
         "image": str(image_path),
         "height": int(label_map.shape[0]),
@@ -291,8 +297,15 @@ def run(args: argparse.Namespace) -> int:
             batch = images[first : first + args.batch_size]
             arrays = [to_rgb_array(open_image(path)) for path, _ in batch]
             results = segment(
-                model, processor, arrays, labels, mode=mode, batch_size=args.batch_size,
-                prompt_templates=templates, synonyms=args.synonyms, cache=cache,
+                model,
+                processor,
+                arrays,
+                labels,
+                mode=mode,
+                batch_size=args.batch_size,
+                prompt_templates=templates,
+                synonyms=args.synonyms,
+                cache=cache,
             )
             for (path, stem), array, result in zip(batch, arrays, results):
                 write_outputs(out_dir, stem, path, array, result, extra)

@@ -43,7 +43,11 @@ def save_for_hub(model, processor, folder: str | os.PathLike) -> Path:
     processor.image_processor.register_for_auto_class()
     type(model).register_for_auto_class("AutoModelForSemanticSegmentation")
     segmenter = pipeline(
-        TASK, model=model, processor=processor, tokenizer=processor.tokenizer, image_processor=processor.image_processor
+        TASK,
+        model=model,
+        processor=processor,
+        tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor,
     )
     # The pipeline saves the model (adding `custom_pipelines` to its config and copying pipeline_ovseg.py and the
     # modules it imports), the tokenizer and the image processor; the processor adds processor_config.json.

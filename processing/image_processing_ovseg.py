@@ -3,12 +3,11 @@ scores back to a label map at the original image size.
 
 The two models differ only in settings, saved with each model (``preprocessor_config.json``):
 
-| setting | CAT-Seg (official) | LSeg (official) |
-|---|---|---|
-| resize | 384x384 (ViT-B/16) or 336x336 (ViT-L/14@336), bilinear | 480x480 bilinear (the model takes any size) |
-| rescale / normalise | 1/255, OpenAI CLIP mean/std | 1/255, mean = std = 0.5 |
-| scores | sigmoid, applied **before** resizing (the official post-processing interpolates probabilities) | softmax over classes; logits are resized (align_corners=True, as the official evaluator) |
-| sliding window | 640x640 resize, 384 crops at stride 256 + a global view | none |
+- CAT-Seg (official): bilinear resize to 384x384 (ViT-B/16) or 336x336 (ViT-L/14@336); rescale to [0, 1]; OpenAI
+  CLIP mean/std. Scores are sigmoids, resized as probabilities (the official post-processing). Sliding window: a
+  640x640 resize cut into 384 crops at stride 256, plus a global view.
+- LSeg (official): bilinear resize to 480x480 (the model takes any size); ``(x / 255 - 0.5) / 0.5``. Scores are a
+  softmax over classes of logits resized with ``align_corners=True`` (the official evaluator). No sliding window.
 
 Hub-facing: imports between our modules are relative (``from .x import y``) so the file survives the remote-code copy.
 """
@@ -138,7 +137,9 @@ class OVSegImageProcessor(PilBackend):
                     f"image {index} is {height}x{width} pixels, smaller than one {kwargs['patch_size']}x"
                     f"{kwargs['patch_size']} patch of the model"
                 )
-        sizes = [self.target_size(*a.shape[:2], kwargs["size"]) if kwargs["do_resize"] else a.shape[:2] for a in arrays]
+        sizes = [
+            self.target_size(*a.shape[:2], kwargs["size"]) if kwargs["do_resize"] else a.shape[:2] for a in arrays
+        ]
         if return_tensors is not None and len(set(sizes)) > 1:
             raise ValueError(
                 f"the images come out in different sizes {sorted(set(sizes))} and cannot be stacked into one tensor: "
@@ -297,13 +298,17 @@ class OVSegImageProcessor(PilBackend):
             scores = activate(scores)
         if target_size is not None and tuple(scores.shape[-2:]) != tuple(target_size):
             scores = F.interpolate(
-                scores[None], size=tuple(int(s) for s in target_size), mode="bilinear",
+                scores[None],
+                size=tuple(int(s) for s in target_size),
+                mode="bilinear",
                 align_corners=self.resize_align_corners,
             )[0]
         return scores if self.activate_before_resize else activate(scores)
 
     def post_process_semantic_segmentation(
-        self, outputs, target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
+        self,
+        outputs,
+        target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
         return_segmentation_scores: bool = False,
     ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
         """Label maps from model outputs, the way each model's official code does it.
@@ -336,4 +341,3 @@ class OVSegImageProcessor(PilBackend):
                 )
             )
         return results
-

@@ -39,7 +39,9 @@ def open_image(path: str | os.PathLike, what: str = "image") -> PIL.Image.Image:
             "if you trust the file"
         ) from None
     except (PIL.UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InvalidImageError(f"{what} {path!r} is not a readable image file ({type(error).__name__}: {error})") from None
+        raise InvalidImageError(
+            f"{what} {path!r} is not a readable image file ({type(error).__name__}: {error})"
+        ) from None
 
 
 def upright(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -88,9 +90,7 @@ def _to_uint8(array: np.ndarray, what: str) -> np.ndarray:
             return np.rint(array * 255).astype(np.uint8)
         if low >= 0 and high <= 255:
             return np.rint(array).astype(np.uint8)
-        raise InvalidImageError(
-            f"{what} has float pixel values in [{low:g}, {high:g}]: expected [0, 1] or [0, 255]"
-        )
+        raise InvalidImageError(f"{what} has float pixel values in [{low:g}, {high:g}]: expected [0, 1] or [0, 255]")
     if np.issubdtype(array.dtype, np.integer):
         low, high = int(array.min()), int(array.max())
         if low < 0:

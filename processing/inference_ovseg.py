@@ -86,7 +86,7 @@ class TextFeatureCache:
 
     def __init__(self, max_entries_per_model: int = 8):
         self.max_entries_per_model = max_entries_per_model
-        self._entries: "weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict]" = weakref.WeakKeyDictionary()
+        self._entries: weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict] = weakref.WeakKeyDictionary()
 
     def __call__(self, model, processor, labels, prompt_templates=None, synonyms=None) -> torch.Tensor:
         """``(T, C)`` class embeddings of ``labels`` for ``model``, from the cache when possible."""
@@ -200,7 +200,9 @@ def sliding_window_probability_chunks(image_processor, view_logits: torch.Tensor
     coverage = F.fold(F.unfold(torch.ones(1, 1, image_size, image_size), crop_size, stride=stride), **fold)
     for start in range(0, view_logits.shape[1], chunk_size):
         logits = view_logits[:, start : start + chunk_size].float()
-        probabilities = F.interpolate(logits, size=(crop_size, crop_size), mode="bilinear", align_corners=False).sigmoid()
+        probabilities = F.interpolate(
+            logits, size=(crop_size, crop_size), mode="bilinear", align_corners=False
+        ).sigmoid()
         classes = probabilities.shape[1]
         crops = probabilities[:num_crops].reshape(num_crops, classes * crop_size * crop_size).T[None]
         local = F.fold(crops, **fold) / coverage
@@ -224,7 +226,10 @@ def sliding_window_probabilities(
     chunks = sliding_window_probability_chunks(image_processor, view_logits, view_logits.shape[1])
     probabilities = next(chunks)
     return F.interpolate(
-        probabilities[None], size=tuple(target_size), mode="bilinear", align_corners=image_processor.resize_align_corners
+        probabilities[None],
+        size=tuple(target_size),
+        mode="bilinear",
+        align_corners=image_processor.resize_align_corners,
     )[0]
 
 
@@ -375,7 +380,9 @@ def segment(
 
     results = []
     for first in range(0, len(images), batch_size):
-        arrays = [to_rgb_array(image, f"image {first + i}") for i, image in enumerate(images[first : first + batch_size])]
+        arrays = [
+            to_rgb_array(image, f"image {first + i}") for i, image in enumerate(images[first : first + batch_size])
+        ]
         if mode == "tiled":
             for array in arrays:
                 label_map, counts, sums = tiled_segmentation(
@@ -405,7 +412,9 @@ def segment(
     return results[0] if single else results
 
 
-def _whole_image_logits(model, image_processor, arrays: list[np.ndarray], text_embeds: torch.Tensor) -> list[torch.Tensor]:
+def _whole_image_logits(
+    model, image_processor, arrays: list[np.ndarray], text_embeds: torch.Tensor
+) -> list[torch.Tensor]:
     """Per-image ``(T, h, w)`` logits; images that resize to the same size share a forward pass."""
     pixels = image_processor(arrays, return_tensors=None)["pixel_values"]
     logits: list[torch.Tensor | None] = [None] * len(arrays)

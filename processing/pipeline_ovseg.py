@@ -49,14 +49,23 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
         return super().__call__(images, candidate_labels=candidate_labels, **kwargs)
 
     def _sanitize_parameters(
-        self, candidate_labels=None, prompt_templates=None, synonyms=None, mode=None, tile_size=None,
-        tile_overlap=None, **kwargs,
+        self,
+        candidate_labels=None,
+        prompt_templates=None,
+        synonyms=None,
+        mode=None,
+        tile_size=None,
+        tile_overlap=None,
+        **kwargs,
     ):
         preprocess_params = {"candidate_labels": candidate_labels}
         forward_params = {
             key: value
             for key, value in dict(
-                prompt_templates=prompt_templates, synonyms=synonyms, mode=mode, tile_size=tile_size,
+                prompt_templates=prompt_templates,
+                synonyms=synonyms,
+                mode=mode,
+                tile_size=tile_size,
                 tile_overlap=tile_overlap,
             ).items()
             if value is not None

@@ -17,7 +17,9 @@ CATSEG_SLIDING_WINDOW = {"image_size": 640, "crop_size": 384, "stride": 256}
 LSEG_IMAGE_SIZE = 480  # LSeg's training crops and zero-shot evaluation size
 
 
-def catseg_processor(image_size: int = 384, patch_size: int = 16, prompt_template: str = CATSEG_TEMPLATE) -> OVSegProcessor:
+def catseg_processor(
+    image_size: int = 384, patch_size: int = 16, prompt_template: str = CATSEG_TEMPLATE
+) -> OVSegProcessor:
     """CAT-Seg's official preprocessing: bilinear resize to ``image_size`` (384 for ViT-B/16, 336 for ViT-L/14@336),
     rescale to [0, 1], OpenAI CLIP mean/std; sigmoid scores resized as probabilities; the sliding window."""
     image_processor = OVSegImageProcessor(
@@ -45,7 +47,9 @@ def lseg_processor(image_size: int = LSEG_IMAGE_SIZE, patch_size: int = 16) -> O
         activate_before_resize=False,
         resize_align_corners=True,
     )
-    return OVSegProcessor(image_processor, build_clip_tokenizer(), prompt_templates=RAW_NAME_TEMPLATE, synonyms="first")
+    return OVSegProcessor(
+        image_processor, build_clip_tokenizer(), prompt_templates=RAW_NAME_TEMPLATE, synonyms="first"
+    )
 
 
 def processor_for_config(config: PretrainedConfig) -> OVSegProcessor:

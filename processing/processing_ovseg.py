@@ -49,7 +49,9 @@ class OVSegProcessor(ProcessorMixin):
             `"average"` encodes every synonym and averages them.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, prompt_templates=CATSEG_TEMPLATE, synonyms="first", **kwargs):
+    def __init__(
+        self, image_processor=None, tokenizer=None, prompt_templates=CATSEG_TEMPLATE, synonyms="first", **kwargs
+    ):
         self.prompt_templates = resolve_templates(prompt_templates)
         if synonyms not in SYNONYM_MODES:
             raise VocabularyError(f"synonyms must be one of {SYNONYM_MODES}, got {synonyms!r}")
@@ -96,7 +98,11 @@ class OVSegProcessor(ProcessorMixin):
         if images is not None:
             if segmentation_maps is not None:
                 kwargs.setdefault("num_labels", None if labels is None else len(labels))
-            data.update(self.image_processor(images, segmentation_maps=segmentation_maps, return_tensors=return_tensors, **kwargs))
+            data.update(
+                self.image_processor(
+                    images, segmentation_maps=segmentation_maps, return_tensors=return_tensors, **kwargs
+                )
+            )
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def build_prompts(
@@ -122,8 +128,8 @@ class OVSegProcessor(ProcessorMixin):
             if sum(mask) > limit:
                 shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
                 raise VocabularyError(
-                    f"label {class_id} gives the prompt {shown!r} of {sum(mask)} tokens, more than CLIP's {limit}-token "
-                    "context: shorten the class name or the template"
+                    f"label {class_id} gives the prompt {shown!r} of {sum(mask)} tokens, more than CLIP's "
+                    f"{limit}-token context: shorten the class name or the template"
                 )
         data = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
         if len(prompts) != len(labels):

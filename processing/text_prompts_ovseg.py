@@ -208,7 +208,9 @@ def first_synonym_collisions(labels: list[str]) -> dict[str, list[str]]:
     return {name: group for name, group in groups.items() if len(group) > 1}
 
 
-def average_prompt_embeds(prompt_embeds: torch.Tensor, prompt_class_ids: torch.Tensor, num_classes: int) -> torch.Tensor:
+def average_prompt_embeds(
+    prompt_embeds: torch.Tensor, prompt_class_ids: torch.Tensor, num_classes: int
+) -> torch.Tensor:
     """Per-class text embedding from per-prompt embeddings: normalise each, average per class, re-normalise.
 
     Args:

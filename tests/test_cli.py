@@ -34,7 +34,9 @@ def lseg_folder(tmp_path_factory):
         hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
         backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
     )  # fmt: skip
-    model = LSegForSemanticSegmentation(LSegConfig(dpt_config=dpt_config, clip_config=tiny_clip_config(vision_layers=1)))
+    model = LSegForSemanticSegmentation(
+        LSegConfig(dpt_config=dpt_config, clip_config=tiny_clip_config(vision_layers=1))
+    )
     folder = tmp_path_factory.mktemp("models") / "lseg"
     save_for_hub(model.eval(), lseg_processor(image_size=64), folder)
     return folder
@@ -46,7 +48,9 @@ def photos(tmp_path):
     folder = tmp_path / "photos"
     (folder / "street").mkdir(parents=True)
     shutil.copy(shared_path("data", "coco128-semantic", "images", "000000000009.jpg"), folder / "food.jpg")
-    shutil.copy(shared_path("data", "camvid-mini", "images_prepped_test", "0016E5_07959.png"), folder / "street" / "road.png")
+    shutil.copy(
+        shared_path("data", "camvid-mini", "images_prepped_test", "0016E5_07959.png"), folder / "street" / "road.png"
+    )
     photo = PIL.Image.open(shared_path("data", "ade20k-samples", "sceneparsing", "images", "ADE_val_00000002.jpg"))
     photo.convert("L").save(folder / "gray.png")
     photo.convert("P", palette=PIL.Image.Palette.ADAPTIVE).save(folder / "palette.png")
@@ -102,10 +106,11 @@ def test_labels_files_sliding_and_lseg(photos, catseg_folder, lseg_folder, tmp_p
     json_labels = tmp_path / "voc.json"
     json_labels.write_text(json.dumps(["aeroplane", "bicycle", "bird"]))
     PIL.Image.open(photos / "food.jpg").crop((0, 0, 150, 100)).save(tmp_path / "crop.png")  # 3x2 tiles of 64
-    run(tmp_path / "crop.png", "--labels-file", json_labels, "--model", lseg_folder, "--out", out, "--tiled", "--quiet",
-        capsys=capsys)  # fmt: skip
+    run(tmp_path / "crop.png", "--labels-file", json_labels, "--model", lseg_folder, "--out", out, "--tiled",
+        "--quiet", capsys=capsys)  # fmt: skip
     summary = json.loads((out / "crop.json").read_text())
-    assert summary["labels"] == ["aeroplane", "bicycle", "bird"] and (summary["height"], summary["width"]) == (100, 150)
+    assert summary["labels"] == ["aeroplane", "bicycle", "bird"]
+    assert (summary["height"], summary["width"]) == (100, 150)
 
 
 def test_official_checkpoints_are_converted_once_and_cached(photos, tmp_path, capsys, monkeypatch):
@@ -115,8 +120,8 @@ def test_official_checkpoints_are_converted_once_and_cached(photos, tmp_path, ca
         (shared_path("fixtures", "lseg_tiny", "original_checkpoint.ckpt"), "dog, grass, other"),
     ):
         out = tmp_path / checkpoint.suffix[1:]
-        run(photos / "food.jpg", "--labels", labels, "--model", checkpoint, "--out", out, "--cache-dir", cache, "--quiet",
-            capsys=capsys)  # fmt: skip
+        run(photos / "food.jpg", "--labels", labels, "--model", checkpoint, "--out", out, "--cache-dir", cache,
+            "--quiet", capsys=capsys)  # fmt: skip
         assert (out / "food_overlay.png").is_file()
     converted = sorted(p for p in (cache / "converted").iterdir())
     assert len(converted) == 2 and all((p / "processor_config.json").is_file() for p in converted)

@@ -86,7 +86,9 @@ def test_results_are_identical_with_and_without_the_cache(catseg, monkeypatch):
     labels = ["cat", "sofa, couch", "floor"]
     encoded = []
     original = type(processor).encode_text
-    monkeypatch.setattr(type(processor), "encode_text", lambda self, *a, **k: encoded.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(
+        type(processor), "encode_text", lambda self, *a, **k: encoded.append(1) or original(self, *a, **k)
+    )
     cache = TextFeatureCache()
     uncached = segment(model, processor, images, labels, cache=False)
     first = segment(model, processor, images, labels, cache=cache)
@@ -102,7 +104,9 @@ def test_the_cache_is_never_stale(catseg, monkeypatch):
     cache = TextFeatureCache()
     calls = []
     original = type(processor).encode_text
-    monkeypatch.setattr(type(processor), "encode_text", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(
+        type(processor), "encode_text", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
     base = cache(model, processor, ["cat", "dog"])
     assert torch.equal(cache(model, processor, ["cat", "dog"]), base) and len(calls) == 1
     for vocabulary, kwargs in (
@@ -114,7 +118,9 @@ def test_the_cache_is_never_stale(catseg, monkeypatch):
     assert len(calls) == 4
     clone = CatSegForSemanticSegmentation(model.config).eval()
     clone.load_state_dict(model.state_dict())
-    assert torch.equal(cache(clone, processor, ["cat", "dog"]), base) and len(calls) == 5  # another model: its own entry
+    assert (
+        torch.equal(cache(clone, processor, ["cat", "dog"]), base) and len(calls) == 5
+    )  # another model: its own entry
     with torch.no_grad():
         clone.catseg.clip.text_projection.weight.mul_(-1)  # in-place update, as an optimiser step does
     torch.testing.assert_close(cache(clone, processor, ["cat", "dog"]), -base)
@@ -145,8 +151,12 @@ def test_summary_and_model_mode(catseg):
         model.eval()
     assert torch.equal(result.label_map, segment(model, processor, image(64, 64), ["cat", "dog", "grass"]).label_map)
     summary = result.summary()
-    assert [entry["pixel_fraction"] for entry in summary] == sorted((e["pixel_fraction"] for e in summary), reverse=True)
-    assert {entry["label"] for entry in summary} <= {"cat", "dog", "grass"} and sum(e["pixel_fraction"] for e in summary) == pytest.approx(1, abs=1e-5)
+    assert [entry["pixel_fraction"] for entry in summary] == sorted(
+        (e["pixel_fraction"] for e in summary), reverse=True
+    )
+    assert {entry["label"] for entry in summary} <= {"cat", "dog", "grass"} and sum(
+        e["pixel_fraction"] for e in summary
+    ) == pytest.approx(1, abs=1e-5)
 
 
 @pytest.mark.parametrize("length", [1, 50, 64, 65, 127, 128, 300])
@@ -163,7 +173,8 @@ def test_tiled_mode(catseg):
     labels = ["cat", "dog", "grass"]
     square = image(64, 64)
     assert torch.equal(
-        segment(model, processor, square, labels, mode="tiled").label_map, segment(model, processor, square, labels).label_map
+        segment(model, processor, square, labels, mode="tiled").label_map,
+        segment(model, processor, square, labels).label_map,
     )
     for height, width in ((100, 130), (40, 150)):  # taller and narrower than a tile
         result = segment(model, processor, image(height, width), labels, mode="tiled", batch_size=3)

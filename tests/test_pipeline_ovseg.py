@@ -45,7 +45,11 @@ def photo(tmp_path_factory) -> str:
 def test_pipeline_in_process_matches_segment(models, photo):
     model, processor = models["catseg"]
     segmenter = pipeline(
-        TASK, model=model, processor=processor, tokenizer=processor.tokenizer, image_processor=processor.image_processor
+        TASK,
+        model=model,
+        processor=processor,
+        tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor,
     )
     segments = segmenter(photo, candidate_labels=LABELS)
     reference = segment(model, processor, photo, LABELS)

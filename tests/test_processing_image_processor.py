@@ -59,7 +59,7 @@ def test_grayscale_rgba_palette_16bit_cmyk_and_arrays_look_as_expected(catseg):
     torch.testing.assert_close(pixels(catseg, PIL.Image.fromarray(gray)), as_rgb)
     torch.testing.assert_close(pixels(catseg, gray), as_rgb)
     # 16-bit data is scaled to 8 bits, not clipped: 200 * 257 is 8-bit 200.
-    torch.testing.assert_close(pixels(catseg, PIL.Image.fromarray((gray.astype(np.uint16) * 257))), as_rgb)
+    torch.testing.assert_close(pixels(catseg, PIL.Image.fromarray(gray.astype(np.uint16) * 257)), as_rgb)
     torch.testing.assert_close(pixels(catseg, gray.astype(np.float32) / 255), as_rgb)
     torch.testing.assert_close(pixels(catseg, torch.from_numpy(gray)[None].expand(3, -1, -1)), as_rgb)
     # Transparent pixels become white (what a viewer shows on a white page), opaque ones keep their colour.
@@ -88,14 +88,19 @@ def test_exif_orientation_is_applied(catseg, tmp_path):
     upright = np.rot90(stored, k=-1)  # viewed: 60 high, 40 wide, white on top
     opened = PIL.Image.open(tmp_path / "rotated.png")
     torch.testing.assert_close(pixels(catseg, opened), pixels(catseg, np.ascontiguousarray(upright)))
-    torch.testing.assert_close(pixels(catseg, str(tmp_path / "rotated.png")), pixels(catseg, np.ascontiguousarray(upright)))
+    torch.testing.assert_close(
+        pixels(catseg, str(tmp_path / "rotated.png")), pixels(catseg, np.ascontiguousarray(upright))
+    )
 
 
 @pytest.mark.parametrize(
     ("image", "message"),
     [
         (np.zeros((10, 300, 3), np.uint8), "image 0 is 10x300 pixels, smaller than one 16x16 patch of the model"),
-        (np.zeros((20, 20, 3), np.float32) + 300, "image 0 has float pixel values in [300, 300]: expected [0, 1] or [0, 255]"),
+        (
+            np.zeros((20, 20, 3), np.float32) + 300,
+            "image 0 has float pixel values in [300, 300]: expected [0, 1] or [0, 255]",
+        ),
         (np.zeros((20, 20, 2), np.uint8), "image 0 has shape (20, 20, 2): expected 1, 3 or 4 channels"),
         ("no/such/file.jpg", "image 'no/such/file.jpg' does not exist or is not a file"),
         ([1, 2], "image 0 is a int: expected a PIL image, a numpy array, a torch tensor or a file path"),
@@ -151,9 +156,21 @@ def test_reduce_labels_sixteen_bit_masks_and_palette_masks(catseg):
     ("mask", "kwargs", "message"),
     [
         (np.zeros((40, 50), np.uint8), {}, "segmentation map 0 is 40x50 but its image is 40x60"),
-        (np.full((40, 60), 7, np.uint8), {"num_labels": 3}, "segmentation map 0 has values 7; allowed are 0..2 (the classes) and 255"),
-        (np.full((40, 60), -1, np.int64), {}, "segmentation map 0 has values -1; allowed are non-negative class indices and 255"),
-        (random_image(), {}, "segmentation map 0 is a colour image (its channels differ at 2400 pixels): expected one"),
+        (
+            np.full((40, 60), 7, np.uint8),
+            {"num_labels": 3},
+            "segmentation map 0 has values 7; allowed are 0..2 (the classes) and 255",
+        ),
+        (
+            np.full((40, 60), -1, np.int64),
+            {},
+            "segmentation map 0 has values -1; allowed are non-negative class indices and 255",
+        ),
+        (
+            random_image(),
+            {},
+            "segmentation map 0 is a colour image (its channels differ at 2400 pixels): expected one",
+        ),
         (np.full((40, 60), 0.5, np.float32), {}, "segmentation map 0 has non-integer values"),
     ],
 )
@@ -174,7 +191,10 @@ def test_settings_round_trip(tmp_path, catseg, lseg):
         loaded = OVSegImageProcessor.from_pretrained(tmp_path / processor.score_activation)
         assert loaded.to_dict() == processor.to_dict()
     assert catseg.sliding_window == {"image_size": 640, "crop_size": 384, "stride": 256}
-    assert lseg.sliding_window is None and OVSegImageProcessor.from_pretrained(tmp_path / "softmax").sliding_window is None
+    assert (
+        lseg.sliding_window is None
+        and OVSegImageProcessor.from_pretrained(tmp_path / "softmax").sliding_window is None
+    )
 
 
 def test_post_processing_matches_the_official_one(catseg):

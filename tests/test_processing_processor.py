@@ -71,7 +71,9 @@ def test_encode_text_averages_normalised_prompt_embeddings(catseg):
     model = FakeTextModel()
     text = catseg(text=["cat", "sofa, couch"], prompt_templates=["a {}.", "the {}"], synonyms="average")
     embeds = catseg.encode_text(model, text, batch_size=4)
-    per_prompt = torch.nn.functional.normalize(model.get_text_features(text["input_ids"], text["attention_mask"]), dim=-1)
+    per_prompt = torch.nn.functional.normalize(
+        model.get_text_features(text["input_ids"], text["attention_mask"]), dim=-1
+    )
     expected = torch.stack([per_prompt[:2].mean(0), per_prompt[2:].mean(0)])
     torch.testing.assert_close(embeds, torch.nn.functional.normalize(expected, dim=-1))
     single = catseg(text=["cat", "sofa"])
@@ -103,7 +105,10 @@ def test_bad_vocabularies_are_explained(catseg, text, message):
 
 
 def test_a_batch_of_identical_vocabularies_is_one_vocabulary(catseg):
-    assert catseg(text=[["cat", "dog"], ["cat", "dog"]])["input_ids"].tolist() == catseg(text=["cat", "dog"])["input_ids"].tolist()
+    assert (
+        catseg(text=[["cat", "dog"], ["cat", "dog"]])["input_ids"].tolist()
+        == catseg(text=["cat", "dog"])["input_ids"].tolist()
+    )
 
 
 @pytest.mark.parametrize(
@@ -123,7 +128,10 @@ def test_bad_templates_and_synonym_modes(catseg, kwargs, message):
 
 
 def test_labels_longer_than_clip_context(catseg):
-    with pytest.raises(VocabularyError, match=r"label 1 gives the prompt 'A photo of a very very .*\.\.\.' of 90 tokens, more than CLIP's 77-token context"):
+    with pytest.raises(
+        VocabularyError,
+        match=r"label 1 gives the prompt 'A photo of a very very .*\.\.\.' of 90 tokens, more than CLIP's 77-token",
+    ):
         catseg(text=["cat", "very " * 80 + "long"])
 
 
@@ -152,7 +160,11 @@ def test_processor_round_trip_keeps_each_models_settings(tmp_path, catseg, lseg)
         loaded = OVSegProcessor.from_pretrained(tmp_path / name)
         assert loaded.prompt_templates == processor.prompt_templates and loaded.synonyms == "first"
         assert loaded.image_processor.to_dict() == processor.image_processor.to_dict()
-        assert loaded(text=["cat", "sofa"])["input_ids"].tolist() == processor(text=["cat", "sofa"])["input_ids"].tolist()
-    imagenet = OVSegProcessor(catseg.image_processor, catseg.tokenizer, prompt_templates="imagenet", synonyms="average")
+        assert (
+            loaded(text=["cat", "sofa"])["input_ids"].tolist() == processor(text=["cat", "sofa"])["input_ids"].tolist()
+        )
+    imagenet = OVSegProcessor(
+        catseg.image_processor, catseg.tokenizer, prompt_templates="imagenet", synonyms="average"
+    )
     imagenet.save_pretrained(tmp_path / "imagenet")
     assert AutoProcessor.from_pretrained(tmp_path / "imagenet").prompt_templates == list(IMAGENET_TEMPLATES)

@@ -14,7 +14,7 @@ HARD_STRINGS = [
     "",
     "Hello World 123",
     "A red car, driving FAST!!",
-    "Café au lait — 1990's \"quotes\"",
+    'Café au lait — 1990\'s "quotes"',
     "traffic light",
     "building, edifice",
     "abe's_flyingfish",
