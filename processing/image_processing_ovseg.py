@@ -4,8 +4,10 @@ scores back to a label map at the original image size.
 The two models differ only in settings, saved with each model (``preprocessor_config.json``):
 
 - CAT-Seg (official): bilinear resize to 384x384 (ViT-B/16) or 336x336 (ViT-L/14@336); rescale to [0, 1]; OpenAI
-  CLIP mean/std. Scores are sigmoids, resized as probabilities (the official post-processing). Sliding window: a
-  640x640 resize cut into 384 crops at stride 256, plus a global view.
+  CLIP mean/std. Scores are sigmoids, resized as probabilities (the official post-processing). Sliding window: the
+  evaluation's short-side-640 resize, then a 640x640 resize cut into 384 crops at stride 256, plus a global view.
+  (The official whole-image path also zero-pads the normalised image to a multiple of 32 before resizing, which
+  shifts its predictions for other sizes; we resize without padding, identical for multiples of 32.)
 - LSeg (official): bilinear resize to 480x480 (the model takes any size); ``(x / 255 - 0.5) / 0.5``. Scores are a
   softmax over classes of logits resized with ``align_corners=True`` (the official evaluator). No sliding window.
 
@@ -49,8 +51,9 @@ class OVSegImageProcessorKwargs(ImagesKwargs, total=False):
     resize_align_corners (`bool`, *optional*, defaults to `False`):
         `align_corners` of the bilinear resize of class scores to the output size.
     sliding_window (`dict`, *optional*):
-        CAT-Seg's evaluation protocol: `{"image_size": 640, "crop_size": 384, "stride": 256}`; `None` when the
-        model has none.
+        CAT-Seg's evaluation protocol: `{"shortest_edge": 640, "max_size": 2560, "image_size": 640, "crop_size": 384,
+        "stride": 256}` (`shortest_edge`/`max_size`: the evaluation's first resize, optional); `None` when the model
+        has none.
     """
 
     do_reduce_labels: bool

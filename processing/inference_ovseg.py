@@ -9,8 +9,8 @@ results[0].scores           # (T,) mean probability of each class over its pixel
 
 Modes (``mode=``):
 - ``"whole"``: the image resized to the model's input (the processor's settings), one forward per batch of images.
-- ``"sliding"``: CAT-Seg's official evaluation (640x640 resize, 384 crops at stride 256 plus a global view, sigmoid
-  probabilities averaged), reproducing the official output.
+- ``"sliding"``: CAT-Seg's official evaluation (short side resized to 640, then a 640x640 resize cut into 384 crops
+  at stride 256 plus a global view, sigmoid probabilities averaged), reproducing the official output.
 - ``"tiled"``: for images much larger than the model's input (aerial photos, scans): native-resolution tiles of the
   model's input size with overlap; each pixel takes the tile in which it lies most centrally. Memory is bounded by
   the tile batch and the output label map, whatever the image size and the number of classes.
@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 
@@ -161,16 +162,33 @@ def _sliding_settings(image_processor) -> tuple[int, int, int]:
     return image_size, crop_size, stride
 
 
+def _test_time_resize(image: np.ndarray, shortest_edge: int, max_size: int) -> np.ndarray:
+    """The official evaluation's data mapper (detectron2 ``ResizeShortestEdge``): PIL bilinear (antialiased) resize of
+    the uint8 image so its short side is ``shortest_edge`` and its long side at most ``max_size``."""
+    height, width = image.shape[:2]
+    scale = shortest_edge / min(height, width)
+    new_height, new_width = height * scale, width * scale
+    if max(new_height, new_width) > max_size:
+        scale = max_size / max(new_height, new_width)
+        new_height, new_width = new_height * scale, new_width * scale
+    size = (int(new_width + 0.5), int(new_height + 0.5))
+    return np.asarray(PIL.Image.fromarray(image).resize(size, PIL.Image.BILINEAR))
+
+
 def sliding_window_views(image_processor, image: np.ndarray) -> torch.Tensor:
     """The model inputs of CAT-Seg's sliding window for one ``(H, W, 3)`` uint8 image: ``(V, 3, S, S)``.
 
-    The image is resized to ``image_size`` squared (aspect ratio not kept) and cut into ``crop_size`` crops at
-    ``stride`` (row-major), followed by one global view, the whole image resized to ``crop_size``. Each view is
-    normalised, then resized to the model's input size (336 for ViT-L/14@336). Every resize is bilinear without
-    antialiasing, as in the official code.
+    As the official evaluation does: when the settings have ``shortest_edge`` (640), the image is first resized as
+    the evaluation's data mapper does. It is then resized to ``image_size`` squared (aspect ratio not kept) and cut
+    into ``crop_size`` crops at ``stride`` (row-major), followed by one global view, the image resized to
+    ``crop_size``. Each view is normalised, then resized to the model's input size (336 for ViT-L/14@336). These
+    resizes are bilinear without antialiasing, as in the official code.
     """
+    window = image_processor.sliding_window
+    if window.get("shortest_edge"):
+        image = _test_time_resize(image, int(window["shortest_edge"]), int(window.get("max_size") or 1 << 30))
     image_size, crop_size, stride = _sliding_settings(image_processor)
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()  # a copy: inputs may be read-only
     resized = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
     crops = F.unfold(resized, kernel_size=crop_size, stride=stride)  # (1, 3 * crop * crop, num_crops)
     crops = crops.transpose(1, 2).reshape(-1, 3, crop_size, crop_size)

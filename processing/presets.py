@@ -11,9 +11,10 @@ from .image_processing_ovseg import OVSegImageProcessor
 from .processing_ovseg import OVSegProcessor
 from .text_prompts_ovseg import CATSEG_TEMPLATE, RAW_NAME_TEMPLATE
 
-# CAT-Seg's official evaluation: resize to 640x640, 384x384 crops at stride int(384 * (1 - 0.333)) = 256, plus a
+# CAT-Seg's official evaluation: the test data mapper resizes the short side to 640 (long side at most 2560); the
+# sliding window then resizes to 640x640 and takes 384x384 crops at stride int(384 * (1 - 0.333)) = 256, plus a
 # global view. The crops are 384 for ViT-L/14@336 too, and resized to its 336 input.
-CATSEG_SLIDING_WINDOW = {"image_size": 640, "crop_size": 384, "stride": 256}
+CATSEG_SLIDING_WINDOW = {"shortest_edge": 640, "max_size": 2560, "image_size": 640, "crop_size": 384, "stride": 256}
 LSEG_IMAGE_SIZE = 480  # LSeg's training crops and zero-shot evaluation size
 
 

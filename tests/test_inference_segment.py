@@ -16,6 +16,7 @@ from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
 from processing import TextFeatureCache, catseg_processor, lseg_processor, segment
 from processing.inference_ovseg import (
     _core_bounds,
+    _test_time_resize,
     _tile_starts,
     sliding_window_probabilities,
     sliding_window_views,
@@ -59,6 +60,9 @@ def lseg():
 
 def test_sliding_window_reproduces_the_official_evaluation(official):
     model, processor, classes, io = official
+    # The fixture starts at the model input: the evaluation's short-side-640 resize (data mapper) was not applied.
+    processor = catseg_processor()
+    processor.image_processor.sliding_window = {"image_size": 640, "crop_size": 384, "stride": 256}
     text_embeds = processor.encode_text(model, processor(text=classes))
     image_hwc = io["sliding_image"].permute(1, 2, 0).numpy()  # 480 x 640
     views = sliding_window_views(processor.image_processor, image_hwc)
@@ -157,6 +161,16 @@ def test_summary_and_model_mode(catseg):
     assert {entry["label"] for entry in summary} <= {"cat", "dog", "grass"} and sum(
         e["pixel_fraction"] for e in summary
     ) == pytest.approx(1, abs=1e-5)
+
+
+def test_sliding_window_starts_with_the_official_short_side_resize():
+    assert _test_time_resize(image(480, 640), 640, 2560).shape == (640, 853, 3)
+    assert _test_time_resize(image(100, 5000), 640, 2560).shape == (51, 2560, 3)  # long side capped
+    processor = catseg_processor(image_size=64).image_processor
+    views = sliding_window_views(processor, image(480, 640))
+    resized = _test_time_resize(image(480, 640), 640, 2560)
+    processor.sliding_window = {"image_size": 640, "crop_size": 384, "stride": 256}
+    torch.testing.assert_close(views, sliding_window_views(processor, resized))
 
 
 @pytest.mark.parametrize("length", [1, 50, 64, 65, 127, 128, 300])

@@ -190,7 +190,13 @@ def test_settings_round_trip(tmp_path, catseg, lseg):
         processor.save_pretrained(tmp_path / processor.score_activation)
         loaded = OVSegImageProcessor.from_pretrained(tmp_path / processor.score_activation)
         assert loaded.to_dict() == processor.to_dict()
-    assert catseg.sliding_window == {"image_size": 640, "crop_size": 384, "stride": 256}
+    assert catseg.sliding_window == {
+        "shortest_edge": 640,
+        "max_size": 2560,
+        "image_size": 640,
+        "crop_size": 384,
+        "stride": 256,
+    }
     assert (
         lseg.sliding_window is None
         and OVSegImageProcessor.from_pretrained(tmp_path / "softmax").sliding_window is None
