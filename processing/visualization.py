@@ -118,7 +118,8 @@ def overlay_image(
     # As many rows as fit beside the photo, but at most two columns: a longer legend makes the canvas taller than the
     # photo (white below it) rather than a strip many times wider than the photo.
     rows_per_column = max(1, (height - 2 * margin) // row, -(-len(present) // MAX_LEGEND_COLUMNS))
-    columns = -(-len(present) // rows_per_column)
+    columns = max(1, -(-len(present) // rows_per_column))
+    rows_per_column = max(1, -(-len(present) // columns))  # balanced columns
     measure = PIL.ImageDraw.Draw(canvas_image)
     percents = [f"{100 * pixel_fractions[i]:.1f}%" if pixel_fractions[i] >= 0.0005 else "<0.1%" for i in present]
     percent_width = max((measure.textlength(p, font=font) for p in percents), default=0)

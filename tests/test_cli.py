@@ -15,6 +15,7 @@ import processing.cli as cli
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
 from processing import catseg_processor, lseg_processor, save_for_hub
+from processing.visualization import label_map_image, overlay_image, palette
 
 LABELS = "person, sky, building, grass, road"
 
@@ -178,3 +179,19 @@ def test_bad_inputs_stop_before_any_output(photos, catseg_folder, lseg_folder, t
                 expect=2, capsys=capsys)  # fmt: skip
     assert "other.pth could not be converted. As a CAT-Seg checkpoint:" in error and "As an LSeg checkpoint:" in error
     assert not out.exists() and list((cache / "converted").iterdir()) == []  # no half-converted cache entry
+
+
+def test_palette_legend_layout_and_label_png_modes():
+    colours = palette(300).astype(int)
+    assert len({tuple(c) for c in colours}) == 300
+    first = colours[:16]
+    distances = np.abs(first[:, None] - first[None]).sum(-1)[np.triu_indices(16, 1)]
+    assert distances.min() >= 60  # the curated colours a small vocabulary gets are far apart
+    photo = np.full((100, 120, 3), 128, np.uint8)
+    label_map = np.arange(100 * 120).reshape(100, 120) % 40
+    overlay = overlay_image(photo, label_map, [f"class {i}" for i in range(40)], np.full(40, 1 / 40))
+    # Two balanced columns of 20; the legend is taller than this small photo, which keeps its full resolution.
+    assert overlay.height > 100 and overlay.width > 120
+    assert np.asarray(overlay)[100:, :120].min() == 255  # white below the photo
+    assert label_map_image(label_map, 40).mode == "P" and label_map_image(label_map, 300).mode == "I;16"
+    assert np.array_equal(np.asarray(label_map_image(label_map + 200, 300)), label_map + 200)
