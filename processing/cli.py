@@ -185,6 +185,34 @@ def convert_official_checkpoint(checkpoint: Path, cache_dir: Path) -> Path:
     return target
 
 
+def convert_main(argv: list[str] | None = None) -> int:
+    """`ovseg-convert CHECKPOINT OUTPUT`: an official CAT-Seg or LSeg checkpoint as a complete Hub-ready folder."""
+    parser = argparse.ArgumentParser(
+        prog="ovseg-convert",
+        description="Convert an official CAT-Seg (model_base.pth, model_large.pth) or LSeg (.ckpt) checkpoint into "
+        "a folder with the model, its processor and the zero-shot pipeline, loadable with trust_remote_code=True.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="the official checkpoint file")
+    parser.add_argument("output", type=Path, help="the folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    args = parser.parse_args(argv)
+    transformers_logging.disable_progress_bar()
+    try:
+        if not args.checkpoint.is_file():
+            raise UsageError(f"{args.checkpoint} is not a file")
+        if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
+            raise UsageError(f"{args.output} exists and is not empty; pass --overwrite to replace it")
+        with tempfile.TemporaryDirectory(prefix=".ovseg-convert-", dir=args.output.parent.resolve()) as cache:
+            converted = convert_official_checkpoint(args.checkpoint, Path(cache))
+            if args.output.exists():
+                shutil.rmtree(args.output)
+            os.replace(converted, args.output)
+    except UsageError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    print(f"Wrote {args.output}")
+    return 0
+
+
 def load_model(name: str, cache_dir: Path, device: torch.device):
     """The model and its processor from a folder, a Hub id or an official checkpoint file."""
     path = Path(name)

@@ -195,3 +195,25 @@ def test_palette_legend_layout_and_label_png_modes():
     assert np.asarray(overlay)[100:, :120].min() == 255  # white below the photo
     assert label_map_image(label_map, 40).mode == "P" and label_map_image(label_map, 300).mode == "I;16"
     assert np.array_equal(np.asarray(label_map_image(label_map + 200, 300)), label_map + 200)
+
+
+def test_ovseg_convert_writes_a_complete_hub_folder(tmp_path):
+    from conftest import shared_path
+    from transformers import AutoProcessor
+
+    from processing.cli import convert_main
+
+    checkpoint = shared_path("fixtures", "catseg_tiny_b", "original_checkpoint.pth")
+    # An existing folder is never replaced without --overwrite...
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main([str(checkpoint), str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    # ...and with it, the folder holds the model, its processor and the pipeline.
+    assert convert_main([str(checkpoint), str(tmp_path / "out"), "--overwrite"]) == 0
+    files = {path.name for path in (tmp_path / "out").iterdir()}
+    assert {"config.json", "model.safetensors", "processor_config.json", "pipeline_ovseg.py"} <= files
+    assert "keep.txt" not in files
+    processor = AutoProcessor.from_pretrained(tmp_path / "out", trust_remote_code=True)
+    assert processor.image_processor.size.height == 384

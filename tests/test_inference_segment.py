@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import shared_path
 from safetensors.torch import load_file
-from tiny_models import tiny_catseg_config, tiny_clip_config
+from tiny_models import tiny_catseg_config, tiny_lseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_catseg.convert_catseg import infer_catseg_config, load_official_state_dict, load_official_weights
-from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
+from modeling_lseg import LSegForSemanticSegmentation
 from processing import TextFeatureCache, catseg_processor, lseg_processor, segment
 from processing.inference_ovseg import (
     _core_bounds,
@@ -22,13 +22,6 @@ from processing.inference_ovseg import (
     sliding_window_views,
 )
 
-
-def tiny_lseg_config() -> LSegConfig:
-    dpt_config = dict(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
-        backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
-    )  # fmt: skip
-    return LSegConfig(dpt_config=dpt_config, clip_config=tiny_clip_config(vision_layers=1))
 
 
 def image(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -3,25 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import tiny_clip_config
+from tiny_models import tiny_clip_config, tiny_lseg_config
 from transformers import CLIPConfig, CLIPModel, DPTConfig, DPTModel, ViTConfig, ViTModel
 
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation, LSegModel
 
-
-def tiny_lseg_config(**overrides) -> LSegConfig:
-    """A 4-block, 32-wide ViT with patch 16 (a hook on every block) and a tiny CLIP text tower (16-d embeddings)."""
-    dpt_config = dict(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=64,
-        backbone_out_indices=[0, 1, 2, 3],
-        neck_hidden_sizes=[8, 16, 32, 32],
-        fusion_hidden_size=16,
-    )
-    return LSegConfig(dpt_config=dpt_config, clip_config=tiny_clip_config(vision_layers=1), **overrides)
 
 
 def pixels(batch: int = 1, height: int = 64, width: int = 64) -> torch.Tensor:

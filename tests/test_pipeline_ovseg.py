@@ -8,22 +8,15 @@ import PIL.Image
 import pytest
 import torch
 from isolation import run_isolated
-from tiny_models import tiny_catseg_config, tiny_clip_config
+from tiny_models import tiny_catseg_config, tiny_lseg_config
 from transformers import pipeline
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
+from modeling_lseg import LSegForSemanticSegmentation
 from processing import TASK, VocabularyError, catseg_processor, lseg_processor, save_for_hub, segment
 
 LABELS = ["cat", "sofa, couch", "floor"]
 
-
-def tiny_lseg_config() -> LSegConfig:
-    dpt_config = dict(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
-        backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
-    )  # fmt: skip
-    return LSegConfig(dpt_config=dpt_config, clip_config=tiny_clip_config(vision_layers=1))
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from typing import Any
 
 from modeling_catseg import CatSegConfig
+from modeling_lseg import LSegConfig
 
 
 def tiny_clip_config(vision_layers: int = 4, patch_size: int = 16) -> dict[str, Any]:
@@ -31,3 +32,18 @@ def tiny_catseg_config(**overrides: Any) -> CatSegConfig:
         decoder_guidance_proj_dims=[4, 4],
     )
     return CatSegConfig(**{**settings, **overrides})
+
+
+def tiny_lseg_config(**overrides: Any) -> LSegConfig:
+    """A 4-block, 32-wide ViT with patch 16 (a hook on every block) and a tiny CLIP text tower (16-d embeddings)."""
+    dpt_config = dict(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=64,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+    )
+    return LSegConfig(dpt_config=dpt_config, clip_config=tiny_clip_config(vision_layers=1), **overrides)

@@ -1,0 +1,94 @@
+"""Accuracy cost of the optional fast paths, measured on the official CAT-Seg fixture (../shared/fixtures).
+
+    python benchmarks/fast_paths_accuracy.py
+
+Compares, against the official fp32 logits (pooling 1, 5 classes; and 300 classes through the top-256 cap):
+bf16 autocast, `torch.compile`, and both. Reports the largest logit difference and how many pixels of the
+official semantic map keep their class. Writes `--out`/fast_paths.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from modeling_catseg.convert_catseg import (  # noqa: E402
+    infer_catseg_config,
+    load_official_state_dict,
+    load_official_weights,
+)
+from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation  # noqa: E402
+
+FIXTURE = REPO.parent / "shared" / "fixtures" / "catseg_tiny_b"
+CLIP_MEAN = torch.tensor([122.7709383, 116.7460125, 104.09373615]).view(3, 1, 1)
+CLIP_STD = torch.tensor([68.5005327, 66.6321579, 70.3231630]).view(3, 1, 1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    if not FIXTURE.is_dir():
+        sys.exit(f"{FIXTURE} is absent: this measurement needs the golden fixtures in ../shared")
+    state_dict = load_official_state_dict(FIXTURE / "original_checkpoint.pth")
+    model = CatSegForSemanticSegmentation(infer_catseg_config(state_dict, vision_num_heads=2, text_num_heads=2))
+    load_official_weights(model, state_dict)
+    model.eval().requires_grad_(False)
+    io = load_file(FIXTURE / "io.safetensors")
+    pixel_values = ((io["image"].float() - CLIP_MEAN) / CLIP_STD)[None]
+    official_map = io["sem_seg_pool1_argmax"].long()
+
+    compiled = torch.compile(model)
+    variants = {
+        "fp32 (reference path)": (model, None),
+        "bf16 autocast": (model, torch.bfloat16),
+        "torch.compile": (compiled, None),
+        "torch.compile + bf16 autocast": (compiled, torch.bfloat16),
+    }
+    rows = []
+    for name, (runner, dtype) in variants.items():
+        row = {"variant": name}
+        for case, ids, reference in (
+            ("5 classes", io["input_ids"], io["logits_pool1"]),
+            ("300 classes", io["input_ids_many300"], None),
+        ):
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                runner(pixel_values, input_ids=ids)  # compile / warm-up
+                start = time.perf_counter()
+                logits = runner(pixel_values, input_ids=ids).logits.float()
+                seconds = time.perf_counter() - start
+            if reference is None:
+                official = io["logits_many300_pool1_s3"]
+                kept = (logits[..., ::3, ::3] > -100) & (official > -100)  # classes both kept under the cap
+                difference = (logits[..., ::3, ::3] - official).abs()[kept].max()
+                ours_kept = logits.gt(-100).flatten(2).any(-1)
+                row["300 classes: same top-256 set"] = bool(torch.equal(ours_kept, official.gt(-100).flatten(2).any(-1)))
+            else:
+                difference = (logits - reference).abs().max()
+                probabilities = F.interpolate(logits.sigmoid(), size=(384, 384), mode="bilinear", align_corners=False)
+                row["semantic_map_agreement"] = float((probabilities[0].argmax(0) == official_map).float().mean())
+            row[f"{case}: max |logit diff|"] = float(difference)
+            row[f"{case}: seconds"] = seconds
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fast_paths.json").write_text(json.dumps(rows, indent=1))
+    keys = [key for key in rows[0] if key != "variant"]
+    print("| variant | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for row in rows:
+        print(f"| {row['variant']} | " + " | ".join(f"{row[key]:.3g}" if isinstance(row[key], float) else str(row[key]) for key in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()
