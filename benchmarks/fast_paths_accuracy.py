@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
                 kept = (logits[..., ::3, ::3] > -100) & (official > -100)  # classes both kept under the cap
                 difference = (logits[..., ::3, ::3] - official).abs()[kept].max()
                 ours_kept = logits.gt(-100).flatten(2).any(-1)
-                row["300 classes: same top-256 set"] = bool(torch.equal(ours_kept, official.gt(-100).flatten(2).any(-1)))
+                row["300 classes: same top-256 set"] = bool(
+                    torch.equal(ours_kept, official.gt(-100).flatten(2).any(-1))
+                )
             else:
                 difference = (logits - reference).abs().max()
                 probabilities = F.interpolate(logits.sigmoid(), size=(384, 384), mode="bilinear", align_corners=False)
@@ -86,7 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     print("| variant | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
     for row in rows:
-        print(f"| {row['variant']} | " + " | ".join(f"{row[key]:.3g}" if isinstance(row[key], float) else str(row[key]) for key in keys) + " |")
+        print(
+            f"| {row['variant']} | "
+            + " | ".join(f"{row[key]:.3g}" if isinstance(row[key], float) else str(row[key]) for key in keys)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

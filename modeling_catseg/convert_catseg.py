@@ -70,11 +70,20 @@ _AGGREGATOR_RULES = [
     (r"guidance_projection\.0\.(weight|bias)", r"catseg.appearance_guidance_projection.\1"),
     (r"text_guidance_projection\.0\.(weight|bias)", r"catseg.text_guidance_projection.\1"),
     (r"decoder_guidance_projection\.(\d+)\.0\.(weight|bias)", r"upsampling_decoder.guidance_projections.\1.\2"),
-    (r"layers\.(\d+)\.swin_block\.guidance_norm\.(weight|bias)", r"catseg.layers.\1.spatial_aggregation.guidance_norm.\2"),
+    (
+        r"layers\.(\d+)\.swin_block\.guidance_norm\.(weight|bias)",
+        r"catseg.layers.\1.spatial_aggregation.guidance_norm.\2",
+    ),
     (r"layers\.(\d+)\.swin_block\.block_(\d)\.(norm1|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)", None),
     (r"layers\.(\d+)\.swin_block\.block_(\d)\.attn\.(q|k|v|proj)\.(weight|bias)", None),
-    (r"layers\.(\d+)\.attention\.(norm1|norm2|padding_tokens|padding_guidance)(\.weight|\.bias|)", r"catseg.layers.\1.class_aggregation.\2\3"),
-    (r"layers\.(\d+)\.attention\.attention\.(q|k|v)\.(weight|bias)", r"catseg.layers.\1.class_aggregation.attention.\2_proj.\3"),
+    (
+        r"layers\.(\d+)\.attention\.(norm1|norm2|padding_tokens|padding_guidance)(\.weight|\.bias|)",
+        r"catseg.layers.\1.class_aggregation.\2\3",
+    ),
+    (
+        r"layers\.(\d+)\.attention\.attention\.(q|k|v)\.(weight|bias)",
+        r"catseg.layers.\1.class_aggregation.attention.\2_proj.\3",
+    ),
     (r"layers\.(\d+)\.attention\.MLP\.0\.(weight|bias)", r"catseg.layers.\1.class_aggregation.mlp.fc1.\2"),
     (r"layers\.(\d+)\.attention\.MLP\.2\.(weight|bias)", r"catseg.layers.\1.class_aggregation.mlp.fc2.\2"),
     (r"decoder(\d)\.up\.(weight|bias)", None),
@@ -322,7 +331,9 @@ def convert_catseg_checkpoint(
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+        raise FileExistsError(
+            f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it."
+        )
     state_dict = load_official_state_dict(checkpoint)
     if config is None:
         try:
@@ -359,10 +370,14 @@ def write_atomically(output_dir: Path, write: Callable[[str], Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="model_base.pth / model_large.pth, 'base', 'large' or a URL")
+    parser.add_argument(
+        "--checkpoint", required=True, help="model_base.pth / model_large.pth, 'base', 'large' or a URL"
+    )
     parser.add_argument("--output", required=True, help="folder to write (save_pretrained layout with remote code)")
     parser.add_argument("--config", help="a CatSegConfig JSON file to use instead of inferring one")
-    parser.add_argument("--vision-heads", type=int, help="CLIP vision heads (default: width // 64, as the official code)")
+    parser.add_argument(
+        "--vision-heads", type=int, help="CLIP vision heads (default: width // 64, as the official code)"
+    )
     parser.add_argument("--text-heads", type=int, help="CLIP text heads (default: width // 64)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)

@@ -414,7 +414,9 @@ class CatSegUpsamplingDecoder(nn.Module):
         """
         guidance = [
             F.relu(project(upsample(features)))
-            for upsample, project, features in zip(self.guidance_upsamplers, self.guidance_projections, guidance_features)
+            for upsample, project, features in zip(
+                self.guidance_upsamplers, self.guidance_projections, guidance_features
+            )
         ]
         logits = []
         for chunk in aggregated_features.split(class_chunk_size, dim=1):
@@ -494,8 +496,10 @@ _CLIP_FINETUNE_RULES = {
     "kv": lambda name: _is_attention_weight(name, "k_proj", "v_proj"),
     "qv": lambda name: _is_attention_weight(name, "q_proj", "v_proj"),
     # The paper's QV (Img) count includes the vision position embedding, which its code trained alongside.
-    "qv_image": lambda name: name.startswith("vision_model.")
-    and (_is_attention_weight(name, "q_proj", "v_proj") or name.endswith("embeddings.position_embedding.weight")),
+    "qv_image": lambda name: (
+        name.startswith("vision_model.")
+        and (_is_attention_weight(name, "q_proj", "v_proj") or name.endswith("embeddings.position_embedding.weight"))
+    ),
     "qv_text": lambda name: name.startswith("text_model.") and _is_attention_weight(name, "q_proj", "v_proj"),
 }
 
@@ -524,7 +528,9 @@ class CatSegModel(CatSegPreTrainedModel):
         self.post_init()
         self.apply_clip_finetune_policy()
 
-    def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def get_text_features(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """L2-normalised CLIP text features `(num_classes, projection_dim)` of tokenised prompts `(num_classes, len)`.
 
         Prompts are cut after their longest end-of-text token: attention is causal and the feature is read at the
@@ -620,23 +626,27 @@ class CatSegModel(CatSegPreTrainedModel):
         if text_embeds.shape[-2] == 0:
             raise ValueError("The vocabulary is empty: give at least one class.")
         if class_pooling_size is None:
-            class_pooling_size = self.config.class_pooling_size if self.training else self.config.eval_class_pooling_size
+            class_pooling_size = (
+                self.config.class_pooling_size if self.training else self.config.eval_class_pooling_size
+            )
 
         dense_image_features, guidance_features = self.get_dense_image_features(pixel_values)
         batch = pixel_values.shape[0]
         class_features = F.normalize(text_embeds, dim=-1).to(dense_image_features.dtype)
         if class_features.ndim == 2:
             class_features = class_features.expand(batch, -1, -1)
-        cost_volume = torch.einsum(
-            "bchw,btc->bthw", F.normalize(dense_image_features, dim=1), class_features
-        )
+        cost_volume = torch.einsum("bchw,btc->bthw", F.normalize(dense_image_features, dim=1), class_features)
         aggregated, selected_classes = cost_volume, None
         if cost_volume.shape[1] > self.config.max_classes:
             # Keep the classes that best match some patch; the rest get a constant logit in the head.
             scores = cost_volume.flatten(2).amax(dim=-1)
             selected_classes = scores.topk(self.config.max_classes, dim=-1).indices.sort(dim=-1).values
-            aggregated = cost_volume.gather(1, selected_classes[:, :, None, None].expand(-1, -1, *cost_volume.shape[2:]))
-            class_features = class_features.gather(1, selected_classes[:, :, None].expand(-1, -1, class_features.shape[-1]))
+            aggregated = cost_volume.gather(
+                1, selected_classes[:, :, None, None].expand(-1, -1, *cost_volume.shape[2:])
+            )
+            class_features = class_features.gather(
+                1, selected_classes[:, :, None].expand(-1, -1, class_features.shape[-1])
+            )
 
         hidden_states = self.cost_embedding(aggregated.flatten(0, 1).unsqueeze(1))
         hidden_states = hidden_states.unflatten(0, aggregated.shape[:2]).permute(0, 1, 3, 4, 2).contiguous()
@@ -675,14 +685,15 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         self.catseg = CatSegModel(config)
         self.upsampling_decoder = CatSegUpsamplingDecoder(config)
         # `AutoModel.from_pretrained(folder, trust_remote_code=True)` should give the full model, as users expect.
-        config.auto_map = {**(getattr(config, "auto_map", None) or {}), "AutoModel": f"modeling_catseg.{type(self).__name__}"}
+        config.auto_map = {
+            **(getattr(config, "auto_map", None) or {}),
+            "AutoModel": f"modeling_catseg.{type(self).__name__}",
+        }
         self.post_init()
         self.apply_clip_finetune_policy()
 
     @classmethod
-    def from_clip(
-        cls, clip: CLIPModel | str | os.PathLike, **config_kwargs
-    ) -> "CatSegForSemanticSegmentation":
+    def from_clip(cls, clip: CLIPModel | str | os.PathLike, **config_kwargs) -> "CatSegForSemanticSegmentation":
         """A new CAT-Seg, ready to train, whose CLIP starts from any `CLIPModel` checkpoint.
 
         `clip` is a model, a hub id (`"openai/clip-vit-base-patch16"`, OpenCLIP or MetaCLIP models in the CLIP
@@ -703,7 +714,9 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         model.catseg.clip.load_state_dict(clip.state_dict())
         return model
 
-    def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def get_text_features(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """L2-normalised text features `(num_classes, projection_dim)`; see [`CatSegModel.get_text_features`]."""
         return self.catseg.get_text_features(input_ids, attention_mask)
 
@@ -761,7 +774,9 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         aggregated = base.aggregated_features.permute(0, 2, 3, 4, 1)
         logits = self.upsampling_decoder(aggregated, base.guidance_features, self.config.class_chunk_size)
         if base.selected_classes is not None:
-            full = logits.new_full((logits.shape[0], base.cost_volume.shape[1], *logits.shape[2:]), self.config.dropped_class_logit)
+            full = logits.new_full(
+                (logits.shape[0], base.cost_volume.shape[1], *logits.shape[2:]), self.config.dropped_class_logit
+            )
             logits = full.scatter(1, base.selected_classes[:, :, None, None].expand_as(logits), logits)
 
         loss = self.segmentation_loss(logits, labels) if labels is not None else None

@@ -1,4 +1,4 @@
-"""The converter turns an official checkpoint into a loadable folder, or refuses with a clear error and writes nothing."""
+"""The converter turns an official checkpoint into a loadable folder, or refuses clearly and writes nothing."""
 
 import pytest
 import torch
@@ -36,7 +36,18 @@ def save_variant(tmp_path, state_dict, name="variant.pth"):
 
 def test_cli_writes_a_folder_that_reproduces_the_official_logits(official, tmp_path):
     checkpoint, io = official
-    main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), "--vision-heads", "2", "--text-heads", "2"])
+    main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--output",
+            str(tmp_path / "out"),
+            "--vision-heads",
+            "2",
+            "--text-heads",
+            "2",
+        ]
+    )
     files = {path.name for path in (tmp_path / "out").iterdir()}
     assert {"config.json", "model.safetensors", "configuration_catseg.py", "modeling_catseg.py"} <= files
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # no staging leftovers
@@ -81,7 +92,10 @@ def test_not_a_catseg_checkpoint(tmp_path):
 def test_missing_key_is_named(official_state_dict, tmp_path):
     state_dict = dict(official_state_dict)
     del state_dict["sem_seg_head.predictor.transformer.layers.1.attention.norm2.bias"]
-    with pytest.raises(CheckpointConversionError, match=r"missing from the checkpoint: \['catseg.layers.1.class_aggregation.norm2.bias'\]"):
+    with pytest.raises(
+        CheckpointConversionError,
+        match=r"missing from the checkpoint: \['catseg.layers.1.class_aggregation.norm2.bias'\]",
+    ):
         convert_catseg_checkpoint(save_variant(tmp_path, state_dict), tmp_path / "out", **HEADS)
     assert not (tmp_path / "out").exists()
 

@@ -129,7 +129,9 @@ def test_text_encoding_stops_at_the_end_token_without_changing_features(model):
     mask = torch.zeros_like(ids)
     for row in range(3):
         mask[row, : int((ids[row] == 49407).nonzero()[0]) + 1] = 1
-    torch.testing.assert_close(model.get_text_features(hf_ids, mask), model.get_text_features(ids), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        model.get_text_features(hf_ids, mask), model.get_text_features(ids), atol=1e-6, rtol=1e-5
+    )
 
 
 @torch.no_grad()
@@ -242,8 +244,9 @@ def test_from_clip_starts_from_the_given_clip_weights(tmp_path):
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(**tiny_clip_config(vision_layers=12)))
     clip.save_pretrained(tmp_path / "clip")
-    model = CatSegForSemanticSegmentation.from_clip(str(tmp_path / "clip"), window_size=12, hidden_dim=16,
-                                                    decoder_dims=[16, 16], decoder_guidance_proj_dims=[4, 4])
+    model = CatSegForSemanticSegmentation.from_clip(
+        str(tmp_path / "clip"), window_size=12, hidden_dim=16, decoder_dims=[16, 16], decoder_guidance_proj_dims=[4, 4]
+    )
     assert model.config.image_size == 384 and model.config.guidance_layers == [3, 7]
     for name, tensor in clip.state_dict().items():
         assert torch.equal(model.catseg.clip.state_dict()[name], tensor), name
@@ -256,7 +259,9 @@ def test_save_and_reload_round_trip(model, tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = CatSegForSemanticSegmentation.from_pretrained(tmp_path).eval()
     with torch.no_grad():
-        assert torch.equal(reloaded(pixels(), input_ids=prompts(3)).logits, model(pixels(), input_ids=prompts(3)).logits)
+        assert torch.equal(
+            reloaded(pixels(), input_ids=prompts(3)).logits, model(pixels(), input_ids=prompts(3)).logits
+        )
     assert reloaded.learnable_parameter_counts() == model.learnable_parameter_counts()
     base = CatSegModel.from_pretrained(tmp_path)
     torch.testing.assert_close(base.cost_embedding.weight, model.catseg.cost_embedding.weight)

@@ -38,7 +38,8 @@ def test_auto_classes_load_the_saved_code_offline_with_identical_logits(tmp_path
             model = auto.from_pretrained(folder, trust_remote_code=True).eval()
             with torch.no_grad():
                 logits = model(**inputs).logits
-            report[auto.__name__] = [type(model).__name__, type(model).__module__, (logits - expected).abs().max().item()]
+            difference = (logits - expected).abs().max().item()
+            report[auto.__name__] = [type(model).__name__, type(model).__module__, difference]
         print(json.dumps(report))
         """,
         tmp_path,

@@ -7,9 +7,13 @@ from modeling_lseg import LSegConfig
 
 
 def tiny_clip_config(vision_layers: int = 4, patch_size: int = 16) -> dict[str, Any]:
-    common = dict(hidden_act="quick_gelu", layer_norm_eps=1e-5, hidden_size=32, intermediate_size=64, num_attention_heads=2)
+    common = dict(
+        hidden_act="quick_gelu", layer_norm_eps=1e-5, hidden_size=32, intermediate_size=64, num_attention_heads=2
+    )
     return dict(
-        text_config=dict(vocab_size=49408, max_position_embeddings=77, eos_token_id=49407, num_hidden_layers=2, **common),
+        text_config=dict(
+            vocab_size=49408, max_position_embeddings=77, eos_token_id=49407, num_hidden_layers=2, **common
+        ),
         vision_config=dict(num_hidden_layers=vision_layers, image_size=224, patch_size=patch_size, **common),
         projection_dim=16,
     )
