@@ -196,6 +196,8 @@ def _load_rows(source: str, split: str, config: str | None, streaming: bool) -> 
                 if split not in dataset:
                     raise DataError(f"{source} has splits {list(dataset)}, not {split!r}: set the split")
                 dataset = dataset[split]
+            elif dataset.split is not None and split is not None and str(dataset.split) != split:
+                raise DataError(f"{source} holds the {dataset.split} split only, not {split!r}")
             return (dataset.to_iterable_dataset(num_shards=min(64, max(1, len(dataset)))) if streaming else dataset), path
         if path.is_file():
             kind = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix)

@@ -167,6 +167,10 @@ def load_data(config: TrainConfig) -> tuple[SegmentationData, SegmentationData |
     )
     train = load_segmentation_data(config.dataset, config.train_split, streaming=config.streaming, **common)
     evaluation = None
+    if config.eval_split and not config.eval_dataset and Path(config.dataset, "state.json").is_file():
+        raise ConfigError(
+            f"{config.dataset} is a single saved split, so it has no {config.eval_split!r} split: set eval_dataset"
+        )
     if config.eval_split or config.eval_dataset:
         evaluation = load_segmentation_data(
             config.eval_dataset or config.dataset, config.eval_split or "validation", **common
