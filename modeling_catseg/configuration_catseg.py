@@ -54,9 +54,10 @@ class CatSegConfig(PreTrainedConfig):
             image, and the others get logit `dropped_class_logit`.
         dropped_class_logit (`float`, *optional*, defaults to -100.0):
             Logit of the classes cut by `max_classes`.
-        class_chunk_size (`int`, *optional*, defaults to 64):
-            Classes processed together by the per-class stages (spatial aggregation and upsampling decoder). It
-            bounds peak memory for large vocabularies and does not change the result.
+        cost_map_chunk_size (`int`, *optional*, defaults to 64):
+            How many (image, class) cost maps the per-class stages (spatial aggregation and upsampling decoder)
+            process together. It bounds peak memory for large vocabularies and batches (sliding windows) and does
+            not change the result.
         decoder_dims (`list[int]`, *optional*, defaults to `[64, 32]`):
             Output channels of the two upsampling stages (multiples of 16: the stages use `GroupNorm(dim // 16)`).
         decoder_guidance_dims (`list[int]`, *optional*, defaults to `[256, 128]`):
@@ -101,7 +102,7 @@ class CatSegConfig(PreTrainedConfig):
         eval_class_pooling_size: int = 1,
         max_classes: int = 256,
         dropped_class_logit: float = -100.0,
-        class_chunk_size: int = 64,
+        cost_map_chunk_size: int = 64,
         decoder_dims: list[int] | tuple[int, ...] = (64, 32),
         decoder_guidance_dims: list[int] | tuple[int, ...] = (256, 128),
         decoder_guidance_proj_dims: list[int] | tuple[int, ...] = (32, 16),
@@ -143,7 +144,7 @@ class CatSegConfig(PreTrainedConfig):
         self.eval_class_pooling_size = eval_class_pooling_size
         self.max_classes = max_classes
         self.dropped_class_logit = dropped_class_logit
-        self.class_chunk_size = class_chunk_size
+        self.cost_map_chunk_size = cost_map_chunk_size
         self.decoder_dims = list(decoder_dims)
         self.decoder_guidance_dims = list(decoder_guidance_dims)
         self.decoder_guidance_proj_dims = list(decoder_guidance_proj_dims)

@@ -408,7 +408,8 @@ class CatSegUpsamplingDecoder(nn.Module):
         Args:
             aggregated_features: `(batch, classes, grid, grid, hidden_dim)`.
             guidance_features: per stage `(batch, vision_hidden_size, grid, grid)`.
-            class_chunk_size: classes decoded together; each class is decoded on its own, so this bounds memory only.
+            class_chunk_size: classes decoded together (per image); each class is decoded on its own, so this bounds
+                memory only.
         Returns:
             Logits `(batch, classes, 4 * grid, 4 * grid)`.
         """
@@ -467,6 +468,10 @@ class CatSegPreTrainedModel(PreTrainedModel):
                 parameter.requires_grad_(keep(name.split("clip.", 1)[1]))
             elif name.endswith("visual_prompt_tokens"):
                 parameter.requires_grad_(self.config.clip_finetune == "prompt")
+
+    def classes_per_chunk(self, batch_size: int) -> int:
+        """Classes per chunk of the per-class stages, so a chunk holds about `config.cost_map_chunk_size` maps."""
+        return max(1, self.config.cost_map_chunk_size // batch_size)
 
     def learnable_parameter_counts(self) -> dict[str, int]:
         """Parameters with `requires_grad`: `{"clip": ..., "cost_aggregation": ..., "total": ...}`.
@@ -654,7 +659,7 @@ class CatSegModel(CatSegPreTrainedModel):
         text_guidance = F.relu(self.text_guidance_projection(F.normalize(class_features, dim=-1)))
         for layer in self.layers:
             hidden_states = layer(
-                hidden_states, appearance_guidance, text_guidance, class_pooling_size, self.config.class_chunk_size
+                hidden_states, appearance_guidance, text_guidance, class_pooling_size, self.classes_per_chunk(batch)
             )
 
         output = CatSegModelOutput(
@@ -772,7 +777,9 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
             return_dict=True,
         )
         aggregated = base.aggregated_features.permute(0, 2, 3, 4, 1)
-        logits = self.upsampling_decoder(aggregated, base.guidance_features, self.config.class_chunk_size)
+        logits = self.upsampling_decoder(
+            aggregated, base.guidance_features, self.classes_per_chunk(pixel_values.shape[0])
+        )
         if base.selected_classes is not None:
             full = logits.new_full(
                 (logits.shape[0], base.cost_volume.shape[1], *logits.shape[2:]), self.config.dropped_class_logit

@@ -271,9 +271,9 @@ def test_save_and_reload_round_trip(model, tmp_path):
 def test_class_chunks_bound_memory_without_changing_logits(model):
     ids = prompts(7)
     expected = model(pixels(2), input_ids=ids).logits
-    model.config.class_chunk_size = 2
+    model.config.cost_map_chunk_size = 3  # one class of the two images per chunk
     try:
         chunked = model(pixels(2), input_ids=ids).logits
     finally:
-        model.config.class_chunk_size = 64
+        model.config.cost_map_chunk_size = 64
     torch.testing.assert_close(chunked, expected, atol=1e-6, rtol=1e-5)
