@@ -86,9 +86,11 @@ def run_benchmark(
     class_names_dir: str | None,
     output_dir: str | Path,
     mode: str = "sliding",
+    split: str = "validation",
     batch_size: int = 1,
     max_samples: int | None = None,
     accelerator=None,
+    progress: bool = True,
 ) -> dict[str, dict]:
     """Evaluate `model` on each `sources` entry (protocol key -> data source) and write the reports.
 
@@ -105,12 +107,12 @@ def run_benchmark(
     results = {}
     for key in (k for k in BENCHMARKS if k in sources):
         protocol = BENCHMARKS[key]
-        data = load_segmentation_data(sources[key], split="validation", dataset_preset=protocol.dataset_preset,
+        data = load_segmentation_data(sources[key], split=split, dataset_preset=protocol.dataset_preset,
                                       class_names_dir=class_names_dir)
         remap = remap_to_background(protocol.background_from) if protocol.background_from is not None else None
         metric = evaluate_split(
             model, processor, data, num_labels=protocol.num_eval_classes, mode=mode, batch_size=batch_size,
-            max_samples=max_samples, prediction_remap=remap, accelerator=accelerator,
+            max_samples=max_samples, prediction_remap=remap, accelerator=accelerator, progress=progress,
         )
         names = eval_class_names(protocol, data.class_names)
         results[key] = summarise(metric, names)
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--class-names-dir", help="folder with the class-name lists (ade847.json, pc459.json, ...)")
     parser.add_argument("--mode", default=None, choices=["sliding", "whole"],
                         help="default: sliding for CAT-Seg (the official protocol), whole otherwise")
+    parser.add_argument("--split", default="validation", help="split of hub or multi-split sources")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--max-samples", type=int, default=None, help="evaluate only the first images of each set")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         with accelerator.autocast():
             results = run_benchmark(
                 model, processor, sources, class_names_dir=args.class_names_dir, output_dir=args.output_dir,
-                mode=mode, batch_size=args.batch_size, max_samples=args.max_samples, accelerator=accelerator,
+                mode=mode, split=args.split, batch_size=args.batch_size, max_samples=args.max_samples, accelerator=accelerator,
             )
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

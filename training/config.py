@@ -130,7 +130,7 @@ class TrainConfig:
     # --- evaluation, checkpoints, logging ---
     output_dir: str = "outputs/train"
     eval_steps: int | None = 5000
-    """Evaluate every this many steps (and at the end) when there is evaluation data."""
+    """Evaluate every this many steps when there is evaluation data (and always at the end)."""
     eval_mode: str = "whole"
     """`segment()` mode of the evaluation: `"whole"` or `"sliding"` (CAT-Seg's official protocol)."""
     per_device_eval_batch_size: int = 4

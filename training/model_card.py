@@ -31,7 +31,10 @@ def front_matter(metadata: dict[str, Any]) -> str:
 
 def usage_section(model_id: str, labels: list[str], model_type: str) -> str:
     """Usage code that works for any folder or repository written by this package."""
-    mode = '"sliding"' if model_type == "catseg" else '"whole"'
+    protocol = (
+        '`mode="sliding"` gives the official sliding-window evaluation' if model_type == "catseg"
+        else 'the default `mode="whole"` is the official single-scale inference'
+    )
     return f"""## How to use
 
 The repository carries its code: load it with `trust_remote_code=True` (transformers >= 5).
@@ -40,12 +43,12 @@ The repository carries its code: load it with `trust_remote_code=True` (transfor
 from transformers import pipeline
 
 segmenter = pipeline("zero-shot-semantic-segmentation", model="{model_id}", trust_remote_code=True)
-segments = segmenter("image.jpg", candidate_labels={labels!r})
+segments = segmenter("image.jpg", candidate_labels={labels!r})   # {protocol}
 for segment in segments:
     print(segment["label"], round(segment["pixel_fraction"], 3))   # segment["mask"] is a PIL image
 ```
 
-Or with the model and processor directly (any labels; `mode={mode}` is the model's evaluation protocol):
+Or with the model and processor directly (any labels):
 
 ```python
 import torch
@@ -76,8 +79,8 @@ def _results_table(metrics: dict) -> str:
     return "\n".join(rows) + "\n\nPer-class IoU (%):\n\n| class | IoU |\n|---|---|\n" + "\n".join(per_class) + "\n"
 
 
-def training_card(config: TrainConfig, model, train_data, eval_data, metrics: dict) -> str:
-    """The card of a model trained by `training.train`, with its own measured results."""
+def training_card(config: TrainConfig, model, train_data, eval_data, metrics: dict, steps: int) -> str:
+    """The card of a model trained by `training.train` for `steps` optimiser steps, with its own measured results."""
     model_type = model.config.model_type
     name, citation, paper = ARCHITECTURES[model_type]
     metadata: dict[str, Any] = {
@@ -109,7 +112,7 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
     settings = [
         ("starting weights", config.pretrained_model or config.clip_model or config.image_encoder or "random initialisation"),
         ("training data", f"{train_data.name}, {len(train_data.class_names)} classes"),
-        ("steps x global batch", f"{config.max_steps} x {config.per_device_train_batch_size} per device x "
+        ("steps x batch", f"{steps} x {config.per_device_train_batch_size} per device x "
                                  f"{config.gradient_accumulation_steps} accumulation"),
         ("optimiser", f"{config.optimizer}, lr {config.learning_rate:g}, multipliers {config.lr_multipliers}, "
                       f"weight decay {config.weight_decay:g}"),

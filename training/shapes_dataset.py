@@ -53,6 +53,13 @@ def default_splits(train_images: int = 1600, test_images: int = 200) -> dict[str
     }
 
 
+def draw_background(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """A `(size, size, 3)` uint8 textured grey: a random grey level plus grey and colour noise."""
+    grey = rng.integers(90, 170)
+    noise = rng.normal(0, 12, (size, size, 1)) + rng.normal(0, 6, (size, size, 3))
+    return np.clip(grey + noise, 0, 255).astype(np.uint8)
+
+
 def draw_example(
     rng: np.random.Generator, class_names: tuple[str, ...], size: int = 64, max_shapes: int = 3
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +68,7 @@ def draw_example(
     The background is class 0. Shapes are drawn in order, so a later shape covers an earlier one in both the image
     and the mask.
     """
-    grey = rng.integers(90, 170)
-    noise = rng.normal(0, 12, (size, size, 1)) + rng.normal(0, 6, (size, size, 3))
-    image = PIL.Image.fromarray(np.clip(grey + noise, 0, 255).astype(np.uint8))
+    image = PIL.Image.fromarray(draw_background(rng, size))
     mask = PIL.Image.new("L", (size, size), 0)
     image_draw, mask_draw = PIL.ImageDraw.Draw(image), PIL.ImageDraw.Draw(mask)
     for _ in range(rng.integers(1, max_shapes + 1)):
@@ -86,13 +91,18 @@ def draw_example(
 def draw_object_crops(
     rng: np.random.Generator, class_names: tuple[str, ...], count: int, size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`count` images of a single shape each, cropped around it and resized to `size`, with their class indices.
+    """`count` images, each of a single shape cropped around it or of background only (class 0, one image in
+    `len(class_names)`), resized to `size`, with their class indices.
 
     Image-level data in the style of CLIP's pre-training (an image and the name of what it shows), drawn by the same
     generator as the segmentation data.
     """
     crops, classes = [], []
     while len(crops) < count:
+        if rng.integers(len(class_names)) == 0:
+            crops.append(draw_background(rng, size))
+            classes.append(0)
+            continue
         image, mask = draw_example(rng, class_names, size, max_shapes=1)
         class_index = int(mask.max())
         rows, columns = np.nonzero(mask == class_index)
@@ -136,6 +146,7 @@ __all__ = [
     "UNSEEN_CLASSES",
     "ShapesSplit",
     "build_shapes_dataset",
+    "draw_background",
     "default_splits",
     "draw_example",
     "draw_object_crops",

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .augment import catseg_augment, lseg_augment, resize_pair
-from .checkpoints import latest_checkpoint, publish_folder, read_training_state, save_checkpoint
+from .checkpoints import latest_checkpoint, publish_folder, read_training_state, save_checkpoint, write_text_atomic
 from .config import ConfigError, TrainConfig, add_config_arguments, config_from_args
 from .data import DataError, SegmentationData, load_segmentation_data
 from .evaluation import evaluate_split, summarise
@@ -228,6 +228,13 @@ class JsonLog:
             with self.path.open("a", encoding="utf-8") as file:
                 file.write(json.dumps(record) + "\n")
 
+    def truncate_after(self, step: int) -> None:
+        """Drop the records of steps after `step`: a resumed run redoes them."""
+        if self.enabled and self.path.is_file():
+            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+            write_text_atomic(self.path, "".join(kept))
+
 
 def run_evaluation(accelerator, model, processor, data: SegmentationData, config: TrainConfig) -> dict:
     metric = evaluate_split(
@@ -263,7 +270,7 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     if frozen:
         logger.info("froze %d parameters matching %s", len(frozen), config.frozen_parameters)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
     text = vocabulary_inputs(processor, train_data.class_names)
     transform = build_transform(config, processor, model, train_data)
     max_steps, steps_per_epoch = resolve_max_steps(config, train_data, accelerator.num_processes)
@@ -287,6 +294,8 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     if config.report_to:
         accelerator.init_trackers("ovseg-train", config={k: str(v) for k, v in config.to_dict().items()})
     log = JsonLog(output_dir / "log.jsonl", accelerator.is_main_process)
+    if checkpoint is not None:
+        log.truncate_after(step)
 
     micro_batches_per_step = config.gradient_accumulation_steps * accelerator.num_processes
     stream = TrainingStream(
@@ -337,7 +346,7 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
         if step % config.save_steps == 0 or step == max_steps:
             state = {"step": step, "num_processes": accelerator.num_processes, "config": config.to_dict()}
             save_checkpoint(accelerator, output_dir, step, state, config.save_total_limit)
-        if eval_data is not None and config.eval_steps and (step % config.eval_steps == 0 or step == max_steps):
+        if eval_data is not None and ((config.eval_steps and step % config.eval_steps == 0) or step == max_steps):
             metrics = run_evaluation(accelerator, model, processor, eval_data, config)
             model.train()
             log.write({"step": step, "eval": metrics})
@@ -348,12 +357,14 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     seconds = time.perf_counter() - started
     model_dir = None
     if step == max_steps:
-        model_dir = save_final_model(accelerator, model, processor, config, train_data, eval_data, metrics)
+        model_dir = save_final_model(accelerator, model, processor, config, train_data, eval_data, metrics, step)
     accelerator.end_training()
     return TrainResult(output_dir, model_dir, step, metrics, seconds)
 
 
-def save_final_model(accelerator, model, processor, config: TrainConfig, train_data, eval_data, metrics) -> Path | None:
+def save_final_model(
+    accelerator, model, processor, config: TrainConfig, train_data, eval_data, metrics, steps: int
+) -> Path | None:
     """Write `output_dir/model` (Hub-ready, with a model card of the measured results) and push it if asked."""
     from processing import save_for_hub
 
@@ -366,7 +377,7 @@ def save_final_model(accelerator, model, processor, config: TrainConfig, train_d
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.config.id2label = dict(enumerate(train_data.class_names))
     unwrapped.config.label2id = {name: index for index, name in enumerate(train_data.class_names)}
-    card = training_card(config, unwrapped, train_data, eval_data, metrics)
+    card = training_card(config, unwrapped, train_data, eval_data, metrics, steps)
 
     def build(folder: Path) -> None:
         save_for_hub(unwrapped, processor, folder)

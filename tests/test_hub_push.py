@@ -1,0 +1,104 @@
+"""Publishing to the Hub against a local stand-in of `HfApi`: one upload of weights, remote code, processor and card."""
+
+import json
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from huggingface_hub.utils import filter_repo_objects
+from test_training_resume import shapes_dir, tiny_train_config  # noqa: F401  (shapes_dir is a fixture)
+from tiny_models import tiny_catseg_config
+
+from modeling_catseg import CatSegForSemanticSegmentation
+from processing import catseg_processor, save_for_hub
+from training import hub
+from training.train import train
+
+
+class LocalHub:
+    """Stands in for `HfApi`: repositories are folders under `root`; an upload copies the non-ignored files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.created: list[dict] = []
+        self.commits: list[dict] = []
+
+    def create_repo(self, repo_id, private=None, exist_ok=False, repo_type=None):
+        self.created.append({"repo_id": repo_id, "private": private, "exist_ok": exist_ok, "repo_type": repo_type})
+        (self.root / repo_id).mkdir(parents=True, exist_ok=True)
+
+    def upload_folder(self, repo_id, folder_path, repo_type=None, commit_message=None, ignore_patterns=None):
+        folder = Path(folder_path)
+        files = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
+        kept = sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns))
+        for name in kept:
+            (self.root / repo_id / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(folder / name, self.root / repo_id / name)
+        self.commits.append({"repo_id": repo_id, "files": kept, "message": commit_message})
+        return mock.Mock(commit_url=f"https://huggingface.co/{repo_id}/commit/0")
+
+
+@pytest.fixture
+def saved_folder(tmp_path) -> Path:
+    torch.manual_seed(0)
+    model = CatSegForSemanticSegmentation(tiny_catseg_config())
+    return save_for_hub(model, catseg_processor(image_size=64), tmp_path / "model")
+
+
+def test_push_uploads_weights_code_processor_and_a_card_in_one_commit(tmp_path, saved_folder):
+    (saved_folder / "checkpoint-3").mkdir()  # training leftovers are never uploaded
+    (saved_folder / "checkpoint-3" / "optimizer.bin").write_bytes(b"x")
+    stand_in = LocalHub(tmp_path / "hub")
+    url = hub.push_folder_to_hub(saved_folder, "someone/tiny-catseg", api=stand_in)
+    assert url == "https://huggingface.co/someone/tiny-catseg/commit/0"
+    assert stand_in.created == [{"repo_id": "someone/tiny-catseg", "private": True, "exist_ok": True, "repo_type": "model"}]
+    (commit,) = stand_in.commits
+    assert {"config.json", "model.safetensors", "modeling_catseg.py", "configuration_catseg.py", "processor_config.json",
+            "processing_ovseg.py", "image_processing_ovseg.py", "tokenizer.json", "README.md"} <= set(commit["files"])
+    assert not any(name.startswith("checkpoint-") for name in commit["files"])
+    card = (tmp_path / "hub" / "someone/tiny-catseg" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: image-segmentation\n")
+    assert 'pipeline("zero-shot-semantic-segmentation", model="someone/tiny-catseg", trust_remote_code=True)' in card
+
+
+def test_an_existing_card_is_kept_and_the_command_line_pushes(tmp_path, saved_folder, capsys):
+    (saved_folder / "README.md").write_text("---\nlicense: mit\n---\n# my card\n")
+    stand_in = LocalHub(tmp_path / "hub")
+    with mock.patch.object(hub, "HfApi", return_value=stand_in) as api:
+        assert hub.main([str(saved_folder), "someone/public-model", "--public", "--token", "hf_x"]) == 0
+    api.assert_called_once_with(token="hf_x")
+    assert stand_in.created[0]["private"] is False
+    assert (tmp_path / "hub" / "someone/public-model" / "README.md").read_text().endswith("# my card\n")
+    assert capsys.readouterr().out.strip().endswith("/commit/0")
+
+
+def test_folders_that_users_could_not_load_are_refused(tmp_path, saved_folder, capsys):
+    (saved_folder / "processor_config.json").unlink()
+    with pytest.raises(hub.HubFolderError, match="processor_config.json"):
+        hub.push_folder_to_hub(saved_folder, "someone/x", api=LocalHub(tmp_path))
+    torch.manual_seed(0)
+    CatSegForSemanticSegmentation(tiny_catseg_config()).save_pretrained(tmp_path / "bare")
+    (tmp_path / "bare" / "modeling_catseg.py").unlink()
+    for name in ("processor_config.json", "tokenizer.json"):
+        (tmp_path / "bare" / name).write_text("{}")
+    with pytest.raises(hub.HubFolderError, match="modelling code"):
+        hub.push_folder_to_hub(tmp_path / "bare", "someone/x", api=LocalHub(tmp_path))
+    assert hub.main([str(tmp_path / "missing"), "someone/x"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_training_pushes_its_final_folder(tmp_path, shapes_dir):  # noqa: F811
+    stand_in = LocalHub(tmp_path / "hub")
+    config = tiny_train_config(tmp_path / "run", shapes_dir, max_steps=2, push_to_hub=True,
+                               hub_model_id="someone/trained", card_license="mit")
+    with mock.patch.object(hub, "HfApi", return_value=stand_in):
+        result = train(config)
+    (commit,) = stand_in.commits
+    assert commit["repo_id"] == "someone/trained" and "model.safetensors" in commit["files"]
+    uploaded = tmp_path / "hub" / "someone/trained"
+    assert json.loads((uploaded / "training_config.json").read_text())["hub_token"] is None
+    card = (uploaded / "README.md").read_text()
+    assert "license: mit" in card and 'model="someone/trained"' in card
+    assert result.model_dir == tmp_path / "run" / "model"
