@@ -12,7 +12,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 _PRELUDE = """
 import importlib.util, sys
 repo = {repo!r}
-sys.path[:] = [p for p in sys.path if p and not p.startswith(repo) and "__editable__" not in p]
+# The virtual environment may live inside the repository (.venv): keep its site-packages.
+sys.path[:] = [
+    p for p in sys.path
+    if p and "__editable__" not in p and (not p.startswith(repo) or p.startswith(sys.prefix))
+]
 sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
 sys.path_importer_cache.clear()
 for name in ("modeling_catseg", "modeling_lseg", "processing", "training"):
