@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import shared_path
 from datasets import Dataset, Features, Image
+from test_training_resume import one_thread  # noqa: F401  (a fixture)
 from tiny_models import tiny_catseg_config, tiny_lseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation

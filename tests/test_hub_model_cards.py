@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from isolation import run_isolated
+from test_training_resume import one_thread  # noqa: F401  (a fixture)
 from tiny_models import tiny_catseg_config, tiny_lseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
@@ -69,7 +70,8 @@ def test_usage_code_runs_as_written(tmp_path):
     assert len(snippets) == 6
     result = run_isolated(
         f"""
-        import json
+        import json, torch
+        torch.set_num_threads(1)
         snippets = {snippets!r}
         shapes = []
         for code in snippets:

@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 import torch
 from huggingface_hub.utils import filter_repo_objects
-from test_training_resume import shapes_dir, tiny_train_config  # noqa: F401  (shapes_dir is a fixture)
+from test_training_resume import one_thread, shapes_dir, tiny_train_config  # noqa: F401  (fixtures)
 from tiny_models import tiny_catseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation

@@ -10,6 +10,8 @@ import pytest
 from training import MEAN_IOU_PATH
 from training.mean_iou import StreamingMeanIoU
 
+pytestmark = pytest.mark.filterwarnings("ignore:Downcasting array dtype")
+
 OUTPUT_KEYS = ("mean_iou", "mean_accuracy", "overall_accuracy", "per_category_iou", "per_category_accuracy")
 
 

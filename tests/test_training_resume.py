@@ -26,6 +26,16 @@ from training.train import train
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train as fast on one thread, and much faster when other processes share the cores (idle OpenMP
+    threads spin). Module-scoped and autouse, so it comes before the module's other fixtures."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model_config() -> dict:
     """The shared tiny CAT-Seg as `model_config` (a random model, 64-pixel input)."""
     accepted = inspect.signature(CatSegConfig.__init__).parameters

@@ -3,7 +3,7 @@ and both mean IoUs from `compute_metrics`."""
 
 import numpy as np
 import torch
-from test_training_resume import shapes_dir  # noqa: F401  (a fixture)
+from test_training_resume import one_thread, shapes_dir  # noqa: F401  (fixtures)
 from tiny_models import tiny_catseg_config
 from transformers import Trainer, TrainingArguments
 

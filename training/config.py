@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,7 +219,8 @@ def _field_types() -> dict[str, Any]:
 
 def _parser_for(annotation: Any):
     """A function turning a command-line string into a value of the field's type."""
-    args = set(typing.get_args(annotation)) or {annotation}
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = set(typing.get_args(annotation)) if union else {annotation}
     args.discard(type(None))
     origins = {typing.get_origin(a) or a for a in args}
 
