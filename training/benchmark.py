@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DataError, load_segmentation_data
+from .distributed import build_accelerator
 from .evaluation import evaluate_split, remap_to_background, summarise
 from .mean_iou import StreamingMeanIoU
 from .protocols import BENCHMARKS, PUBLISHED_CATSEG, BenchmarkProtocol
@@ -166,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         sources[key] = source
     if not sources:
         parser.error("give at least one --data KEY=SOURCE")
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    accelerator = build_accelerator(mixed_precision=args.mixed_precision)
     with accelerator.main_process_first():
         model, processor = load_model_and_processor(args.model, accelerator)
     if getattr(model.config, "eval_class_pooling_size", 1) != 1:

@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 
 from processing.inference_ovseg import segment
 
+from .distributed import build_accelerator
+
 BACKGROUND_LABEL = "others"
 IMAGE_SIZE = 480
 
@@ -122,8 +124,6 @@ def evaluate_fss(model, processor, episodes: list[tuple[str, Path, Path]], accel
 
 
 def main(argv: list[str] | None = None) -> int:
-    from accelerate import Accelerator
-
     from .benchmark import load_model_and_processor
 
     parser = argparse.ArgumentParser(prog="ovseg-fss", description=__doc__.split("\n\n")[0])
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    accelerator = Accelerator()
+    accelerator = build_accelerator()
     with accelerator.main_process_first():
         model, processor = load_model_and_processor(args.model, accelerator)
     scores = evaluate_fss(model, processor, episodes, accelerator)

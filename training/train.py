@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -41,6 +40,7 @@ from .augment import catseg_augment, lseg_augment, resize_pair
 from .checkpoints import latest_checkpoint, publish_folder, read_training_state, save_checkpoint, write_text_atomic
 from .config import ConfigError, TrainConfig, add_config_arguments, config_from_args
 from .data import DataError, SegmentationData, load_segmentation_data
+from .distributed import build_accelerator
 from .evaluation import evaluate_split, summarise
 from .optim import build_optimizer, build_scheduler, freeze_parameters
 from .stream import TrainingStream, collate
@@ -248,7 +248,7 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     """Run training as configured. `stop_after_steps` ends the run early after that many steps (as a kill would,
     but cleanly), leaving the checkpoints; a later call resumes."""
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-    accelerator = Accelerator(
+    accelerator = build_accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
         log_with=config.report_to or None,
@@ -309,7 +309,7 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     text = {key: value.to(accelerator.device) for key, value in text.items()}
     logger.info(
         "training %s for %d steps (%d classes, global batch %d) from step %d",
-        model.config.model_type, max_steps, len(train_data.class_names),
+        accelerator.unwrap_model(model).config.model_type, max_steps, len(train_data.class_names),
         config.per_device_train_batch_size * micro_batches_per_step, step,
     )
     metrics: dict[str, Any] = {}
