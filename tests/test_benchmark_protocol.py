@@ -53,17 +53,24 @@ def test_pas20b_maps_context_names_to_background_and_pc459_ignores_459(tmp_path,
 
     def fake_segment(model, processor, images, labels, mode, batch_size):
         label_map = model[len(labels)]
-        return [SegmentationResult(torch.as_tensor(label_map), list(labels), torch.zeros(len(labels)),
-                                   torch.zeros(len(labels))) for _ in images]
+        return [
+            SegmentationResult(
+                torch.as_tensor(label_map), list(labels), torch.zeros(len(labels)), torch.zeros(len(labels))
+            )
+            for _ in images
+        ]
 
     monkeypatch.setattr("training.evaluation.segment", fake_segment)
     # Indexed by vocabulary size: 59 names for PAS-20b, 459 for PC-459 (where 255 is a class and 459 is ignored).
     fake_model = {59: np.array([[3, 3, 35, 35], [3, 7, 58, 0]]), 459: np.array([[255, 255, 2, 3], [0, 7, 5, 6]])}
     names = class_lists(tmp_path / "names", voc20b=59, pc459=459)
     results = benchmark.run_benchmark(
-        fake_model, None,
+        fake_model,
+        None,
         {"pas20b": label_dataset(tmp_path / "voc", [voc]), "pc459": label_dataset(tmp_path / "pc", [pc459])},
-        class_names_dir=names, output_dir=tmp_path / "out", progress=False,
+        class_names_dir=names,
+        output_dir=tmp_path / "out",
+        progress=False,
     )
     pas20b = results["pas20b"]["per_class_iou"]
     assert len(pas20b) == 21 and pas20b["background"] == 100.0  # 35 and 58 became 20; the 255 pixel is out
@@ -80,14 +87,27 @@ def test_pas20b_maps_context_names_to_background_and_pc459_ignores_459(tmp_path,
 
 def test_the_benchmark_command_runs_the_sliding_window_on_a_saved_model(tmp_path, capsys):
     torch.manual_seed(0)
-    folder = save_for_hub(CatSegForSemanticSegmentation(tiny_catseg_config(eval_class_pooling_size=2)),
-                          catseg_processor(image_size=64), tmp_path / "model")
+    folder = save_for_hub(
+        CatSegForSemanticSegmentation(tiny_catseg_config(eval_class_pooling_size=2)),
+        catseg_processor(image_size=64),
+        tmp_path / "model",
+    )
     rng = np.random.default_rng(0)
     labels = [rng.choice([0, 1, 149, 255], (40, 52)).astype(np.uint8) for _ in range(2)]
     source = label_dataset(tmp_path / "a150", labels)
     names = class_lists(tmp_path / "names", ade150=150)
-    code = benchmark.main(["--model", str(folder), "--data", f"a150={source}", "--class-names-dir", str(names),
-                           "--output-dir", str(tmp_path / "out")])
+    code = benchmark.main(
+        [
+            "--model",
+            str(folder),
+            "--data",
+            f"a150={source}",
+            "--class-names-dir",
+            str(names),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["mode"] == "sliding" and summary["results"]["a150"]["num_images"] == 2
@@ -123,11 +143,28 @@ def test_the_fss_command_evaluates_a_saved_lseg(tmp_path, capsys):
     for name in ("abe's_flyingfish", "adhensive_tape"):
         (tmp_path / "fss" / name).mkdir(parents=True)
         for index in (1, 2):
-            PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "fss" / name / f"{index}.jpg")
-            PIL.Image.fromarray((rng.random((32, 32)) > 0.5).astype(np.uint8) * 255).save(tmp_path / "fss" / name / f"{index}.png")
+            PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                tmp_path / "fss" / name / f"{index}.jpg"
+            )
+            PIL.Image.fromarray((rng.random((32, 32)) > 0.5).astype(np.uint8) * 255).save(
+                tmp_path / "fss" / name / f"{index}.png"
+            )
     (tmp_path / "test.txt").write_text("adhensive_tape\nabe's_flyingfish\n")
-    assert fss.main(["--model", str(folder), "--data", str(tmp_path / "fss"), "--classes-file",
-                     str(tmp_path / "test.txt"), "--output-dir", str(tmp_path / "out")]) == 0
+    assert (
+        fss.main(
+            [
+                "--model",
+                str(folder),
+                "--data",
+                str(tmp_path / "fss"),
+                "--classes-file",
+                str(tmp_path / "test.txt"),
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["num_classes"] == 2 and summary["num_images"] == 4 and 0 <= summary["mean_iou"] <= 100
     rows = list(csv.DictReader((tmp_path / "out" / "fss_per_class.csv").open()))

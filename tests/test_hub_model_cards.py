@@ -1,7 +1,6 @@
 """The model cards of the converted official checkpoints: valid Hub metadata, the published numbers, and usage code
 that runs as written (on tiny stand-ins of the models, in a process that cannot import this project)."""
 
-import json
 import re
 from pathlib import Path
 
@@ -20,12 +19,15 @@ from processing import catseg_processor, lseg_processor, save_for_hub
 from training.protocols import BENCHMARKS, PUBLISHED_CATSEG
 
 CARDS = Path(__file__).resolve().parent.parent / "model_cards"
-CATSEG_CARDS = {"catseg-vit-base-patch16-384": "CAT-Seg ViT-B/16", "catseg-vit-large-patch14-336": "CAT-Seg ViT-L/14@336"}
+CATSEG_CARDS = {
+    "catseg-vit-base-patch16-384": "CAT-Seg ViT-B/16",
+    "catseg-vit-large-patch14-336": "CAT-Seg ViT-L/14@336",
+}
 
 
 def read_card(name: str) -> tuple[dict, str]:
     text = (CARDS / name / "README.md").read_text(encoding="utf-8")
-    match = re.match(r"^---\n(.*?)\n---\n(.*)$", text, re.S)
+    match = re.match(r"^---\n(.*?)\n---\n(.*)$", text, re.DOTALL)
     assert match, f"{name} has no YAML front matter"
     return yaml.safe_load(match.group(1)), match.group(2)
 
@@ -50,18 +52,22 @@ def test_catseg_cards_carry_the_published_numbers(name):
 
 
 def python_blocks(body: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", body, re.S)
+    return re.findall(r"```python\n(.*?)```", body, re.DOTALL)
 
 
 def test_usage_code_runs_as_written(tmp_path):
     torch.manual_seed(0)
     folders = {
-        "catseg": save_for_hub(CatSegForSemanticSegmentation(tiny_catseg_config()), catseg_processor(image_size=64),
-                               tmp_path / "catseg"),
-        "lseg": save_for_hub(LSegForSemanticSegmentation(tiny_lseg_config()), lseg_processor(image_size=64),
-                             tmp_path / "lseg"),
+        "catseg": save_for_hub(
+            CatSegForSemanticSegmentation(tiny_catseg_config()), catseg_processor(image_size=64), tmp_path / "catseg"
+        ),
+        "lseg": save_for_hub(
+            LSegForSemanticSegmentation(tiny_lseg_config()), lseg_processor(image_size=64), tmp_path / "lseg"
+        ),
     }
-    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(tmp_path / "image.jpg")
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(
+        tmp_path / "image.jpg"
+    )
     snippets = []
     for name in (*CATSEG_CARDS, "lseg-vit-large-patch16-384"):
         folder = folders["lseg" if name.startswith("lseg") else "catseg"]

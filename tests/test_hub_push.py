@@ -53,10 +53,21 @@ def test_push_uploads_weights_code_processor_and_a_card_in_one_commit(tmp_path, 
     stand_in = LocalHub(tmp_path / "hub")
     url = hub.push_folder_to_hub(saved_folder, "someone/tiny-catseg", api=stand_in)
     assert url == "https://huggingface.co/someone/tiny-catseg/commit/0"
-    assert stand_in.created == [{"repo_id": "someone/tiny-catseg", "private": True, "exist_ok": True, "repo_type": "model"}]
+    assert stand_in.created == [
+        {"repo_id": "someone/tiny-catseg", "private": True, "exist_ok": True, "repo_type": "model"}
+    ]
     (commit,) = stand_in.commits
-    assert {"config.json", "model.safetensors", "modeling_catseg.py", "configuration_catseg.py", "processor_config.json",
-            "processing_ovseg.py", "image_processing_ovseg.py", "tokenizer.json", "README.md"} <= set(commit["files"])
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_catseg.py",
+        "configuration_catseg.py",
+        "processor_config.json",
+        "processing_ovseg.py",
+        "image_processing_ovseg.py",
+        "tokenizer.json",
+        "README.md",
+    } <= set(commit["files"])
     assert not any(name.startswith("checkpoint-") for name in commit["files"])
     card = (tmp_path / "hub" / "someone/tiny-catseg" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: image-segmentation\n")
@@ -91,8 +102,9 @@ def test_folders_that_users_could_not_load_are_refused(tmp_path, saved_folder, c
 
 def test_training_pushes_its_final_folder(tmp_path, shapes_dir):  # noqa: F811
     stand_in = LocalHub(tmp_path / "hub")
-    config = tiny_train_config(tmp_path / "run", shapes_dir, max_steps=2, push_to_hub=True,
-                               hub_model_id="someone/trained", card_license="mit")
+    config = tiny_train_config(
+        tmp_path / "run", shapes_dir, max_steps=2, push_to_hub=True, hub_model_id="someone/trained", card_license="mit"
+    )
     with mock.patch.object(hub, "HfApi", return_value=stand_in):
         result = train(config)
     (commit,) = stand_in.commits

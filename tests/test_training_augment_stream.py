@@ -16,7 +16,9 @@ def coded_pair(height, width):
     12-pixel blocks so that resizing keeps block interiors exact."""
     rng = np.random.default_rng(height * width)
     label = np.kron(rng.integers(0, 20, (-(-height // 12), -(-width // 12))), np.ones((12, 12), int))[:height, :width]
-    image = np.stack([label * 10, rng.integers(0, 256, (height, width)), np.zeros((height, width))], -1).astype(np.uint8)
+    image = np.stack([label * 10, rng.integers(0, 256, (height, width)), np.zeros((height, width))], -1).astype(
+        np.uint8
+    )
     return image, label
 
 
@@ -28,8 +30,9 @@ def test_shortest_edge_resize_follows_detectron2():
 def test_catseg_augmentation_crops_flips_and_pads_in_step_with_the_label():
     image, label = coded_pair(96, 130)
     for seed in range(6):
-        out_image, out_label = catseg_augment(image, label, np.random.default_rng(seed), crop_size=64, min_size=64,
-                                              color=False)
+        out_image, out_label = catseg_augment(
+            image, label, np.random.default_rng(seed), crop_size=64, min_size=64, color=False
+        )
         assert out_image.shape == (64, 64, 3) and out_label.shape == (64, 64)
         # Nearest-neighbour label and bilinear image agree wherever the label is constant around a pixel.
         interior = out_label[1:-1, 1:-1]
@@ -38,8 +41,16 @@ def test_catseg_augmentation_crops_flips_and_pads_in_step_with_the_label():
         assert flat.sum() > 1000
         assert np.abs(out_image[1:-1, 1:-1, 0][flat].astype(int) - 10 * interior[flat]).max() <= 1
     wide, wide_label = coded_pair(20, 200)  # the long-side cap leaves the short side below the crop: padded
-    _, padded = catseg_augment(wide, wide_label, np.random.default_rng(0), crop_size=64, min_size=64, max_size=100,
-                               color=False, ignore_index=255)
+    _, padded = catseg_augment(
+        wide,
+        wide_label,
+        np.random.default_rng(0),
+        crop_size=64,
+        min_size=64,
+        max_size=100,
+        color=False,
+        ignore_index=255,
+    )
     assert (padded[-1] == 255).all()
 
 
@@ -54,8 +65,9 @@ def test_augmentations_are_deterministic_per_generator():
 
 def test_lseg_augmentation_pads_small_images_with_ignored_labels():
     image, label = coded_pair(40, 30)
-    out_image, out_label = lseg_augment(image, label, np.random.default_rng(0), crop_size=480, base_size=100,
-                                        scale_range=(1.0, 1.0), ignore_index=255)
+    out_image, out_label = lseg_augment(
+        image, label, np.random.default_rng(0), crop_size=480, base_size=100, scale_range=(1.0, 1.0), ignore_index=255
+    )
     assert out_image.shape == (480, 480, 3) and (out_label[100:] == 255).all() and (out_image[100:] == 0).all()
     assert set(np.unique(out_label[:100, :75])) <= set(np.unique(label))
 
@@ -63,9 +75,19 @@ def test_lseg_augmentation_pads_small_images_with_ignored_labels():
 def index_data(count):
     """A dataset whose label value is the row index, so the stream's row order can be read off the labels."""
     features = Features({"image": Image(), "annotation": Image()})
-    rows = {"image": [np.zeros((2, 2, 3), np.uint8)] * count, "annotation": [np.full((2, 2), i, np.uint8) for i in range(count)]}
-    return SegmentationData(Dataset.from_dict(rows, features=features), "image", "annotation",
-                            [str(i) for i in range(count)], 255, False, "rows")
+    rows = {
+        "image": [np.zeros((2, 2, 3), np.uint8)] * count,
+        "annotation": [np.full((2, 2), i, np.uint8) for i in range(count)],
+    }
+    return SegmentationData(
+        Dataset.from_dict(rows, features=features),
+        "image",
+        "annotation",
+        [str(i) for i in range(count)],
+        255,
+        False,
+        "rows",
+    )
 
 
 def transform(image, label, rng):
@@ -95,8 +117,10 @@ def test_the_order_is_an_epoch_permutation_and_survives_resumption():
 def test_processes_split_the_global_micro_batches():
     data = index_data(9)
     single = take(TrainingStream(data, transform, batch_size=2, seed=1), 6)
-    shards = [take(TrainingStream(data, transform, batch_size=2, seed=1, process_index=p, num_processes=2), 3)
-              for p in range(2)]
+    shards = [
+        take(TrainingStream(data, transform, batch_size=2, seed=1, process_index=p, num_processes=2), 3)
+        for p in range(2)
+    ]
     assert [shards[m % 2][m // 2] for m in range(6)] == single
 
 

@@ -28,7 +28,10 @@ def test_save_to_disk_copy_with_id2label_beside_it(tmp_path):
     image_dataset(images, masks).save_to_disk(str(tmp_path / "d"))
     (tmp_path / "d" / "id2label.json").write_text(json.dumps({"0": "sky", "1": "road", "2": "car"}))
     data = load_segmentation_data(tmp_path / "d")
-    assert data.class_names == ["sky", "road", "car"] and (data.image_column, data.mask_column) == ("image", "annotation")
+    assert data.class_names == ["sky", "road", "car"] and (data.image_column, data.mask_column) == (
+        "image",
+        "annotation",
+    )
     image, label = data.decode(data.dataset[1], 1)
     assert image.shape == (6, 8, 3) and image.dtype == np.uint8
     np.testing.assert_array_equal(label, masks[1])
@@ -45,7 +48,9 @@ def test_dataset_dict_parquet_and_streaming_give_the_same_examples(tmp_path):
         load_segmentation_data(tmp_path / "train.parquet", class_names=names),
         load_segmentation_data(tmp_path / "dict", "train", class_names=names, streaming=True),
     ]
-    assert sources[2].streaming and len(load_segmentation_data(tmp_path / "dict", "validation", class_names=names)) == 1
+    assert (
+        sources[2].streaming and len(load_segmentation_data(tmp_path / "dict", "validation", class_names=names)) == 1
+    )
     labels = [[label for _, _, label in data.examples()] for data in sources]
     for other in labels[1:]:
         assert len(other) == 4 and all(np.array_equal(a, b) for a, b in zip(labels[0], other))
@@ -78,8 +83,13 @@ def test_class_names_from_a_class_label_mask_feature_and_from_files(tmp_path):
     images, masks = masks_and_images(values=(0, 1))
     image_dataset(images, masks).save_to_disk(str(tmp_path / "plain"))
     assert load_segmentation_data(tmp_path / "plain", class_names=tmp_path / "names.txt").class_names == [
-        "wall", "building, edifice"]
-    assert load_segmentation_data(tmp_path / "plain", class_names=str(tmp_path / "names.json")).class_names == ["a", "b"]
+        "wall",
+        "building, edifice",
+    ]
+    assert load_segmentation_data(tmp_path / "plain", class_names=str(tmp_path / "names.json")).class_names == [
+        "a",
+        "b",
+    ]
     with pytest.raises(DataError, match="pass class_names"):
         load_segmentation_data(tmp_path / "plain")
 
@@ -91,8 +101,9 @@ def load_segmentation_data_from(dataset, tmp_path, **kwargs):
 
 def test_reduce_labels_ignores_zero_and_shifts_the_classes(tmp_path):
     images, masks = masks_and_images(values=(0, 1, 2, 3))
-    data = load_segmentation_data_from(image_dataset(images, masks), tmp_path, class_names=["a", "b", "c"],
-                                       reduce_labels=True)
+    data = load_segmentation_data_from(
+        image_dataset(images, masks), tmp_path, class_names=["a", "b", "c"], reduce_labels=True
+    )
     assert data.reduce_labels and data.ignore_index == 255
     label = data.decode(data.dataset[0])[1]
     np.testing.assert_array_equal(label, np.where(masks[0] == 0, 255, masks[0].astype(np.int64) - 1))
@@ -135,5 +146,6 @@ def test_presets_cover_the_benchmark_ignore_values():
 def test_a_preset_checks_the_length_of_the_class_name_list(tmp_path):
     images, masks = masks_and_images()
     with pytest.raises(DataError, match="ade20k-150-raw has 150 classes but the class-name list has 3 entries"):
-        load_segmentation_data_from(image_dataset(images, masks), tmp_path, class_names=["a", "b", "c"],
-                                    dataset_preset="ade20k-150-raw")
+        load_segmentation_data_from(
+            image_dataset(images, masks), tmp_path, class_names=["a", "b", "c"], dataset_preset="ade20k-150-raw"
+        )

@@ -29,7 +29,11 @@ def test_catseg_groups_follow_the_official_recipe():
     assert sorted(names) == sorted(trainable)  # each trainable parameter once, frozen ones not at all
     clip = "catseg.clip.vision_model.encoder.layers.0.self_attn."
     assert f"{clip}k_proj.weight" not in names and f"{clip}q_proj.bias" not in names
-    for name in (f"{clip}q_proj.weight", f"{clip}v_proj.weight", "catseg.clip.text_model.encoder.layers.1.self_attn.v_proj.weight"):
+    for name in (
+        f"{clip}q_proj.weight",
+        f"{clip}v_proj.weight",
+        "catseg.clip.text_model.encoder.layers.1.self_attn.v_proj.weight",
+    ):
         assert (group_of(groups, name)["lr"], group_of(groups, name)["weight_decay"]) == pytest.approx((2e-6, 1e-4))
     norms = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm))]
     norm_parameters = [f"{m}.{p}" for m in norms for p in ("weight", "bias") if f"{m}.{p}" in names]
@@ -60,9 +64,13 @@ def test_lseg_groups_freeze_the_text_encoder_and_speed_up_the_decoder():
     assert not any(n.startswith("lseg.text_encoder.") for g in groups for n in g["names"])
     assert group_of(groups, "lseg.dpt.encoder.layer.0.attention.attention.query.weight")["lr"] == 2.5e-4
     assert group_of(groups, "lseg.neck.reassemble_stage.layers.0.projection.weight")["lr"] == 2.5e-4
-    for name in ("lseg.neck.convs.0.weight", "lseg.pixel_embeddings.projection.weight", "spatial_regularization.weight"):
+    for name in (
+        "lseg.neck.convs.0.weight",
+        "lseg.pixel_embeddings.projection.weight",
+        "spatial_regularization.weight",
+    ):
         assert group_of(groups, name)["lr"] == pytest.approx(2.5e-3)
-    batch_norm = [n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    batch_norm = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert group_of(groups, f"{batch_norm}.weight")["weight_decay"] == 1e-4  # SGD decays everything
 
 
@@ -94,11 +102,28 @@ def test_every_shipped_recipe_loads_and_every_setting_has_a_flag():
         TrainConfig(**read_recipe(name))
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
-    config = config_from_args(parser.parse_args([
-        "--config", "catseg_vit_l_coco_stuff", "--learning-rate", "1e-4", "--lr-multipliers", '{"catseg.clip.": 0.1}',
-        "--gradient-checkpointing", "true", "--max-grad-norm", "none", "--class-names", "names.txt",
-        "--scale-range", "[0.75, 1.5]", "--model-config", '{"clip_finetune": "full"}',
-    ]))
+    config = config_from_args(
+        parser.parse_args(
+            [
+                "--config",
+                "catseg_vit_l_coco_stuff",
+                "--learning-rate",
+                "1e-4",
+                "--lr-multipliers",
+                '{"catseg.clip.": 0.1}',
+                "--gradient-checkpointing",
+                "true",
+                "--max-grad-norm",
+                "none",
+                "--class-names",
+                "names.txt",
+                "--scale-range",
+                "[0.75, 1.5]",
+                "--model-config",
+                '{"clip_finetune": "full"}',
+            ]
+        )
+    )
     assert config.clip_model == "openai/clip-vit-large-patch14-336" and config.learning_rate == 1e-4
     assert config.lr_multipliers == {"catseg.clip.": 0.1} and config.gradient_checkpointing is True
     assert config.max_grad_norm is None and config.class_names == "names.txt" and config.scale_range == [0.75, 1.5]

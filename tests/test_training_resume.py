@@ -52,9 +52,20 @@ def shapes_dir(tmp_path_factory) -> Path:
 
 def tiny_train_config(output_dir, shapes_dir, **overrides) -> TrainConfig:
     settings = dict(
-        model_type="catseg", model_preset=None, model_config=tiny_model_config(), dataset=str(shapes_dir / "train"),
-        crop_size=64, min_size_train=64, learning_rate=1e-3, max_steps=6, per_device_train_batch_size=2,
-        gradient_accumulation_steps=2, save_steps=2, eval_steps=None, logging_steps=1, output_dir=str(output_dir),
+        model_type="catseg",
+        model_preset=None,
+        model_config=tiny_model_config(),
+        dataset=str(shapes_dir / "train"),
+        crop_size=64,
+        min_size_train=64,
+        learning_rate=1e-3,
+        max_steps=6,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        save_steps=2,
+        eval_steps=None,
+        logging_steps=1,
+        output_dir=str(output_dir),
     )
     return TrainConfig(**{**settings, **overrides})
 
@@ -93,12 +104,17 @@ def test_a_stopped_run_resumes_to_the_same_weights(tmp_path, shapes_dir, uninter
 
 def test_a_killed_training_process_resumes_to_the_same_weights(tmp_path, shapes_dir):
     steps = 12
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(tiny_train_config(tmp_path / "killed", shapes_dir, max_steps=steps).to_dict()))
+    (tmp_path / "recipe.yaml").write_text(
+        yaml.safe_dump(tiny_train_config(tmp_path / "killed", shapes_dir, max_steps=steps).to_dict())
+    )
     # The same thread count as this process: float sums are then reduced in the same order in both processes.
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     process = subprocess.Popen(
         [sys.executable, "-m", "training.train", "--config", str(tmp_path / "recipe.yaml")],
-        cwd=REPO_ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 240
@@ -145,16 +161,33 @@ def test_resuming_with_a_different_data_order_is_refused(tmp_path, shapes_dir):
 
 
 def test_the_final_folder_is_hub_ready_and_an_earlier_one_is_kept(tmp_path, shapes_dir):
-    config = tiny_train_config(tmp_path, shapes_dir, max_steps=2, eval_dataset=str(shapes_dir / "validation"),
-                               eval_steps=2, resume_from_checkpoint="none")
+    config = tiny_train_config(
+        tmp_path,
+        shapes_dir,
+        max_steps=2,
+        eval_dataset=str(shapes_dir / "validation"),
+        eval_steps=2,
+        resume_from_checkpoint="none",
+    )
     first = train(config)
     second = train(config)
     assert first.model_dir == second.model_dir == tmp_path / "model" and (tmp_path / "model.previous-1").is_dir()
     files = {p.name for p in second.model_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "modeling_catseg.py", "configuration_catseg.py",
-            "processor_config.json", "tokenizer.json", "README.md", "training_config.json", "eval_results.json"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_catseg.py",
+        "configuration_catseg.py",
+        "processor_config.json",
+        "tokenizer.json",
+        "README.md",
+        "training_config.json",
+        "eval_results.json",
+    } <= files
     config_json = json.loads((second.model_dir / "config.json").read_text())
-    assert config_json["auto_map"]["AutoModelForSemanticSegmentation"] == "modeling_catseg.CatSegForSemanticSegmentation"
+    assert (
+        config_json["auto_map"]["AutoModelForSemanticSegmentation"] == "modeling_catseg.CatSegForSemanticSegmentation"
+    )
     assert config_json["id2label"] == {"0": BACKGROUND, **{str(i + 1): n for i, n in enumerate(SEEN_CLASSES[:3])}}
     card = (second.model_dir / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: image-segmentation\n")
@@ -164,7 +197,9 @@ def test_the_final_folder_is_hub_ready_and_an_earlier_one_is_kept(tmp_path, shap
 
 def test_gradient_checkpointing_and_bf16_are_options(tmp_path, shapes_dir):
     plain = train(tiny_train_config(tmp_path / "plain", shapes_dir, max_steps=2))
-    checkpointed = train(tiny_train_config(tmp_path / "checkpointed", shapes_dir, max_steps=2, gradient_checkpointing=True))
+    checkpointed = train(
+        tiny_train_config(tmp_path / "checkpointed", shapes_dir, max_steps=2, gradient_checkpointing=True)
+    )
     first, second = final_weights(plain.output_dir), final_weights(checkpointed.output_dir)
     for name in first:  # recomputing activations changes nothing but float rounding
         torch.testing.assert_close(first[name], second[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -22,12 +22,21 @@ def test_trainer_trains_and_reports_both_mean_ious(tmp_path, shapes_dir):  # noq
     names = train_data.class_names
     preprocess = make_preprocess(processor, names)
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=2, per_device_eval_batch_size=2,
-        gradient_accumulation_steps=2, max_steps=2, learning_rate=1e-3, use_cpu=True, report_to=[],
-        remove_unused_columns=False, save_strategy="no", logging_steps=1,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        learning_rate=1e-3,
+        use_cpu=True,
+        report_to=[],
+        remove_unused_columns=False,
+        save_strategy="no",
+        logging_steps=1,
     )
     trainer = Trainer(
-        model=model, args=args,
+        model=model,
+        args=args,
         train_dataset=train_data.dataset.with_transform(preprocess),
         eval_dataset=eval_data.dataset.with_transform(preprocess),
         data_collator=SegmentationCollator(processor, names),

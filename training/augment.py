@@ -73,7 +73,7 @@ def _saturation_and_hue(image: np.ndarray, rng: np.random.Generator) -> np.ndarr
         image = np.asarray(PIL.Image.fromarray(hsv, "HSV").convert("RGB"))
     if rng.random() < 0.5:  # hue: +-18 of OpenCV's 180 hue steps is +-25.6 of PIL's 256
         hsv = np.asarray(PIL.Image.fromarray(image).convert("HSV")).copy()
-        shift = int(round(rng.integers(-18, 19) * 256 / 180))
+        shift = round(int(rng.integers(-18, 19)) * 256 / 180)
         hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + shift) % 256).astype(np.uint8)
         image = np.asarray(PIL.Image.fromarray(hsv, "HSV").convert("RGB"))
     return image

@@ -48,15 +48,24 @@ def eval_class_names(protocol: BenchmarkProtocol, vocabulary: list[str]) -> list
 
 def write_per_class_csv(path: Path, metric: StreamingMeanIoU, class_names: list[str]) -> None:
     ours, detectron2 = metric.compute(), metric.compute_detectron2()
-    intersection, union, predicted, labelled = metric.areas()
+    _, _, predicted, labelled = metric.areas()
     with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
-        writer.writerow(["class_id", "class_name", "iou_detectron2", "iou_evaluate", "accuracy", "gt_pixels", "predicted_pixels"])
+        writer.writerow(
+            ["class_id", "class_name", "iou_detectron2", "iou_evaluate", "accuracy", "gt_pixels", "predicted_pixels"]
+        )
         for index, name in enumerate(class_names):
-            writer.writerow([
-                index, name, _fmt(detectron2["per_category_iou"][index]), _fmt(ours["per_category_iou"][index]),
-                _fmt(ours["per_category_accuracy"][index]), int(labelled[index]), int(predicted[index]),
-            ])
+            writer.writerow(
+                [
+                    index,
+                    name,
+                    _fmt(detectron2["per_category_iou"][index]),
+                    _fmt(ours["per_category_iou"][index]),
+                    _fmt(ours["per_category_accuracy"][index]),
+                    int(labelled[index]),
+                    int(predicted[index]),
+                ]
+            )
 
 
 def _fmt(value: float) -> str:
@@ -69,7 +78,9 @@ def summary_markdown(results: dict[str, dict], published: dict[str, dict[str, fl
     header = "| | " + " | ".join(BENCHMARKS[key].title for key in keys) + " |"
     lines = [header, "|---" * (len(keys) + 1) + "|"]
     lines.append("| this run, mIoU (detectron2) | " + " | ".join(_cell(results[k]["mean_iou"]) for k in keys) + " |")
-    lines.append("| this run, mIoU (evaluate) | " + " | ".join(_cell(results[k]["mean_iou_evaluate"]) for k in keys) + " |")
+    lines.append(
+        "| this run, mIoU (evaluate) | " + " | ".join(_cell(results[k]["mean_iou_evaluate"]) for k in keys) + " |"
+    )
     for name, row in published.items():
         lines.append(f"| published {name} | " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
     return "\n".join(lines) + "\n"
@@ -108,19 +119,33 @@ def run_benchmark(
     results = {}
     for key in (k for k in BENCHMARKS if k in sources):
         protocol = BENCHMARKS[key]
-        data = load_segmentation_data(sources[key], split=split, dataset_preset=protocol.dataset_preset,
-                                      class_names_dir=class_names_dir)
+        data = load_segmentation_data(
+            sources[key], split=split, dataset_preset=protocol.dataset_preset, class_names_dir=class_names_dir
+        )
         remap = remap_to_background(protocol.background_from) if protocol.background_from is not None else None
         metric = evaluate_split(
-            model, processor, data, num_labels=protocol.num_eval_classes, mode=mode, batch_size=batch_size,
-            max_samples=max_samples, prediction_remap=remap, accelerator=accelerator, progress=progress,
+            model,
+            processor,
+            data,
+            num_labels=protocol.num_eval_classes,
+            mode=mode,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            prediction_remap=remap,
+            accelerator=accelerator,
+            progress=progress,
         )
         names = eval_class_names(protocol, data.class_names)
         results[key] = summarise(metric, names)
         if main:
             write_per_class_csv(output_dir / f"{key}_per_class.csv", metric, names)
-            logger.info("%s: mIoU %s (detectron2), %s (evaluate) on %d images", protocol.title,
-                        results[key]["mean_iou"], results[key]["mean_iou_evaluate"], metric.num_images)
+            logger.info(
+                "%s: mIoU %s (detectron2), %s (evaluate) on %d images",
+                protocol.title,
+                results[key]["mean_iou"],
+                results[key]["mean_iou_evaluate"],
+                metric.num_images,
+            )
     if main:
         compact = {key: {k: v for k, v in value.items() if k != "per_class_iou"} for key, value in results.items()}
         (output_dir / "summary.json").write_text(json.dumps({"mode": mode, "results": compact}, indent=1))
@@ -147,11 +172,20 @@ def load_model_and_processor(name: str, accelerator=None):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ovseg-benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a saved model folder or hub id")
-    parser.add_argument("--data", action="append", default=[], metavar="KEY=SOURCE",
-                        help=f"dataset of a benchmark ({', '.join(BENCHMARKS)}); repeat for several")
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="KEY=SOURCE",
+        help=f"dataset of a benchmark ({', '.join(BENCHMARKS)}); repeat for several",
+    )
     parser.add_argument("--class-names-dir", help="folder with the class-name lists (ade847.json, pc459.json, ...)")
-    parser.add_argument("--mode", default=None, choices=["sliding", "whole"],
-                        help="default: sliding for CAT-Seg (the official protocol), whole otherwise")
+    parser.add_argument(
+        "--mode",
+        default=None,
+        choices=["sliding", "whole"],
+        help="default: sliding for CAT-Seg (the official protocol), whole otherwise",
+    )
     parser.add_argument("--split", default="validation", help="split of hub or multi-split sources")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--max-samples", type=int, default=None, help="evaluate only the first images of each set")
@@ -177,8 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with accelerator.autocast():
             results = run_benchmark(
-                model, processor, sources, class_names_dir=args.class_names_dir, output_dir=args.output_dir,
-                mode=mode, split=args.split, batch_size=args.batch_size, max_samples=args.max_samples, accelerator=accelerator,
+                model,
+                processor,
+                sources,
+                class_names_dir=args.class_names_dir,
+                output_dir=args.output_dir,
+                mode=mode,
+                split=args.split,
+                batch_size=args.batch_size,
+                max_samples=args.max_samples,
+                accelerator=accelerator,
             )
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -61,7 +61,9 @@ def read_training_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state: dict[str, Any], keep: int | None) -> Path:
+def save_checkpoint(
+    accelerator, output_dir: str | os.PathLike, step: int, state: dict[str, Any], keep: int | None
+) -> Path:
     """Save the accelerate state and `state` as `output_dir/checkpoint-<step>`; every process must call this."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"

@@ -202,7 +202,9 @@ def read_recipe(name_or_path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         shipped = CONFIG_DIR / f"{name_or_path}.yaml"
         if not shipped.is_file():
-            raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor a shipped recipe ({', '.join(list_recipes())})")
+            raise ConfigError(
+                f"config {str(name_or_path)!r} is neither a file nor a shipped recipe ({', '.join(list_recipes())})"
+            )
         path = shipped
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):

@@ -20,12 +20,23 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, IterableDataset, Value, load_dataset, load_from_disk
+from datasets import (
+    ClassLabel,
+    Dataset,
+    DatasetDict,
+    Features,
+    Image,
+    IterableDataset,
+    Value,
+    load_dataset,
+    load_from_disk,
+)
 
 from processing.image_processing_ovseg import OVSegImageProcessor
 from processing.image_utils_ovseg import InvalidImageError, to_label_array, to_rgb_array
@@ -182,7 +193,9 @@ def load_segmentation_data(
     return SegmentationData(dataset, image_column, mask_column, names, int(ignore_index), bool(reduce_labels), name)
 
 
-def _load_rows(source: str, split: str, config: str | None, streaming: bool) -> tuple[Dataset | IterableDataset, Path | None]:
+def _load_rows(
+    source: str, split: str, config: str | None, streaming: bool
+) -> tuple[Dataset | IterableDataset, Path | None]:
     """The split's rows, and the local folder they came from (where an `id2label.json` may sit)."""
     if "," in source and all(Path(part).is_dir() for part in source.split(",", 1)):
         images, masks = source.split(",", 1)
@@ -198,9 +211,13 @@ def _load_rows(source: str, split: str, config: str | None, streaming: bool) -> 
                 dataset = dataset[split]
             elif dataset.split is not None and split is not None and str(dataset.split) != split:
                 raise DataError(f"{source} holds the {dataset.split} split only, not {split!r}")
-            return (dataset.to_iterable_dataset(num_shards=min(64, max(1, len(dataset)))) if streaming else dataset), path
+            return (
+                dataset.to_iterable_dataset(num_shards=min(64, max(1, len(dataset)))) if streaming else dataset
+            ), path
         if path.is_file():
-            kind = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix)
+            kind = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(
+                path.suffix
+            )
             if kind is None:
                 raise DataError(f"{source} is a file of unknown kind: use parquet, arrow, json or csv")
             return load_dataset(kind, data_files=str(path), split="train", streaming=streaming), path.parent
@@ -237,7 +254,9 @@ def folder_pair_dataset(image_dir: str | os.PathLike, mask_dir: str | os.PathLik
         raise DataError(f"no image in {image_dir} has a mask of the same name in {mask_dir}")
     unmatched = len(masks) - len(paired)
     if unmatched:
-        raise DataError(f"{unmatched} masks in {mask_dir} have no image in {image_dir} (e.g. {sorted(masks.keys() - images.keys())[:3]})")
+        raise DataError(
+            f"{unmatched} masks in {mask_dir} have no image in {image_dir} (e.g. {sorted(masks.keys() - images.keys())[:3]})"
+        )
     features = Features({"image": Image(), "annotation": Image(), "file_name": Value("string")})
     return Dataset.from_dict(
         {
@@ -331,7 +350,7 @@ def _class_names_from_id2label(local_dir: Path | None, source: str) -> list[str]
             from huggingface_hub import hf_hub_download
 
             candidate = Path(hf_hub_download(source, "id2label.json", repo_type="dataset"))
-        except Exception:  # offline, missing file or private repo: fall through to the clear error
+        except (OSError, ValueError):  # offline, missing file or private repo: fall through to the clear error
             return None
     if not candidate.is_file():
         return None

@@ -15,7 +15,7 @@ batch of images, however many images and classes.
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -90,7 +90,7 @@ def evaluate_split(
 def summarise(metric: StreamingMeanIoU, class_names: list[str]) -> dict:
     """Both mean-IoU definitions and the per-class IoU, as plain floats (percent), ready for JSON."""
     ours, detectron2 = metric.compute(), metric.compute_detectron2()
-    as_percent = lambda value: None if np.isnan(value) else round(100 * float(value), 4)  # noqa: E731
+    as_percent = lambda value: None if np.isnan(value) else round(100 * float(value), 4)
     return {
         "num_images": metric.num_images,
         "mean_iou": as_percent(detectron2["mean_iou"]),

@@ -98,7 +98,9 @@ def fss_episodes(root: str | Path, classes: list[str] | None = None) -> list[tup
     return episodes
 
 
-def evaluate_fss(model, processor, episodes: list[tuple[str, Path, Path]], accelerator=None, progress: bool = True) -> FssScores:
+def evaluate_fss(
+    model, processor, episodes: list[tuple[str, Path, Path]], accelerator=None, progress: bool = True
+) -> FssScores:
     """Run the protocol over `episodes` (sharded over processes when an `Accelerator` is given)."""
     import torch
 

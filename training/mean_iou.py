@@ -31,7 +31,7 @@ Semantics shared with `evaluate` (they matter at the edges):
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import datasets
 import evaluate
@@ -96,10 +96,10 @@ class StreamingMeanIoU:
         reduce_labels: bool = False,
         label_map: dict[int, int] | None = None,
     ) -> None:
-        if not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
-            raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
-        if not isinstance(ignore_index, (int, np.integer)):
-            raise ValueError(f"ignore_index must be an integer, got {ignore_index!r}")
+        if not isinstance(num_labels, (int, np.integer)) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"num_labels and ignore_index must be integers, got {num_labels!r} and {ignore_index!r}")
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be positive, got {num_labels}")
         self.num_labels = int(num_labels)
         self.ignore_index = int(ignore_index)
         self.reduce_labels = bool(reduce_labels)
@@ -149,7 +149,7 @@ class StreamingMeanIoU:
         for prediction, reference in zip(predictions, references):
             self.add(prediction, reference)
 
-    def merge(self, other: "StreamingMeanIoU") -> None:
+    def merge(self, other: StreamingMeanIoU) -> None:
         """Add another accumulator's counts (for example one from another process)."""
         if other.confusion_matrix.shape != self.confusion_matrix.shape:
             raise ValueError("cannot merge accumulators with different num_labels")

@@ -14,9 +14,16 @@ import yaml
 from .config import TrainConfig
 
 ARCHITECTURES = {
-    "catseg": ("CAT-Seg", "Cho et al., *CAT-Seg: Cost Aggregation for Open-Vocabulary Semantic Segmentation*, CVPR 2024",
-               "https://arxiv.org/abs/2303.11797"),
-    "lseg": ("LSeg", "Li et al., *Language-driven Semantic Segmentation*, ICLR 2022", "https://arxiv.org/abs/2201.03546"),
+    "catseg": (
+        "CAT-Seg",
+        "Cho et al., *CAT-Seg: Cost Aggregation for Open-Vocabulary Semantic Segmentation*, CVPR 2024",
+        "https://arxiv.org/abs/2303.11797",
+    ),
+    "lseg": (
+        "LSeg",
+        "Li et al., *Language-driven Semantic Segmentation*, ICLR 2022",
+        "https://arxiv.org/abs/2201.03546",
+    ),
 }
 
 
@@ -32,7 +39,8 @@ def front_matter(metadata: dict[str, Any]) -> str:
 def usage_section(model_id: str, labels: list[str], model_type: str) -> str:
     """Usage code that works for any folder or repository written by this package."""
     protocol = (
-        '`mode="sliding"` gives the official sliding-window evaluation' if model_type == "catseg"
+        '`mode="sliding"` gives the official sliding-window evaluation'
+        if model_type == "catseg"
         else 'the default `mode="whole"` is the official single-scale inference'
     )
     return f"""## How to use
@@ -97,25 +105,46 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
     if _is_hub_id(base):
         metadata["base_model"] = base
     if metrics:
-        metadata["model-index"] = [{
-            "name": config.hub_model_id or f"{model_type}-trained",
-            "results": [{
-                "task": {"type": "image-segmentation", "name": "Semantic segmentation"},
-                "dataset": {"name": eval_data.name, "type": eval_data.name.split(" ")[0]},
-                "metrics": [
-                    {"type": "mean_iou", "name": "mIoU (detectron2 definition)", "value": metrics["mean_iou"]},
-                    {"type": "mean_iou", "name": "mIoU (evaluate definition)", "value": metrics["mean_iou_evaluate"]},
+        metadata["model-index"] = [
+            {
+                "name": config.hub_model_id or f"{model_type}-trained",
+                "results": [
+                    {
+                        "task": {"type": "image-segmentation", "name": "Semantic segmentation"},
+                        "dataset": {"name": eval_data.name, "type": eval_data.name.split(" ")[0]},
+                        "metrics": [
+                            {"type": "mean_iou", "name": "mIoU (detectron2 definition)", "value": metrics["mean_iou"]},
+                            {
+                                "type": "mean_iou",
+                                "name": "mIoU (evaluate definition)",
+                                "value": metrics["mean_iou_evaluate"],
+                            },
+                        ],
+                    }
                 ],
-            }],
-        }]
+            }
+        ]
     counts = model.learnable_parameter_counts() if hasattr(model, "learnable_parameter_counts") else None
     settings = [
-        ("starting weights", config.pretrained_model or config.clip_model or config.image_encoder or "random initialisation"),
+        (
+            "starting weights",
+            config.pretrained_model or config.clip_model or config.image_encoder or "random initialisation",
+        ),
         ("training data", f"{train_data.name}, {len(train_data.class_names)} classes"),
-        ("steps x batch", f"{steps} x {config.per_device_train_batch_size} per device x "
-                                 f"{config.gradient_accumulation_steps} accumulation"),
-        ("optimiser", f"{config.optimizer}, lr {config.learning_rate:g}, multipliers {config.lr_multipliers}, "
-                      f"weight decay {config.weight_decay:g}"),
+        (
+            "steps x batch",
+            (
+                f"{steps} x {config.per_device_train_batch_size} per device x "
+                f"{config.gradient_accumulation_steps} accumulation"
+            ),
+        ),
+        (
+            "optimiser",
+            (
+                f"{config.optimizer}, lr {config.learning_rate:g}, multipliers {config.lr_multipliers}, "
+                f"weight decay {config.weight_decay:g}"
+            ),
+        ),
         ("schedule", f"{config.lr_schedule} per {config.schedule_unit}"),
         ("gradient clipping", "none" if config.max_grad_norm is None else f"L2 norm {config.max_grad_norm:g}"),
         ("augmentation", f"{config.augmentation}, crop {config.crop_size}"),
@@ -125,17 +154,25 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
         settings.append(("learnable parameters", f"{counts['total']:,}"))
     body = [
         f"# {name} trained with ovseg-hf\n",
-        f"{name} ({citation}, [paper]({paper})) for open-vocabulary semantic segmentation: it labels every pixel "
-        "with one of the class names given at inference time, any names.\n",
-        f"Training vocabulary: {', '.join(train_data.class_names[:40])}{' ...' if len(train_data.class_names) > 40 else ''}\n",
+        (
+            f"{name} ({citation}, [paper]({paper})) for open-vocabulary semantic segmentation: it labels every "
+            "pixel with one of the class names given at inference time, any names.\n"
+        ),
+        f"Training vocabulary: {', '.join(train_data.class_names[:40])}{' ...' * (len(train_data.class_names) > 40)}\n",
         usage_section(config.hub_model_id or "path/to/this/folder", list(train_data.class_names[:3]), model_type),
         "## Results (measured after training)\n",
-        (f"Evaluated on {eval_data.name} ({len(eval_data.class_names)} classes, mode `{config.eval_mode}`).\n\n"
-         + _results_table(metrics)) if metrics else "No evaluation data was configured.\n",
+        (
+            f"Evaluated on {eval_data.name} ({len(eval_data.class_names)} classes, mode `{config.eval_mode}`).\n\n"
+            + _results_table(metrics)
+        )
+        if metrics
+        else "No evaluation data was configured.\n",
         "## Training\n",
         "| setting | value |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in settings) + "\n",
-        "All settings are in `training_config.json`; to reproduce, run "
-        "`python -m training.train --config training_config.json` with the same data.\n",
+        (
+            "All settings are in `training_config.json`; to reproduce, run "
+            "`python -m training.train --config training_config.json` with the same data.\n"
+        ),
     ]
     return front_matter(metadata) + "\n" + "\n".join(body)
 

@@ -71,7 +71,13 @@ def parameter_groups(
         decay = decay_of.get(name, weight_decay)
         group = groups.setdefault(
             (multiplier, decay),
-            {"params": [], "names": [], "lr": learning_rate * multiplier, "lr_multiplier": multiplier, "weight_decay": decay},
+            {
+                "params": [],
+                "names": [],
+                "lr": learning_rate * multiplier,
+                "lr_multiplier": multiplier,
+                "weight_decay": decay,
+            },
         )
         group["params"].append(parameter)
         group["names"].append(name)
@@ -113,9 +119,9 @@ def build_scheduler(
         if not steps_per_epoch:
             raise ValueError("schedule_unit='epoch' needs a dataset of known length (not a stream)")
         epochs = math.ceil(max_steps / steps_per_epoch)
-        progress = lambda step: (step // steps_per_epoch) / epochs  # noqa: E731
+        progress = lambda step: (step // steps_per_epoch) / epochs
     else:
-        progress = lambda step: step / max_steps  # noqa: E731
+        progress = lambda step: step / max_steps
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(config.lr_schedule, progress(step), config.poly_power)
     )

@@ -30,26 +30,26 @@ for _variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE
     os.environ.setdefault(_variable, "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
 
-from .checkpoints import write_text_atomic  # noqa: E402
-from .config import TrainConfig  # noqa: E402
-from .data import load_segmentation_data  # noqa: E402
-from .evaluation import summarise  # noqa: E402
-from .mean_iou import StreamingMeanIoU  # noqa: E402
-from .optim import lr_factor  # noqa: E402
-from .shapes_dataset import (  # noqa: E402
+from .checkpoints import write_text_atomic
+from .config import TrainConfig
+from .data import load_segmentation_data
+from .evaluation import summarise
+from .mean_iou import StreamingMeanIoU
+from .optim import lr_factor
+from .shapes_dataset import (
     BACKGROUND,
     SEEN_CLASSES,
     UNSEEN_CLASSES,
@@ -57,17 +57,27 @@ from .shapes_dataset import (  # noqa: E402
     default_splits,
     draw_object_crops,
 )
-from .train import train  # noqa: E402
+from .train import train
 
 IMAGE_SIZE = 64
 
 # A CLIP small enough to train in seconds: 4 vision blocks of width 32 on 8-pixel patches (an 8x8 grid for the
 # 64-pixel images), 2 text blocks, 32-d joint space; the OpenAI CLIP layout otherwise.
-_COMMON = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "hidden_act": "quick_gelu",
-           "layer_norm_eps": 1e-5}
+_COMMON = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_attention_heads": 2,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
 TINY_CLIP = {
-    "text_config": {"vocab_size": 49408, "max_position_embeddings": 77, "eos_token_id": 49407, "num_hidden_layers": 2,
-                    **_COMMON},
+    "text_config": {
+        "vocab_size": 49408,
+        "max_position_embeddings": 77,
+        "eos_token_id": 49407,
+        "num_hidden_layers": 2,
+        **_COMMON,
+    },
     "vision_config": {"image_size": 224, "patch_size": 8, "num_hidden_layers": 4, **_COMMON},
     "projection_dim": 32,
 }
@@ -111,8 +121,12 @@ def pretrain_tiny_clip(folder: Path, class_names: tuple[str, ...], steps: int, s
         targets[index, [index, *(len(class_names) + words.index(w) for w in name.split() if w in words)]] = 1
     targets /= targets.sum(dim=1, keepdim=True)  # each image's probability spread over its captions
     # 2,000 images suffice for the default 400 steps (6 passes); fewer for short runs.
-    crops, classes = draw_object_crops(np.random.default_rng(seed + 10), class_names, min(2000, 32 * steps), IMAGE_SIZE)
-    pixel_values = torch.from_numpy(np.stack(processor.image_processor(list(crops), return_tensors=None)["pixel_values"]))
+    crops, classes = draw_object_crops(
+        np.random.default_rng(seed + 10), class_names, min(2000, 32 * steps), IMAGE_SIZE
+    )
+    pixel_values = torch.from_numpy(
+        np.stack(processor.image_processor(list(crops), return_tensors=None)["pixel_values"])
+    )
     text = processor(text=captions, return_tensors="pt")
     optimizer = torch.optim.AdamW(clip.parameters(), lr=1e-3, weight_decay=0.1)
     warmup = max(1, steps // 10)
@@ -124,9 +138,11 @@ def pretrain_tiny_clip(folder: Path, class_names: tuple[str, ...], steps: int, s
         batch = generator.integers(0, len(crops), 32)
         image_embeds = clip.get_image_features(pixel_values=pixel_values[batch], interpolate_pos_encoding=True)
         text_embeds = clip.get_text_features(input_ids=text["input_ids"], attention_mask=text["attention_mask"])
-        logits = clip.logit_scale.exp() * F.normalize(image_embeds.pooler_output, dim=-1) @ F.normalize(
-            text_embeds.pooler_output, dim=-1
-        ).T
+        logits = (
+            clip.logit_scale.exp()
+            * F.normalize(image_embeds.pooler_output, dim=-1)
+            @ F.normalize(text_embeds.pooler_output, dim=-1).T
+        )
         F.cross_entropy(logits, targets[torch.from_numpy(classes[batch])]).backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -211,7 +227,11 @@ def predict_in_fresh_process(model_dir: Path, data_dir: Path, output: Path, thre
     repo = str(Path(__file__).resolve().parents[1])
     completed = subprocess.run(
         [sys.executable, "-c", _RELOAD_AND_PREDICT, str(model_dir), str(data_dir), str(output), repo, str(threads)],
-        capture_output=True, text=True, env=environment, cwd=output.parent,
+        capture_output=True,
+        check=False,
+        text=True,
+        env=environment,
+        cwd=output.parent,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"reloading {model_dir} in a fresh process failed:\n{completed.stderr[-3000:]}")
@@ -228,7 +248,9 @@ def score_predictions(predictions: np.ndarray, data) -> dict:
     return summary
 
 
-def write_overlay(image: np.ndarray, label_map: np.ndarray, class_names: list[str], path: Path, scale: int = 6) -> None:
+def write_overlay(
+    image: np.ndarray, label_map: np.ndarray, class_names: list[str], path: Path, scale: int = 6
+) -> None:
     """The image and, beside it, its segmentation drawn over it with a legend; enlarged so 64 pixels are visible.
 
     The original is shown too because the legend's colours are the palette's, not the colours the classes name.
@@ -254,12 +276,18 @@ def run(
     started = time.perf_counter()
     output_dir.mkdir(parents=True, exist_ok=True)
     data_dir = build_shapes_dataset(output_dir / "data", default_splits(train_images, test_images), IMAGE_SIZE)
-    print(f"[1/5] dataset: {train_images} training images of {len(SEEN_CLASSES)} seen classes; test vocabularies: "
-          f"seen {list(SEEN_CLASSES)}, unseen {list(UNSEEN_CLASSES)} -> {data_dir}", flush=True)
+    print(
+        f"[1/5] dataset: {train_images} training images of {len(SEEN_CLASSES)} seen classes; test vocabularies: "
+        f"seen {list(SEEN_CLASSES)}, unseen {list(UNSEEN_CLASSES)} -> {data_dir}",
+        flush=True,
+    )
 
     clip_dir = pretrain_tiny_clip(output_dir / "tiny-clip", (BACKGROUND, *SEEN_CLASSES), clip_steps)
-    print(f"[2/5] pretrained a tiny CLIP ({clip_steps} steps) on captioned single-shape images of the seen classes "
-          f"-> {clip_dir}", flush=True)
+    print(
+        f"[2/5] pretrained a tiny CLIP ({clip_steps} steps) on captioned single-shape images of the seen classes "
+        f"-> {clip_dir}",
+        flush=True,
+    )
 
     result = train(quickstart_config(output_dir, data_dir, clip_dir, max_steps))
     model_dir = result.model_dir
@@ -267,8 +295,11 @@ def run(
 
     predictions_file = output_dir / "predictions.npz"
     loaded = predict_in_fresh_process(model_dir, data_dir, predictions_file, threads)
-    print(f"[4/5] a fresh process without this project loaded {loaded['class']} from {model_dir} "
-          f"(its code: {loaded['module']}) and segmented the test images", flush=True)
+    print(
+        f"[4/5] a fresh process without this project loaded {loaded['class']} from {model_dir} "
+        f"(its code: {loaded['module']}) and segmented the test images",
+        flush=True,
+    )
 
     predictions = np.load(predictions_file)
     results = {"reloaded_class": loaded["class"], "reloaded_module": loaded["module"]}
@@ -277,7 +308,7 @@ def run(
     unseen = load_segmentation_data(data_dir / "test_unseen")
     # The first test image in which two unseen classes each cover 5% of the pixels (chosen from the labels alone).
     examples = list(unseen.examples(limit=50))
-    shows_two = lambda label: (np.bincount(label.ravel(), minlength=4)[1:4] >= 0.05 * label.size).sum() >= 2  # noqa: E731
+    shows_two = lambda label: (np.bincount(label.ravel(), minlength=4)[1:4] >= 0.05 * label.size).sum() >= 2
     index, image, _ = next((e for e in examples if shows_two(e[2])), examples[0])
     write_overlay(image, predictions["test_unseen"][index], unseen.class_names, output_dir / "overlay.png")
     results["seconds"] = round(time.perf_counter() - started, 1)
@@ -288,9 +319,13 @@ def run(
     print("[5/5] mean IoU (%, detectron2 definition) of the reloaded model; chance = uniformly random predictions:")
     for split, title in (("test_seen", "seen classes"), ("test_unseen", "unseen classes (zero-shot)")):
         summary = results[split]
-        print(f"  {title:27s} mIoU {summary['mean_iou']:6.2f}   chance {summary['chance_mean_iou']:6.2f}   "
-              f"per class {summary['per_class_iou']}")
-    print(f"overlay: {output_dir / 'overlay.png'}\nHub-ready folder: {model_dir}\ntotal time: {results['seconds']:.0f} s")
+        print(
+            f"  {title:27s} mIoU {summary['mean_iou']:6.2f}   chance {summary['chance_mean_iou']:6.2f}   "
+            f"per class {summary['per_class_iou']}"
+        )
+    print(
+        f"overlay: {output_dir / 'overlay.png'}\nHub-ready folder: {model_dir}\ntotal time: {results['seconds']:.0f} s"
+    )
     return results
 
 
@@ -330,8 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip-steps", type=int, default=400, help="tiny-CLIP pre-training steps")
     parser.add_argument("--train-images", type=int, default=1600)
     parser.add_argument("--test-images", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; one is fastest for this tiny model (its operations are too small to split)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; one is fastest for this tiny model (its operations are too small to split)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet_libraries()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
-from datasets import Dataset, DatasetDict, Features, Image, Value
+from datasets import Dataset, Features, Image, Value
 
 BACKGROUND = "background"
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -84,7 +84,10 @@ def draw_example(
             elif shape == "square":
                 draw.rectangle(box, fill=fill)
             else:
-                draw.polygon([(left, top + extent - 1), (left + extent - 1, top + extent - 1), (left + extent // 2, top)], fill=fill)
+                draw.polygon(
+                    [(left, top + extent - 1), (left + extent - 1, top + extent - 1), (left + extent // 2, top)],
+                    fill=fill,
+                )
     return np.asarray(image), np.asarray(mask)
 
 
@@ -146,8 +149,8 @@ __all__ = [
     "UNSEEN_CLASSES",
     "ShapesSplit",
     "build_shapes_dataset",
-    "draw_background",
     "default_splits",
+    "draw_background",
     "draw_example",
     "draw_object_crops",
 ]

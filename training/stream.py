@@ -15,7 +15,7 @@ the examples before the checkpoint are skipped (read, not decoded or augmented).
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch

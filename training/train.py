@@ -122,14 +122,26 @@ def build_transform(config: TrainConfig, processor, model, data: SegmentationDat
         label = np.where(label == data.ignore_index, model_ignore, label)
         if config.augmentation == "catseg":
             image, label = catseg_augment(
-                image, label, rng, crop_size=config.crop_size, min_size=config.min_size_train,
-                max_size=config.max_size_train, color=config.color_augmentation, flip=config.random_flip,
+                image,
+                label,
+                rng,
+                crop_size=config.crop_size,
+                min_size=config.min_size_train,
+                max_size=config.max_size_train,
+                color=config.color_augmentation,
+                flip=config.random_flip,
                 ignore_index=model_ignore,
             )
         elif config.augmentation == "lseg":
             image, label = lseg_augment(
-                image, label, rng, crop_size=config.crop_size, base_size=config.base_size,
-                scale_range=tuple(config.scale_range), flip=config.random_flip, ignore_index=model_ignore,
+                image,
+                label,
+                rng,
+                crop_size=config.crop_size,
+                base_size=config.base_size,
+                scale_range=tuple(config.scale_range),
+                flip=config.random_flip,
+                ignore_index=model_ignore,
             )
         else:
             size = input_size or config.crop_size
@@ -138,7 +150,9 @@ def build_transform(config: TrainConfig, processor, model, data: SegmentationDat
         pixel_values = torch.from_numpy(pixels)
         if input_size and pixel_values.shape[-1] != input_size:
             # The official ViT-L/14@336 training resizes the normalised 384 crops to CLIP's 336 input.
-            pixel_values = F.interpolate(pixel_values[None], size=(input_size, input_size), mode="bilinear", align_corners=False)[0]
+            pixel_values = F.interpolate(
+                pixel_values[None], size=(input_size, input_size), mode="bilinear", align_corners=False
+            )[0]
         return {"pixel_values": pixel_values, "labels": torch.from_numpy(np.ascontiguousarray(label)).long()}
 
     return transform
@@ -238,8 +252,13 @@ class JsonLog:
 
 def run_evaluation(accelerator, model, processor, data: SegmentationData, config: TrainConfig) -> dict:
     metric = evaluate_split(
-        accelerator.unwrap_model(model), processor, data, mode=config.eval_mode,
-        batch_size=config.per_device_eval_batch_size, max_samples=config.max_eval_samples, accelerator=accelerator,
+        accelerator.unwrap_model(model),
+        processor,
+        data,
+        mode=config.eval_mode,
+        batch_size=config.per_device_eval_batch_size,
+        max_samples=config.max_eval_samples,
+        accelerator=accelerator,
     )
     return summarise(metric, data.class_names)
 
@@ -299,18 +318,31 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
 
     micro_batches_per_step = config.gradient_accumulation_steps * accelerator.num_processes
     stream = TrainingStream(
-        train_data, transform, config.per_device_train_batch_size, config.seed,
-        start=step * micro_batches_per_step, process_index=accelerator.process_index,
-        num_processes=accelerator.num_processes, shuffle_buffer_size=config.shuffle_buffer_size,
+        train_data,
+        transform,
+        config.per_device_train_batch_size,
+        config.seed,
+        start=step * micro_batches_per_step,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
+        shuffle_buffer_size=config.shuffle_buffer_size,
     )
-    loader = DataLoader(stream, batch_size=config.per_device_train_batch_size, collate_fn=collate,
-                        num_workers=config.num_workers, persistent_workers=False)
+    loader = DataLoader(
+        stream,
+        batch_size=config.per_device_train_batch_size,
+        collate_fn=collate,
+        num_workers=config.num_workers,
+        persistent_workers=False,
+    )
     batches = iter(loader)
     text = {key: value.to(accelerator.device) for key, value in text.items()}
     logger.info(
         "training %s for %d steps (%d classes, global batch %d) from step %d",
-        accelerator.unwrap_model(model).config.model_type, max_steps, len(train_data.class_names),
-        config.per_device_train_batch_size * micro_batches_per_step, step,
+        accelerator.unwrap_model(model).config.model_type,
+        max_steps,
+        len(train_data.class_names),
+        config.per_device_train_batch_size * micro_batches_per_step,
+        step,
     )
     metrics: dict[str, Any] = {}
     last_step = max_steps if stop_after_steps is None else min(max_steps, step + stop_after_steps)
@@ -338,8 +370,12 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
         bar.update(1)
         if step % config.logging_steps == 0 or step == last_step:
             loss = accelerator.reduce(loss_sum / config.gradient_accumulation_steps, reduction="mean").item()
-            record = {"step": step, "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0],
-                      "seconds": round(time.perf_counter() - started, 2)}
+            record = {
+                "step": step,
+                "loss": round(loss, 6),
+                "lr": scheduler.get_last_lr()[0],
+                "seconds": round(time.perf_counter() - started, 2),
+            }
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
             log.write(record)
             accelerator.log({"train/loss": loss, "train/lr": record["lr"]}, step=step)
@@ -351,8 +387,12 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
             model.train()
             log.write({"step": step, "eval": metrics})
             accelerator.log({"eval/mean_iou": metrics["mean_iou"]}, step=step)
-            logger.info("step %d: mIoU %.2f (evaluate's definition %.2f)", step, metrics["mean_iou"] or 0,
-                        metrics["mean_iou_evaluate"] or 0)
+            logger.info(
+                "step %d: mIoU %.2f (evaluate's definition %.2f)",
+                step,
+                metrics["mean_iou"] or 0,
+                metrics["mean_iou_evaluate"] or 0,
+            )
     bar.close()
     seconds = time.perf_counter() - started
     model_dir = None
@@ -396,7 +436,8 @@ def save_final_model(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="ovseg-train", description=__doc__.split("\n\n")[0],
+        prog="ovseg-train",
+        description=__doc__.split("\n\n")[0],
         epilog="Every setting of training.config.TrainConfig is a flag; lists and mappings as JSON.",
     )
     add_config_arguments(parser)
@@ -407,7 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.model_dir is not None:
-        print(json.dumps({"model_dir": str(result.model_dir), "step": result.step, "metrics": result.metrics}, default=str))
+        print(
+            json.dumps(
+                {"model_dir": str(result.model_dir), "step": result.step, "metrics": result.metrics}, default=str
+            )
+        )
     return 0
 
 

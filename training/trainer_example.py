@@ -29,7 +29,7 @@ This path has no official augmentation or deterministic resumption; `training.tr
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -39,8 +39,14 @@ from processing.image_utils_ovseg import to_label_array, to_rgb_array
 from .mean_iou import StreamingMeanIoU
 
 
-def make_preprocess(processor, class_names: list[str], image_column: str = "image", mask_column: str = "annotation",
-                    ignore_index: int = 255, reduce_labels: bool = False) -> Callable[[dict], dict]:
+def make_preprocess(
+    processor,
+    class_names: list[str],
+    image_column: str = "image",
+    mask_column: str = "annotation",
+    ignore_index: int = 255,
+    reduce_labels: bool = False,
+) -> Callable[[dict], dict]:
     """A `with_transform` function: images resized and normalised by the processor, masks resized alike (nearest)
     and checked against the classes."""
 
@@ -48,8 +54,12 @@ def make_preprocess(processor, class_names: list[str], image_column: str = "imag
         images = [to_rgb_array(image) for image in batch[image_column]]
         masks = [to_label_array(mask) for mask in batch[mask_column]]
         encoded = processor.image_processor(
-            images, segmentation_maps=masks, num_labels=len(class_names), ignore_index=ignore_index,
-            do_reduce_labels=reduce_labels, return_tensors=None,
+            images,
+            segmentation_maps=masks,
+            num_labels=len(class_names),
+            ignore_index=ignore_index,
+            do_reduce_labels=reduce_labels,
+            return_tensors=None,
         )
         return {"pixel_values": list(encoded["pixel_values"]), "labels": list(encoded["labels"])}
 
