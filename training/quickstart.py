@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     quiet_libraries()
-    run(Path(args.output_dir), args.max_steps, args.clip_steps, args.train_images, args.test_images, args.threads)
+    run(Path(args.output_dir).resolve(), args.max_steps, args.clip_steps, args.train_images, args.test_images, args.threads)
     return 0
 
 

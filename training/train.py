@@ -243,7 +243,7 @@ class JsonLog:
                 file.write(json.dumps(record) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """Drop the records of steps after `step`: a resumed run redoes them."""
+        """Drop the records of the steps after `step`."""
         if self.enabled and self.path.is_file():
             lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
             kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
@@ -313,8 +313,7 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     if config.report_to:
         accelerator.init_trackers("ovseg-train", config={k: str(v) for k, v in config.to_dict().items()})
     log = JsonLog(output_dir / "log.jsonl", accelerator.is_main_process)
-    if checkpoint is not None:
-        log.truncate_after(step)
+    log.truncate_after(step)  # a resumed run redoes the steps after its checkpoint; a new run starts a new log
 
     micro_batches_per_step = config.gradient_accumulation_steps * accelerator.num_processes
     stream = TrainingStream(
