@@ -5,7 +5,8 @@ import numpy as np
 import torch
 from test_training_resume import one_thread, shapes_dir  # noqa: F401  (fixtures)
 from tiny_models import tiny_catseg_config
-from transformers import Trainer, TrainingArguments
+from trainer_helpers import tiny_training_arguments
+from transformers import Trainer
 
 from modeling_catseg import CatSegForSemanticSegmentation
 from processing import catseg_processor
@@ -21,22 +22,9 @@ def test_trainer_trains_and_reports_both_mean_ious(tmp_path, shapes_dir):  # noq
     eval_data = load_segmentation_data(shapes_dir / "validation")
     names = train_data.class_names
     preprocess = make_preprocess(processor, names)
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=2,
-        per_device_eval_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=2,
-        learning_rate=1e-3,
-        use_cpu=True,
-        report_to=[],
-        remove_unused_columns=False,
-        save_strategy="no",
-        logging_steps=1,
-    )
     trainer = Trainer(
         model=model,
-        args=args,
+        args=tiny_training_arguments(tmp_path),
         train_dataset=train_data.dataset.with_transform(preprocess),
         eval_dataset=eval_data.dataset.with_transform(preprocess),
         data_collator=SegmentationCollator(processor, names),
