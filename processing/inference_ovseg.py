@@ -1,10 +1,10 @@
 """Segment images with any vocabulary in one call: batching, cached text features, and three ways to cover an image.
 
 ```python
-from processing import segment
-results = segment(model, processor, ["room.jpg", "street.jpg"], ["sofa", "floor", "car, automobile"])
-results[0].label_map        # (H, W) int64 at the original size, indexes results[0].labels
-results[0].scores           # (T,) mean probability of each class over its pixels
+>>> from processing import segment
+>>> results = segment(model, processor, ["room.jpg", "street.jpg"], ["sofa", "floor", "car, automobile"])
+>>> results[0].label_map    # (H, W) int64 at the original size, indexes results[0].labels
+>>> results[0].scores       # (T,) mean probability of each class over its pixels
 ```
 
 Modes (``mode=``):
