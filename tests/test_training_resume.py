@@ -14,12 +14,14 @@ import pytest
 import torch
 import yaml
 from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
-from tiny_models import tiny_catseg_config
+from tiny_models import tiny_catseg_config, tiny_lseg_config
 
 from modeling_catseg import CatSegConfig
+from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
 from training.checkpoints import latest_checkpoint, list_checkpoints
-from training.config import ConfigError, TrainConfig
+from training.config import ConfigError, TrainConfig, read_recipe
 from training.shapes_dataset import BACKGROUND, SEEN_CLASSES, ShapesSplit, build_shapes_dataset
 from training.train import train
 
@@ -211,3 +213,24 @@ def test_gradient_checkpointing_and_bf16_are_options(tmp_path, shapes_dir):
         AcceleratorState._reset_state(reset_partial_state=True)
     losses = [json.loads(line)["loss"] for line in (mixed.output_dir / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(0 < loss < 2 for loss in losses)
+
+
+def test_lseg_trains_with_its_recipe(tmp_path, shapes_dir):
+    accepted = inspect.signature(LSegConfig.__init__).parameters
+    model_config = {key: value for key, value in tiny_lseg_config().to_dict().items() if key in accepted}
+    recipe = read_recipe("lseg_vit_l_ade20k")
+    for name in ("image_encoder", "clip_model", "dataset_preset", "max_steps", "num_train_epochs"):
+        recipe.pop(name)
+    config = TrainConfig(**{
+        **recipe, "model_config": model_config, "dataset": str(shapes_dir / "train"), "crop_size": 64,
+        "base_size": 64, "num_train_epochs": 1, "max_steps": None, "per_device_train_batch_size": 2,
+        "output_dir": str(tmp_path), "eval_steps": None, "logging_steps": 1,
+    })  # fmt: skip
+    result = train(config)
+    # 10 images, 2 per micro-batch, 2 accumulation steps: 3 steps make one epoch.
+    assert result.step == 3 and (tmp_path / "model" / "modeling_lseg.py").is_file()
+    set_seed(config.seed)  # the initial weights of the run, which builds its model right after seeding
+    trained, initial = final_weights(tmp_path), LSegForSemanticSegmentation(LSegConfig(**model_config)).state_dict()
+    text_encoder = [name for name in trained if name.startswith("lseg.text_encoder.")]
+    assert text_encoder and all(torch.equal(trained[n], initial[n]) for n in text_encoder)  # frozen
+    assert not torch.equal(trained["lseg.neck.convs.0.weight"], initial["lseg.neck.convs.0.weight"])
