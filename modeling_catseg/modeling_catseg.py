@@ -695,7 +695,6 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
             "AutoModel": f"modeling_catseg.{type(self).__name__}",
         }
         self.post_init()
-        self.apply_clip_finetune_policy()
 
     @classmethod
     def from_clip(cls, clip: CLIPModel | str | os.PathLike, **config_kwargs) -> "CatSegForSemanticSegmentation":
