@@ -38,3 +38,34 @@ def run_isolated(code: str, workdir: Path, timeout: float = 300) -> dict:
     if result.returncode != 0:
         raise AssertionError(f"isolated process failed:\n{result.stdout}\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def load_with_auto_classes(folder: Path, inputs: dict, expected, workdir: Path, config_report: str) -> dict:
+    """Load a saved model folder as remote code in a fresh process and run it on `inputs`.
+
+    Returns `{"config": <config_report evaluated on the loaded config>, "AutoModel": [class name, module, max |logit
+    difference to expected|], "AutoModelForSemanticSegmentation": [...]}`.
+    """
+    import torch
+
+    torch.save(inputs, Path(workdir) / "inputs.pt")
+    torch.save(expected, Path(workdir) / "expected.pt")
+    return run_isolated(
+        f"""
+        import json, torch
+        from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
+        folder = {str(folder)!r}
+        inputs = torch.load({str(Path(workdir) / "inputs.pt")!r})
+        expected = torch.load({str(Path(workdir) / "expected.pt")!r})
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        report = {{"config": {config_report}}}
+        for auto in (AutoModel, AutoModelForSemanticSegmentation):
+            model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+            with torch.no_grad():
+                logits = model(**inputs).logits
+            difference = (logits - expected).abs().max().item()
+            report[auto.__name__] = [type(model).__name__, type(model).__module__, difference]
+        print(json.dumps(report))
+        """,
+        workdir,
+    )

@@ -3,7 +3,7 @@
 import json
 
 import torch
-from isolation import run_isolated
+from isolation import load_with_auto_classes
 from test_catseg_model import pixels, prompts
 from tiny_models import tiny_catseg_config
 
@@ -21,30 +21,12 @@ def test_auto_classes_load_the_saved_code_offline_with_identical_logits(tmp_path
         "AutoModel": "modeling_catseg.CatSegForSemanticSegmentation",
     }
     inputs = {"pixel_values": pixels(2), "input_ids": prompts(3)}
-    torch.save(inputs, tmp_path / "inputs.pt")
     with torch.no_grad():
-        torch.save(model(**inputs).logits, tmp_path / "expected.pt")
-
-    result = run_isolated(
-        f"""
-        import json, torch
-        from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
-        folder = {str(tmp_path / "model")!r}
-        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
-        expected = torch.load({str(tmp_path / "expected.pt")!r})
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        report = {{"config": type(config).__name__, "image_size": config.image_size}}
-        for auto in (AutoModel, AutoModelForSemanticSegmentation):
-            model = auto.from_pretrained(folder, trust_remote_code=True).eval()
-            with torch.no_grad():
-                logits = model(**inputs).logits
-            difference = (logits - expected).abs().max().item()
-            report[auto.__name__] = [type(model).__name__, type(model).__module__, difference]
-        print(json.dumps(report))
-        """,
-        tmp_path,
+        expected = model(**inputs).logits
+    result = load_with_auto_classes(
+        tmp_path / "model", inputs, expected, tmp_path, "[type(config).__name__, config.image_size]"
     )
-    assert result["config"] == "CatSegConfig" and result["image_size"] == 64
+    assert result["config"] == ["CatSegConfig", 64]
     for auto in ("AutoModel", "AutoModelForSemanticSegmentation"):
         name, module, difference = result[auto]
         assert name == "CatSegForSemanticSegmentation"

@@ -3,7 +3,7 @@
 import json
 
 import torch
-from isolation import run_isolated
+from isolation import load_with_auto_classes
 from test_lseg_model import label_ids, pixels, tiny_lseg_config
 
 from modeling_lseg import LSegForSemanticSegmentation
@@ -23,29 +23,9 @@ def test_auto_classes_load_the_saved_code_offline_with_identical_logits(tmp_path
     }
     # Two non-square images, one not a multiple of 32, so the padding path runs in the copied code too.
     inputs = {"pixel_values": pixels(2, 64, 80), "input_ids": label_ids(3)}
-    torch.save(inputs, tmp_path / "inputs.pt")
     with torch.no_grad():
-        torch.save(model(**inputs).logits, tmp_path / "expected.pt")
-
-    result = run_isolated(
-        f"""
-        import json, torch
-        from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
-        folder = {str(tmp_path / "model")!r}
-        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
-        expected = torch.load({str(tmp_path / "expected.pt")!r})
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-        report = {{"config": [type(config).__name__, config.arch_option, config.dpt_config.layer_norm_eps]}}
-        for auto in (AutoModel, AutoModelForSemanticSegmentation):
-            model = auto.from_pretrained(folder, trust_remote_code=True).eval()
-            with torch.no_grad():
-                logits = model(**inputs).logits
-            difference = (logits - expected).abs().max().item()
-            report[auto.__name__] = [type(model).__name__, type(model).__module__, difference]
-        print(json.dumps(report))
-        """,
-        tmp_path,
-    )
+        expected = model(**inputs).logits
+    result = load_with_auto_classes(tmp_path / "model", inputs, expected, tmp_path, "[type(config).__name__, config.arch_option, config.dpt_config.layer_norm_eps]")
     assert result["config"] == ["LSegConfig", 1, 1e-6]
     for auto in ("AutoModel", "AutoModelForSemanticSegmentation"):
         name, module, difference = result[auto]
