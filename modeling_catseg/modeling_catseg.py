@@ -297,26 +297,51 @@ class CatSegClassAggregation(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, nn.ReLU())
 
-    def forward(self, hidden_states: torch.Tensor, text_guidance: torch.Tensor, pooling_size: int) -> torch.Tensor:
-        """`hidden_states` `(batch, classes, grid, grid, dim)`; `text_guidance` `(batch, classes, guidance_dim)`."""
+    def forward(
+        self, hidden_states: torch.Tensor, text_guidance: torch.Tensor, pooling_size: int, maps_per_chunk: int
+    ) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: `(batch, classes, grid, grid, dim)`.
+            text_guidance: `(batch, classes, guidance_dim)`.
+            pooling_size: average-pooling window of the attended positions.
+            maps_per_chunk: positions are attended in chunks of about this many cost maps' worth of tokens. Each
+                position attends on its own, so this bounds the working set only.
+        """
         batch, classes, h, w, dim = hidden_states.shape
         pooled = hidden_states
         if pooling_size > 1:
             pooled = F.avg_pool2d(hidden_states.permute(0, 1, 4, 2, 3).flatten(0, 1), pooling_size)
             pooled = pooled.unflatten(0, (batch, classes)).permute(0, 1, 3, 4, 2)
-        tokens = pooled.reshape(batch, classes, -1, dim).transpose(1, 2)
         # Padded tokens only feed the keys and values of the real classes; their own outputs are dropped.
         padding = (self.norm1(self.padding_tokens.view(dim)), self.padding_guidance.view(-1))
         length = max(classes, self.max_classes)
-        tokens = tokens + self.attention(self.norm1(tokens), text_guidance.unsqueeze(1), padding, length)
-        tokens = tokens + self.mlp(self.norm2(tokens))
-        tokens = tokens.transpose(1, 2).reshape(pooled.shape)
+        guidance = text_guidance.unsqueeze(1)
+        positions = max(1, maps_per_chunk * h * w // (batch * classes))
+        tokens = torch.cat(
+            [
+                self._aggregate(chunk.transpose(1, 2).contiguous(), guidance, padding, length).transpose(1, 2)
+                for chunk in pooled.flatten(2, 3).split(positions, dim=2)
+            ],
+            dim=2,
+        ).view(pooled.shape)
         if pooling_size > 1:
             tokens = F.interpolate(
                 tokens.permute(0, 1, 4, 2, 3).flatten(0, 1), size=(h, w), mode="bilinear", align_corners=True
             )
             tokens = tokens.unflatten(0, (batch, classes)).permute(0, 1, 3, 4, 2)
         return hidden_states + tokens
+
+    def _aggregate(
+        self,
+        tokens: torch.Tensor,
+        guidance: torch.Tensor,
+        padding: tuple[torch.Tensor, torch.Tensor],
+        length: int,
+    ) -> torch.Tensor:
+        """Attention and MLP of `(batch, positions, classes, dim)` tokens."""
+        tokens = tokens + self.attention(self.norm1(tokens), guidance, padding, length)
+        return tokens + self.mlp(self.norm2(tokens))
 
 
 class CatSegAggregationLayer(GradientCheckpointingLayer):
@@ -333,17 +358,18 @@ class CatSegAggregationLayer(GradientCheckpointingLayer):
         appearance_guidance: torch.Tensor,
         text_guidance: torch.Tensor,
         pooling_size: int,
-        class_chunk_size: int,
+        maps_per_chunk: int,
     ) -> torch.Tensor:
-        # Each class's map is aggregated on its own, so chunks of classes bound the memory of large vocabularies.
+        # Each class's map is aggregated on its own, so chunks of classes bound the working set of large vocabularies.
+        classes_per_chunk = max(1, maps_per_chunk // hidden_states.shape[0])
         hidden_states = torch.cat(
             [
                 self.spatial_aggregation(chunk, appearance_guidance)
-                for chunk in hidden_states.split(class_chunk_size, dim=1)
+                for chunk in hidden_states.split(classes_per_chunk, dim=1)
             ],
             dim=1,
         )
-        return self.class_aggregation(hidden_states, text_guidance, pooling_size)
+        return self.class_aggregation(hidden_states, text_guidance, pooling_size, maps_per_chunk)
 
 
 class CatSegDecoderStage(nn.Module):
@@ -357,20 +383,26 @@ class CatSegDecoderStage(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
         self.norm2 = nn.GroupNorm(out_channels // 16, out_channels)
 
-    def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
+        """conv1's response to the guidance half of its input, `(batch, out_channels, 2 * size, 2 * size)`.
+
+        conv1 sees `[upsampled, guidance]` and the guidance is the same for every class of an image, so this half
+        is convolved once per image and added to every class.
+        """
+        return F.conv2d(guidance, self.conv1.weight[:, self.upsample.out_channels :], padding=1)
+
+    def forward(self, hidden_states: torch.Tensor, guidance_term: torch.Tensor) -> torch.Tensor:
         """
         Args:
             hidden_states: `(batch, classes, in_channels, size, size)`.
-            guidance: `(batch, guidance_channels, 2 * size, 2 * size)`, the same for every class of an image.
+            guidance_term: `(batch, out_channels, 2 * size, 2 * size)` from [`~CatSegDecoderStage.guidance_term`].
         Returns:
             `(batch, classes, out_channels, 2 * size, 2 * size)`.
         """
         batch, classes = hidden_states.shape[:2]
         upsampled = self.upsample(hidden_states.flatten(0, 1))
-        channels = upsampled.shape[1]
-        # conv1 sees [upsampled, guidance]; the guidance half is convolved once per image rather than per class.
-        hidden_states = F.conv2d(upsampled, self.conv1.weight[:, :channels], padding=1).unflatten(0, (batch, classes))
-        hidden_states = hidden_states + F.conv2d(guidance, self.conv1.weight[:, channels:], padding=1).unsqueeze(1)
+        hidden_states = F.conv2d(upsampled, self.conv1.weight[:, : upsampled.shape[1]], padding=1)
+        hidden_states = hidden_states.unflatten(0, (batch, classes)) + guidance_term.unsqueeze(1)
         hidden_states = F.relu(self.norm1(hidden_states.flatten(0, 1)), inplace=True)
         hidden_states = F.relu(self.norm2(self.conv2(hidden_states)), inplace=True)
         return hidden_states.unflatten(0, (batch, classes))
@@ -402,28 +434,29 @@ class CatSegUpsamplingDecoder(nn.Module):
         self.head = nn.Conv2d(config.decoder_dims[-1], 1, kernel_size=3, padding=1)
 
     def forward(
-        self, aggregated_features: torch.Tensor, guidance_features: tuple[torch.Tensor, ...], class_chunk_size: int
+        self, aggregated_features: torch.Tensor, guidance_features: tuple[torch.Tensor, ...], maps_per_chunk: int
     ) -> torch.Tensor:
         """
         Args:
             aggregated_features: `(batch, classes, grid, grid, hidden_dim)`.
             guidance_features: per stage `(batch, vision_hidden_size, grid, grid)`.
-            class_chunk_size: classes decoded together (per image); each class is decoded on its own, so this bounds
-                memory only.
+            maps_per_chunk: about how many (image, class) maps are decoded together; each class is decoded on its
+                own, so this bounds the working set only.
         Returns:
             Logits `(batch, classes, 4 * grid, 4 * grid)`.
         """
-        guidance = [
-            F.relu(project(upsample(features)))
-            for upsample, project, features in zip(
-                self.guidance_upsamplers, self.guidance_projections, guidance_features
+        guidance_terms = [
+            stage.guidance_term(F.relu(project(upsample(features))))
+            for stage, upsample, project, features in zip(
+                self.stages, self.guidance_upsamplers, self.guidance_projections, guidance_features
             )
         ]
         logits = []
-        for chunk in aggregated_features.split(class_chunk_size, dim=1):
+        classes_per_chunk = max(1, maps_per_chunk // aggregated_features.shape[0])
+        for chunk in aggregated_features.split(classes_per_chunk, dim=1):
             hidden_states = chunk.permute(0, 1, 4, 2, 3)
-            for stage, stage_guidance in zip(self.stages, guidance):
-                hidden_states = stage(hidden_states, stage_guidance)
+            for stage, guidance_term in zip(self.stages, guidance_terms):
+                hidden_states = stage(hidden_states, guidance_term)
             logits.append(self.head(hidden_states.flatten(0, 1)).view(*chunk.shape[:2], *hidden_states.shape[-2:]))
         return torch.cat(logits, dim=1)
 
@@ -469,9 +502,11 @@ class CatSegPreTrainedModel(PreTrainedModel):
             elif name.endswith("visual_prompt_tokens"):
                 parameter.requires_grad_(self.config.clip_finetune == "prompt")
 
-    def classes_per_chunk(self, batch_size: int) -> int:
-        """Classes per chunk of the per-class stages, so a chunk holds about `config.cost_map_chunk_size` maps."""
-        return max(1, self.config.cost_map_chunk_size // batch_size)
+    def maps_per_chunk(self, device: torch.device) -> int:
+        """`config.cost_map_chunk_size`, or when it is `None` the default for `device` (see [`CatSegConfig`])."""
+        if self.config.cost_map_chunk_size is not None:
+            return self.config.cost_map_chunk_size
+        return 8 if device.type == "cpu" else 256
 
     def learnable_parameter_counts(self) -> dict[str, int]:
         """Parameters with `requires_grad`: `{"clip": ..., "cost_aggregation": ..., "total": ...}`.
@@ -659,7 +694,11 @@ class CatSegModel(CatSegPreTrainedModel):
         text_guidance = F.relu(self.text_guidance_projection(F.normalize(class_features, dim=-1)))
         for layer in self.layers:
             hidden_states = layer(
-                hidden_states, appearance_guidance, text_guidance, class_pooling_size, self.classes_per_chunk(batch)
+                hidden_states,
+                appearance_guidance,
+                text_guidance,
+                class_pooling_size,
+                self.maps_per_chunk(pixel_values.device),
             )
 
         output = CatSegModelOutput(
@@ -776,9 +815,7 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
             return_dict=True,
         )
         aggregated = base.aggregated_features.permute(0, 2, 3, 4, 1)
-        logits = self.upsampling_decoder(
-            aggregated, base.guidance_features, self.classes_per_chunk(pixel_values.shape[0])
-        )
+        logits = self.upsampling_decoder(aggregated, base.guidance_features, self.maps_per_chunk(pixel_values.device))
         if base.selected_classes is not None:
             full = logits.new_full(
                 (logits.shape[0], base.cost_volume.shape[1], *logits.shape[2:]), self.config.dropped_class_logit

@@ -267,13 +267,26 @@ def test_save_and_reload_round_trip(model, tmp_path):
     torch.testing.assert_close(base.cost_embedding.weight, model.catseg.cost_embedding.weight)
 
 
+@pytest.mark.parametrize("pooling", [1, 2])
 @torch.no_grad()
-def test_class_chunks_bound_memory_without_changing_logits(model):
+def test_chunks_bound_memory_without_changing_logits(model, pooling):
     ids = prompts(7)
-    expected = model(pixels(2), input_ids=ids).logits
-    model.config.cost_map_chunk_size = 3  # one class of the two images per chunk
+    expected = model(pixels(2), input_ids=ids, class_pooling_size=pooling).logits
+    # One class of the two images per spatial and decoder chunk; the class aggregation attends 3 of the 16 (or of
+    # the 4 pooled) positions at a time.
+    model.config.cost_map_chunk_size = 3
     try:
-        chunked = model(pixels(2), input_ids=ids).logits
+        chunked = model(pixels(2), input_ids=ids, class_pooling_size=pooling).logits
     finally:
-        model.config.cost_map_chunk_size = 64
+        model.config.cost_map_chunk_size = None
     torch.testing.assert_close(chunked, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_chunk_size_defaults_to_the_device():
+    model = CatSegForSemanticSegmentation(tiny_catseg_config())
+    assert model.maps_per_chunk(torch.device("cpu")) == 8
+    assert model.maps_per_chunk(torch.device("cuda")) == 256
+    model.config.cost_map_chunk_size = 5
+    assert model.maps_per_chunk(torch.device("cuda")) == 5
+
+
