@@ -372,8 +372,26 @@ class CatSegAggregationLayer(GradientCheckpointingLayer):
         return self.class_aggregation(hidden_states, text_guidance, pooling_size, maps_per_chunk)
 
 
+def _phase_taps(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """`(2, 2, 3, 2)` 0/1 tensor: `[phase, k, d, t]` is 1 when output phase `phase` of a x2 transposed convolution
+    followed by a 3x3 convolution reads, through tap `k` of a 2x2 kernel on the low-resolution input (padded by 1),
+    the 3x3 tap `d` (offset `d - 1`) that lands on transposed-convolution tap `t`."""
+    taps = torch.zeros(2, 2, 3, 2, device=device, dtype=dtype)
+    for phase in (0, 1):
+        for offset in (-1, 0, 1):
+            row = phase + offset  # upsampled row, relative to twice the input row
+            taps[phase, row // 2 - phase + 1, offset + 1, row % 2] = 1
+    return taps
+
+
 class CatSegDecoderStage(nn.Module):
-    """x2 transposed convolution, concatenation of the projected CLIP guidance, then two conv-GroupNorm-ReLU."""
+    """x2 transposed convolution, concatenation of the projected CLIP guidance, then two conv-GroupNorm-ReLU.
+
+    Nothing non-linear separates the transposed convolution from conv1, so they are computed as one: the class half
+    of conv1 folded into the transposed convolution is a 2x2 convolution per output phase at the input resolution
+    (half the FLOPs of the pair), and everything the classes share (the guidance and the transposed convolution's
+    bias) is convolved once per image. The parameters are the official ones.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, guidance_channels: int) -> None:
         super().__init__()
@@ -383,26 +401,39 @@ class CatSegDecoderStage(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
         self.norm2 = nn.GroupNorm(out_channels // 16, out_channels)
 
-    def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
-        """conv1's response to the guidance half of its input, `(batch, out_channels, 2 * size, 2 * size)`.
+    def shared_terms(self, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What every class of a chunk reuses: the folded kernel and conv1's response to the shared inputs.
 
-        conv1 sees `[upsampled, guidance]` and the guidance is the same for every class of an image, so this half
-        is convolved once per image and added to every class.
+        Args:
+            guidance: `(batch, guidance_channels, 2 * size, 2 * size)`.
+        Returns:
+            The folded kernel `(4 * out_channels, in_channels, 2, 2)`, phases `(row, column)` major, and
+            `(batch, out_channels, 2 * size, 2 * size)`: conv1 of `[upsampling bias, guidance]`.
         """
-        return F.conv2d(guidance, self.conv1.weight[:, self.upsample.out_channels :], padding=1)
+        upsampled_channels = self.upsample.out_channels
+        taps = _phase_taps(guidance.device, guidance.dtype)
+        kernel = torch.einsum(
+            "akyt,blxs,poyx,cots->abpckl", taps, taps, self.conv1.weight[:, :upsampled_channels], self.upsample.weight
+        )
+        bias = self.upsample.bias[None, :, None, None].expand(guidance.shape[0], -1, *guidance.shape[2:])
+        shared = F.conv2d(torch.cat([bias, guidance], dim=1), self.conv1.weight, padding=1)
+        return kernel.flatten(0, 2), shared
 
-    def forward(self, hidden_states: torch.Tensor, guidance_term: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, shared_terms: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """
         Args:
             hidden_states: `(batch, classes, in_channels, size, size)`.
-            guidance_term: `(batch, out_channels, 2 * size, 2 * size)` from [`~CatSegDecoderStage.guidance_term`].
+            shared_terms: from [`~CatSegDecoderStage.shared_terms`].
         Returns:
             `(batch, classes, out_channels, 2 * size, 2 * size)`.
         """
-        batch, classes = hidden_states.shape[:2]
-        upsampled = self.upsample(hidden_states.flatten(0, 1))
-        hidden_states = F.conv2d(upsampled, self.conv1.weight[:, : upsampled.shape[1]], padding=1)
-        hidden_states = hidden_states.unflatten(0, (batch, classes)) + guidance_term.unsqueeze(1)
+        kernel, shared = shared_terms
+        batch, classes, _, size, _ = hidden_states.shape
+        # Output pixel (2i + a, 2j + b) is phase (a, b) of the padded 2x2 convolution at (i + a, j + b).
+        phases = F.conv2d(hidden_states.flatten(0, 1), kernel, padding=1).unflatten(1, (2, 2, -1))
+        phases = [phases[:, a, b, :, a : a + size, b : b + size] for a in (0, 1) for b in (0, 1)]
+        hidden_states = F.pixel_shuffle(torch.stack(phases, dim=2).flatten(1, 2), 2)
+        hidden_states = hidden_states.unflatten(0, (batch, classes)) + shared.unsqueeze(1)
         hidden_states = F.relu(self.norm1(hidden_states.flatten(0, 1)), inplace=True)
         hidden_states = F.relu(self.norm2(self.conv2(hidden_states)), inplace=True)
         return hidden_states.unflatten(0, (batch, classes))
@@ -445,8 +476,8 @@ class CatSegUpsamplingDecoder(nn.Module):
         Returns:
             Logits `(batch, classes, 4 * grid, 4 * grid)`.
         """
-        guidance_terms = [
-            stage.guidance_term(F.relu(project(upsample(features))))
+        shared_terms = [
+            stage.shared_terms(F.relu(project(upsample(features))))
             for stage, upsample, project, features in zip(
                 self.stages, self.guidance_upsamplers, self.guidance_projections, guidance_features
             )
@@ -455,8 +486,8 @@ class CatSegUpsamplingDecoder(nn.Module):
         classes_per_chunk = max(1, maps_per_chunk // aggregated_features.shape[0])
         for chunk in aggregated_features.split(classes_per_chunk, dim=1):
             hidden_states = chunk.permute(0, 1, 4, 2, 3)
-            for stage, guidance_term in zip(self.stages, guidance_terms):
-                hidden_states = stage(hidden_states, guidance_term)
+            for stage, terms in zip(self.stages, shared_terms):
+                hidden_states = stage(hidden_states, terms)
             logits.append(self.head(hidden_states.flatten(0, 1)).view(*chunk.shape[:2], *hidden_states.shape[-2:]))
         return torch.cat(logits, dim=1)
 
