@@ -53,12 +53,18 @@ class CatSegConfig(PreTrainedConfig):
             learned tokens, larger ones are cut to the classes with the highest cosine similarity anywhere in the
             image, and the others get logit `dropped_class_logit`.
         dropped_class_logit (`float`, *optional*, defaults to -100.0):
-            Logit of the classes cut by `max_classes`.
+            Logit of the classes cut by `max_classes` or `top_k_classes`.
+        top_k_classes (`int`, *optional*):
+            Opt-in speed-up for very large vocabularies: aggregate only this many classes, chosen like the
+            `max_classes` cut. The class aggregation still pads to `max_classes`, so each kept class gets exactly
+            the logits the official model gives it on the kept sub-vocabulary; a pixel changes label only where its
+            class was pruned. `None` (the official behaviour) keeps up to `max_classes`.
         cost_map_chunk_size (`int`, *optional*):
             How many (image, class) cost maps the per-class stages (spatial aggregation and upsampling decoder)
             process together; the class aggregation takes the same number of tokens at a time. It bounds peak memory
             for large vocabularies and batches (sliding windows) and does not change the result. `None` picks by
-            device: 8 on CPU, where chunks that stay in the cache run fastest, and 256 elsewhere.
+            device: 8 on CPU, where chunks that stay in the cache run fastest, and 256 elsewhere; under
+            `torch.compile` nothing is chunked, so the graph is not traced once per chunk.
         decoder_dims (`list[int]`, *optional*, defaults to `[64, 32]`):
             Output channels of the two upsampling stages (multiples of 16: the stages use `GroupNorm(dim // 16)`).
         decoder_guidance_dims (`list[int]`, *optional*, defaults to `[256, 128]`):
@@ -103,6 +109,7 @@ class CatSegConfig(PreTrainedConfig):
         eval_class_pooling_size: int = 1,
         max_classes: int = 256,
         dropped_class_logit: float = -100.0,
+        top_k_classes: int | None = None,
         cost_map_chunk_size: int | None = None,
         decoder_dims: list[int] | tuple[int, ...] = (64, 32),
         decoder_guidance_dims: list[int] | tuple[int, ...] = (256, 128),
@@ -145,6 +152,7 @@ class CatSegConfig(PreTrainedConfig):
         self.eval_class_pooling_size = eval_class_pooling_size
         self.max_classes = max_classes
         self.dropped_class_logit = dropped_class_logit
+        self.top_k_classes = top_k_classes
         self.cost_map_chunk_size = cost_map_chunk_size
         self.decoder_dims = list(decoder_dims)
         self.decoder_guidance_dims = list(decoder_guidance_dims)
@@ -191,6 +199,8 @@ class CatSegConfig(PreTrainedConfig):
             raise ValueError(
                 f"prompt_depth={self.prompt_depth} exceeds the {vision.num_hidden_layers} CLIP vision blocks."
             )
+        if self.top_k_classes is not None and (isinstance(self.top_k_classes, bool) or self.top_k_classes < 1):
+            raise ValueError(f"top_k_classes={self.top_k_classes!r} must be a positive number of classes, or None.")
         if self.clip_finetune == "prompt" and not (self.prompt_depth and self.prompt_length):
             raise ValueError('clip_finetune="prompt" needs prompt_depth > 0 and prompt_length > 0.')
 

@@ -9,6 +9,7 @@ per-class logits at 4x the CLIP patch grid.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -41,9 +42,9 @@ class CatSegModelOutput(ModelOutput):
             L2-normalised text features of the vocabulary.
         cost_volume (`torch.FloatTensor` of shape `(batch_size, num_classes, grid, grid)`):
             Cosine similarity between every class and every patch, for the whole vocabulary.
-        selected_classes (`torch.LongTensor` of shape `(batch_size, config.max_classes)`, *optional*):
-            When the vocabulary is larger than `config.max_classes`, the (sorted) indices of the classes kept for
-            each image; `None` otherwise.
+        selected_classes (`torch.LongTensor` of shape `(batch_size, kept_classes)`, *optional*):
+            When the vocabulary is larger than `config.max_classes` (or `config.top_k_classes`), the (sorted)
+            indices of the classes kept for each image; `None` otherwise.
     """
 
     aggregated_features: torch.FloatTensor | None = None
@@ -75,8 +76,9 @@ class CatSegSemanticSegmenterOutput(ModelOutput):
             Returned with `output_hidden_states=True`: the cost volume after aggregation.
         text_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`, *optional*):
             Returned with `output_hidden_states=True`: the normalised text features used.
-        selected_classes (`torch.LongTensor` of shape `(batch_size, config.max_classes)`, *optional*):
-            Returned with `output_hidden_states=True` when the vocabulary exceeded `config.max_classes`.
+        selected_classes (`torch.LongTensor` of shape `(batch_size, kept_classes)`, *optional*):
+            Returned with `output_hidden_states=True` when the vocabulary exceeded `config.max_classes` (or
+            `config.top_k_classes`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -317,7 +319,7 @@ class CatSegClassAggregation(nn.Module):
         padding = (self.norm1(self.padding_tokens.view(dim)), self.padding_guidance.view(-1))
         length = max(classes, self.max_classes)
         guidance = text_guidance.unsqueeze(1)
-        positions = max(1, maps_per_chunk * h * w // (batch * classes))
+        positions = min(pooled.shape[2] * pooled.shape[3], max(1, maps_per_chunk * h * w // (batch * classes)))
         tokens = torch.cat(
             [
                 self._aggregate(chunk.transpose(1, 2).contiguous(), guidance, padding, length).transpose(1, 2)
@@ -361,7 +363,8 @@ class CatSegAggregationLayer(GradientCheckpointingLayer):
         maps_per_chunk: int,
     ) -> torch.Tensor:
         # Each class's map is aggregated on its own, so chunks of classes bound the working set of large vocabularies.
-        classes_per_chunk = max(1, maps_per_chunk // hidden_states.shape[0])
+        batch, classes = hidden_states.shape[:2]
+        classes_per_chunk = min(classes, max(1, maps_per_chunk // batch))
         hidden_states = torch.cat(
             [
                 self.spatial_aggregation(chunk, appearance_guidance)
@@ -483,7 +486,8 @@ class CatSegUpsamplingDecoder(nn.Module):
             )
         ]
         logits = []
-        classes_per_chunk = max(1, maps_per_chunk // aggregated_features.shape[0])
+        batch, classes = aggregated_features.shape[:2]
+        classes_per_chunk = min(classes, max(1, maps_per_chunk // batch))
         for chunk in aggregated_features.split(classes_per_chunk, dim=1):
             hidden_states = chunk.permute(0, 1, 4, 2, 3)
             for stage, terms in zip(self.stages, shared_terms):
@@ -537,6 +541,9 @@ class CatSegPreTrainedModel(PreTrainedModel):
         """`config.cost_map_chunk_size`, or when it is `None` the default for `device` (see [`CatSegConfig`])."""
         if self.config.cost_map_chunk_size is not None:
             return self.config.cost_map_chunk_size
+        if torch.compiler.is_compiling():
+            # The compiler would trace every chunk separately; it fuses the stages itself instead.
+            return sys.maxsize
         return 8 if device.type == "cpu" else 256
 
     def learnable_parameter_counts(self) -> dict[str, int]:
@@ -708,10 +715,11 @@ class CatSegModel(CatSegPreTrainedModel):
             class_features = class_features.expand(batch, -1, -1)
         cost_volume = torch.einsum("bchw,btc->bthw", F.normalize(dense_image_features, dim=1), class_features)
         aggregated, selected_classes = cost_volume, None
-        if cost_volume.shape[1] > self.config.max_classes:
+        kept = min(self.config.max_classes, self.config.top_k_classes or self.config.max_classes)
+        if cost_volume.shape[1] > kept:
             # Keep the classes that best match some patch; the rest get a constant logit in the head.
             scores = cost_volume.flatten(2).amax(dim=-1)
-            selected_classes = scores.topk(self.config.max_classes, dim=-1).indices.sort(dim=-1).values
+            selected_classes = scores.topk(kept, dim=-1).indices.sort(dim=-1).values
             aggregated = cost_volume.gather(
                 1, selected_classes[:, :, None, None].expand(-1, -1, *cost_volume.shape[2:])
             )

@@ -299,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.add_argument("--tiled", action="store_true", help="native-resolution tiles, for very large images")
     parser.add_argument("--templates", help="prompt template with '{}', or 'imagenet' (80 templates)")
     parser.add_argument("--synonyms", choices=["first", "average"], help="how 'a, b' labels are encoded")
+    parser.add_argument(
+        "--top-k-classes",
+        type=int,
+        help="CAT-Seg, large vocabularies: aggregate only the K best-matching classes per image (faster, inexact)",
+    )
     parser.add_argument("--cache-dir", help="where converted checkpoints are kept (default: ~/.cache/ovseg-hf)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -307,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.top_k_classes is not None and args.top_k_classes < 1:
+        raise UsageError(f"--top-k-classes must be at least 1, got {args.top_k_classes}")
     labels = validate_vocabulary(parse_labels(args.labels, args.labels_file))
     templates = resolve_templates(args.templates) if args.templates is not None else None
     images = collect_images(args.inputs)
@@ -317,9 +324,15 @@ def run(args: argparse.Namespace) -> int:
     mode = "sliding" if args.sliding else "tiled" if args.tiled else "whole"
     if mode == "sliding" and not processor.image_processor.sliding_window:
         raise UsageError(f"--sliding is CAT-Seg's evaluation protocol; this {model.config.model_type} model has none")
+    if args.top_k_classes is not None:
+        if not hasattr(model.config, "top_k_classes"):
+            raise UsageError(f"--top-k-classes is a CAT-Seg option; this {model.config.model_type} model has none")
+        model.config.top_k_classes = args.top_k_classes
     out_dir = Path(args.out)
     cache = TextFeatureCache()
     extra = {"model": args.model, "mode": mode}
+    if args.top_k_classes is not None:
+        extra["top_k_classes"] = args.top_k_classes
     with tqdm(total=len(images), unit="image", disable=args.quiet) as progress:
         for first in range(0, len(images), args.batch_size):
             batch = images[first : first + args.batch_size]

@@ -153,6 +153,31 @@ def test_vocabularies_above_max_classes_keep_the_best_matching_classes(model):
 
 
 @torch.no_grad()
+def test_top_k_pruning_gives_kept_classes_their_sub_vocabulary_logits(model):
+    ids = prompts(7)
+    full = model(pixels(), input_ids=ids, output_hidden_states=True)
+    model.config.top_k_classes = 3
+    try:
+        pruned = model(pixels(), input_ids=ids, output_hidden_states=True)
+    finally:
+        model.config.top_k_classes = None
+    kept = pruned.selected_classes[0]
+    assert kept.tolist() == sorted(full.cost_volume[0].flatten(1).amax(-1).topk(3).indices.tolist())
+    dropped = torch.ones(7, dtype=torch.bool)
+    dropped[kept] = False
+    assert torch.all(pruned.logits[0, dropped] == -100.0)
+    # Still padded to max_classes=8, so exactly the official model run on the 3 kept classes, not the full-set logits.
+    alone = model(pixels(), input_ids=ids[kept]).logits[0]
+    torch.testing.assert_close(pruned.logits[0, kept], alone, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(pruned.logits[0, kept], full.logits[0, kept], atol=1e-4)
+
+
+def test_top_k_classes_must_be_positive():
+    with pytest.raises(ValueError, match="top_k_classes=0 must be a positive number of classes"):
+        tiny_catseg_config(top_k_classes=0)
+
+
+@torch.no_grad()
 def test_padding_tokens_take_part_in_class_aggregation(model):
     ids = prompts(3)
     before = model(pixels(), input_ids=ids).logits
@@ -283,14 +308,19 @@ def test_chunks_bound_memory_without_changing_logits(model, pooling):
     torch.testing.assert_close(chunked, expected, atol=1e-6, rtol=1e-5)
 
 
-def test_chunk_size_defaults_to_the_device():
-    model = CatSegForSemanticSegmentation(tiny_catseg_config())
+@torch.no_grad()
+def test_chunk_size_defaults_to_the_device_and_to_one_chunk_when_compiling(model, monkeypatch):
     assert model.maps_per_chunk(torch.device("cpu")) == 8
     assert model.maps_per_chunk(torch.device("cuda")) == 256
+    expected = model(pixels(2), input_ids=prompts(7)).logits
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert model.maps_per_chunk(torch.device("cpu")) > 10**9
+    torch.testing.assert_close(model(pixels(2), input_ids=prompts(7)).logits, expected, atol=1e-6, rtol=1e-5)
     model.config.cost_map_chunk_size = 5
-    assert model.maps_per_chunk(torch.device("cuda")) == 5
-
-
+    try:
+        assert model.maps_per_chunk(torch.device("cuda")) == 5
+    finally:
+        model.config.cost_map_chunk_size = None
 
 
 @pytest.mark.parametrize("size", [3, 6])

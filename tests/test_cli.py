@@ -104,6 +104,12 @@ def test_labels_files_sliding_and_lseg(photos, catseg_folder, lseg_folder, tmp_p
         capsys=capsys)  # fmt: skip
     summary = json.loads((out / "food.json").read_text())
     assert summary["labels"] == ["sofa, couch", "floor"] and summary["mode"] == "sliding"
+    assert "top_k_classes" not in summary
+    run(photos / "food.jpg", "--labels", "cat, dog, sofa", "--model", catseg_folder, "--out", out, "--top-k-classes",
+        "1", "--quiet", capsys=capsys)  # fmt: skip
+    summary = json.loads((out / "food.json").read_text())
+    # Only the best-matching class is aggregated; the pruned ones cannot win a pixel.
+    assert summary["top_k_classes"] == 1 and [entry["pixel_fraction"] for entry in summary["classes"]] == [1.0]
     json_labels = tmp_path / "voc.json"
     json_labels.write_text(json.dumps(["aeroplane", "bicycle", "bird"]))
     PIL.Image.open(photos / "food.jpg").crop((0, 0, 150, 100)).save(tmp_path / "crop.png")  # 3x2 tiles of 64
@@ -172,6 +178,9 @@ def test_bad_inputs_stop_before_any_output(photos, catseg_folder, lseg_folder, t
     error = run(photos / "food.jpg", "--labels", "cat", "--model", lseg_folder, "--out", out, "--sliding", expect=2,
                 capsys=capsys)  # fmt: skip
     assert "--sliding is CAT-Seg's evaluation protocol; this lseg model has none" in error and not out.exists()
+    error = run(photos / "food.jpg", "--labels", "cat", "--model", lseg_folder, "--out", out, "--top-k-classes", "2",
+                expect=2, capsys=capsys)  # fmt: skip
+    assert "--top-k-classes is a CAT-Seg option; this lseg model has none" in error and not out.exists()
     foreign = tmp_path / "other.pth"
     torch.save({"model": {"backbone.weight": torch.zeros(2)}}, foreign)
     cache = tmp_path / "cache"

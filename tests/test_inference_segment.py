@@ -23,7 +23,6 @@ from processing.inference_ovseg import (
 )
 
 
-
 def image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 

@@ -151,7 +151,9 @@ def test_a_file_that_is_not_an_lseg_checkpoint(tmp_path):
     with pytest.raises(LSegConversionError, match=r"not an LSeg checkpoint: it lacks \['pretrained.model.cls_token'"):
         convert_lseg_checkpoint(path, tmp_path / "out")
     torch.save({"model": {"sem_seg_head.predictor.weight": torch.zeros(2)}}, path)  # CAT-Seg's container
-    with pytest.raises(LSegConversionError, match=r"expected a Lightning checkpoint .* got dict with keys \['model'\]"):
+    with pytest.raises(
+        LSegConversionError, match=r"expected a Lightning checkpoint .* got dict with keys \['model'\]"
+    ):
         convert_lseg_checkpoint(path, tmp_path / "out")
     assert_nothing_written(tmp_path, tmp_path / "out")
 

@@ -9,7 +9,6 @@ from transformers import CLIPConfig, CLIPModel, DPTConfig, DPTModel, ViTConfig, 
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation, LSegModel
 
 
-
 def pixels(batch: int = 1, height: int = 64, width: int = 64) -> torch.Tensor:
     return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(batch * height + width)) * 2 - 1
 
@@ -222,7 +221,10 @@ def test_a_new_depthwise_block_starts_as_the_identity():
             dict(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=label_ids(2), attention_mask=torch.ones(2, 3)),
             "attention_mask has shape (2, 3)",
         ),
-        (dict(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=label_ids(2), labels=torch.full((1, 64, 64), 2)), "[2]"),
+        (
+            dict(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=label_ids(2), labels=torch.full((1, 64, 64), 2)),
+            "[2]",
+        ),
         (dict(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=label_ids(2), labels=torch.zeros(2, 64, 64)), "integ"),
         (dict(pixel_values=torch.zeros(1, 3, 64, 64), input_ids=label_ids(2), labels=torch.zeros(64, 64)), "integer"),
     ],

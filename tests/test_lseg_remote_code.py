@@ -25,7 +25,13 @@ def test_auto_classes_load_the_saved_code_offline_with_identical_logits(tmp_path
     inputs = {"pixel_values": pixels(2, 64, 80), "input_ids": label_ids(3)}
     with torch.no_grad():
         expected = model(**inputs).logits
-    result = load_with_auto_classes(tmp_path / "model", inputs, expected, tmp_path, "[type(config).__name__, config.arch_option, config.dpt_config.layer_norm_eps]")
+    result = load_with_auto_classes(
+        tmp_path / "model",
+        inputs,
+        expected,
+        tmp_path,
+        "[type(config).__name__, config.arch_option, config.dpt_config.layer_norm_eps]",
+    )
     assert result["config"] == ["LSegConfig", 1, 1e-6]
     for auto in ("AutoModel", "AutoModelForSemanticSegmentation"):
         name, module, difference = result[auto]

@@ -18,7 +18,6 @@ from processing import TASK, VocabularyError, catseg_processor, lseg_processor, 
 LABELS = ["cat", "sofa, couch", "floor"]
 
 
-
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)

@@ -39,7 +39,9 @@ def train_on_random_data(
 
     Returns the training output, the trainer, and the names of the parameters that changed.
     """
-    dataset = Dataset.from_dict({"pixel_values": pixel_values.tolist(), "labels": labels.tolist()}).with_format("torch")
+    dataset = Dataset.from_dict({"pixel_values": pixel_values.tolist(), "labels": labels.tolist()}).with_format(
+        "torch"
+    )
 
     def collate(features: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         # pixel_values first: the Trainer reads the batch size off the first tensor.
