@@ -90,14 +90,15 @@ class CatSegSemanticSegmenterOutput(ModelOutput):
     selected_classes: torch.LongTensor | None = None
 
 
-def guided_linear(linear: nn.Linear, features: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-    """`linear(cat([features, guidance], -1))` without materialising the concatenation.
+def guidance_query_key(q_proj: nn.Linear, k_proj: nn.Linear, guidance: torch.Tensor) -> torch.Tensor:
+    """The guidance half of query and key projections whose input is `cat([features, guidance], -1)`.
 
-    The guidance is shared by every class, so its projection is computed once and broadcast: `features` is
-    `(..., dim)` and `guidance` any shape that broadcasts against it, `(..., guidance_dim)`.
+    The guidance is shared by every class (spatial aggregation) or every position (class aggregation), so this half
+    is computed once and added to the feature half, instead of concatenating the guidance to every token.
+    `(..., guidance_dim)` -> `(..., 2 * dim)`, queries first.
     """
-    dim = features.shape[-1]
-    return F.linear(features, linear.weight[:, :dim], linear.bias) + F.linear(guidance, linear.weight[:, dim:])
+    start = q_proj.in_features - guidance.shape[-1]
+    return F.linear(guidance, torch.cat([q_proj.weight[:, start:], k_proj.weight[:, start:]]))
 
 
 class CatSegMLP(nn.Module):
@@ -123,25 +124,24 @@ class CatSegWindowAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(
-        self, hidden_states: torch.Tensor, guidance: torch.Tensor, attention_mask: torch.Tensor | None
+        self, hidden_states: torch.Tensor, guided_query_key: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """
         Args:
             hidden_states: `(batch, classes, windows, window_area, dim)`.
-            guidance: `(batch, 1, windows, window_area, guidance_dim)`, shared by the classes.
+            guided_query_key: `(batch, 1, windows, window_area, 2 * dim)` from [`guidance_query_key`], shared by
+                the classes.
             attention_mask: additive `(windows, window_area, window_area)` shift mask, or `None`.
         Returns:
             `(batch, classes, windows, window_area, dim)`.
         """
         batch, classes, windows, area, dim = hidden_states.shape
         heads = self.num_heads
-        # One matmul projects the class features for q, k and v; the guidance half of q and k is computed once per
-        # image instead of once per class.
+        # One matmul projects the class features for q, k and v.
         weight = torch.cat([self.q_proj.weight[:, :dim], self.k_proj.weight[:, :dim], self.v_proj.weight])
         bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
         qkv = F.linear(hidden_states, weight, bias).view(batch, classes, windows, area, 3, dim)
-        guided = F.linear(guidance, torch.cat([self.q_proj.weight[:, dim:], self.k_proj.weight[:, dim:]]))
-        qkv[..., :2, :] += guided.view(batch, 1, windows, area, 2, dim)
+        qkv[..., :2, :] += guided_query_key.view(batch, 1, windows, area, 2, dim)
         # Windows and heads share one axis, so a single (windows * heads) mask broadcasts over batch and classes.
         qkv = qkv.view(batch * classes, windows, area, 3, heads, dim // heads).permute(3, 0, 1, 4, 2, 5)
         query, key, value = qkv.reshape(3, batch * classes, windows * heads, area, dim // heads).unbind(0)
@@ -195,18 +195,24 @@ class CatSegSwinBlock(nn.Module):
         region = region.view(n // ws, ws, n // ws, ws).transpose(1, 2).reshape(-1, ws * ws)
         return (region[:, None, :] != region[:, :, None]).float() * -100.0
 
-    def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
+        """`(batch, 1, grid * grid, guidance_dim)` layer-normalised guidance -> its query and key projections in
+        window order, `(batch, 1, windows, window_area, 2 * hidden_dim)`."""
+        order = self.window_order(guidance.device)
+        guided = guidance_query_key(self.attention.q_proj, self.attention.k_proj, guidance.index_select(2, order))
+        return guided.view(guided.shape[0], 1, -1, self.window_size**2, guided.shape[-1])
+
+    def forward(self, hidden_states: torch.Tensor, guidance_term: torch.Tensor) -> torch.Tensor:
         """
         Args:
             hidden_states: `(batch, classes, grid * grid, hidden_dim)`, contiguous.
-            guidance: `(batch, 1, grid * grid, guidance_dim)`, already layer-normalised.
+            guidance_term: from [`~CatSegSwinBlock.guidance_term`].
         """
         batch, classes, tokens, dim = hidden_states.shape
         area = self.window_size**2
         order = self.window_order(hidden_states.device)
         windows = self.norm1(hidden_states).index_select(2, order).view(batch, classes, -1, area, dim)
-        window_guidance = guidance.index_select(2, order).view(batch, 1, -1, area, guidance.shape[-1])
-        attended = self.attention(windows, window_guidance, self.shift_mask(hidden_states.device))
+        attended = self.attention(windows, guidance_term, self.shift_mask(hidden_states.device))
         hidden_states = hidden_states + attended.view(batch, classes, tokens, dim).index_select(2, order.argsort())
         return hidden_states + self.mlp(self.norm2(hidden_states))
 
@@ -219,12 +225,16 @@ class CatSegSpatialAggregation(nn.Module):
         self.guidance_norm = nn.LayerNorm(config.appearance_guidance_dim)
         self.blocks = nn.ModuleList([CatSegSwinBlock(config, shift=False), CatSegSwinBlock(config, shift=True)])
 
-    def forward(self, hidden_states: torch.Tensor, appearance_guidance: torch.Tensor) -> torch.Tensor:
-        """`hidden_states` `(batch, classes, grid, grid, dim)`; `appearance_guidance` `(batch, grid, grid, g_dim)`."""
+    def guidance_terms(self, appearance_guidance: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's guidance term from `(batch, grid, grid, guidance_dim)`; shared by all class chunks."""
         guidance = self.guidance_norm(appearance_guidance).flatten(1, 2).unsqueeze(1)
+        return [block.guidance_term(guidance) for block in self.blocks]
+
+    def forward(self, hidden_states: torch.Tensor, guidance_terms: list[torch.Tensor]) -> torch.Tensor:
+        """`hidden_states` `(batch, classes, grid, grid, dim)`; `guidance_terms` from `guidance_terms()`."""
         tokens = hidden_states.flatten(2, 3)
-        for block in self.blocks:
-            tokens = block(tokens, guidance)
+        for block, guidance_term in zip(self.blocks, guidance_terms):
+            tokens = block(tokens, guidance_term)
         return tokens.view(hidden_states.shape)
 
 
@@ -242,42 +252,60 @@ class CatSegLinearAttention(nn.Module):
         self.k_proj = nn.Linear(dim + guidance_dim, dim)
         self.v_proj = nn.Linear(dim, dim)
 
+    def query_key(self, states: torch.Tensor, guided_query_key: torch.Tensor) -> torch.Tensor:
+        """Queries and keys `(..., 2, heads, head_dim)` after the `elu + 1` feature map.
+
+        `states` `(..., dim)`; `guided_query_key` from [`guidance_query_key`], broadcastable to `(..., 2 * dim)`.
+        """
+        dim = states.shape[-1]
+        weight = torch.cat([self.q_proj.weight[:, :dim], self.k_proj.weight[:, :dim]])
+        projected = F.linear(states, weight, torch.cat([self.q_proj.bias, self.k_proj.bias])) + guided_query_key
+        return F.elu(projected).add(1).unflatten(-1, (2, self.num_heads, dim // self.num_heads))
+
     def forward(
         self,
         hidden_states: torch.Tensor,
-        guidance: torch.Tensor,
+        guided_query_key: torch.Tensor,
         padding: tuple[torch.Tensor, torch.Tensor] | None = None,
         length: int | None = None,
     ) -> torch.Tensor:
         """
         Args:
             hidden_states: `(batch, positions, classes, dim)`, layer-normalised.
-            guidance: `(batch, 1, classes, guidance_dim)`, shared by the positions.
-            padding: a padding token `(dim,)` (layer-normalised) and its guidance `(guidance_dim,)`, repeated after
-                the classes up to `length` tokens. The padding keys and values are the same everywhere, so their
-                share of the key-value sums is computed once; padded queries are never needed.
+            guided_query_key: `(batch, 1, classes, 2 * dim)` from [`guidance_query_key`], shared by the positions.
+            padding: the key and value `(heads, head_dim)` of a padding token (from
+                [`~CatSegLinearAttention.padding_key_value`]), repeated after the classes up to `length` tokens. They
+                are the same everywhere, so their share of the key-value sums is computed once; padded queries are
+                never needed.
             length: the padded sequence length (defaults to `classes`).
         Returns:
             `(batch, positions, classes, dim)`: the attention output of the real classes.
         """
         *leading, classes, dim = hidden_states.shape
         length = length or classes
-        heads = (self.num_heads, dim // self.num_heads)
-        query = F.elu(guided_linear(self.q_proj, hidden_states, guidance)).add(1).view(*leading, classes, *heads)
-        key = F.elu(guided_linear(self.k_proj, hidden_states, guidance)).add(1).view(*leading, classes, *heads)
-        value = self.v_proj(hidden_states).view(*leading, classes, *heads) / length
+        query, key = self.query_key(hidden_states, guided_query_key).unbind(-3)
+        value = self.v_proj(hidden_states).view(*leading, classes, self.num_heads, -1) / length
         key_value = torch.einsum("...shd,...she->...hde", key, value)
         key_sum = key.sum(dim=-3)
         if length > classes:
-            padding_states, padding_guidance = padding
-            padding_key = F.elu(guided_linear(self.k_proj, padding_states, padding_guidance)).add(1).view(heads)
-            padding_value = self.v_proj(padding_states).view(heads) / length
+            padding_key, padding_value = padding
             repeats = length - classes
-            key_value = key_value + repeats * torch.einsum("hd,he->hde", padding_key, padding_value)
+            key_value = key_value + repeats * torch.einsum("hd,he->hde", padding_key, padding_value / length)
             key_sum = key_sum + repeats * padding_key
         normaliser = 1.0 / (torch.einsum("...lhd,...hd->...lh", query, key_sum) + self.eps)
         context = torch.einsum("...lhd,...hde,...lh->...lhe", query, key_value, normaliser) * length
         return context.reshape(*leading, classes, dim)
+
+    def padding_key_value(
+        self, padding_state: torch.Tensor, padding_guidance: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key and value `(heads, head_dim)` of a padding token.
+
+        `padding_state` `(dim,)` is layer-normalised; `padding_guidance` is `(guidance_dim,)`.
+        """
+        guided = guidance_query_key(self.q_proj, self.k_proj, padding_guidance)
+        key = self.query_key(padding_state, guided)[1]
+        return key, self.v_proj(padding_state).view(self.num_heads, -1)
 
 
 class CatSegClassAggregation(nn.Module):
@@ -316,13 +344,16 @@ class CatSegClassAggregation(nn.Module):
             pooled = F.avg_pool2d(hidden_states.permute(0, 1, 4, 2, 3).flatten(0, 1), pooling_size)
             pooled = pooled.unflatten(0, (batch, classes)).permute(0, 1, 3, 4, 2)
         # Padded tokens only feed the keys and values of the real classes; their own outputs are dropped.
-        padding = (self.norm1(self.padding_tokens.view(dim)), self.padding_guidance.view(-1))
+        attention = self.attention
+        padding = attention.padding_key_value(
+            self.norm1(self.padding_tokens.view(dim)), self.padding_guidance.view(-1)
+        )
         length = max(classes, self.max_classes)
-        guidance = text_guidance.unsqueeze(1)
+        guided_query_key = guidance_query_key(attention.q_proj, attention.k_proj, text_guidance.unsqueeze(1))
         positions = min(pooled.shape[2] * pooled.shape[3], max(1, maps_per_chunk * h * w // (batch * classes)))
         tokens = torch.cat(
             [
-                self._aggregate(chunk.transpose(1, 2).contiguous(), guidance, padding, length).transpose(1, 2)
+                self._aggregate(chunk.transpose(1, 2).contiguous(), guided_query_key, padding, length).transpose(1, 2)
                 for chunk in pooled.flatten(2, 3).split(positions, dim=2)
             ],
             dim=2,
@@ -337,12 +368,12 @@ class CatSegClassAggregation(nn.Module):
     def _aggregate(
         self,
         tokens: torch.Tensor,
-        guidance: torch.Tensor,
+        guided_query_key: torch.Tensor,
         padding: tuple[torch.Tensor, torch.Tensor],
         length: int,
     ) -> torch.Tensor:
         """Attention and MLP of `(batch, positions, classes, dim)` tokens."""
-        tokens = tokens + self.attention(self.norm1(tokens), guidance, padding, length)
+        tokens = tokens + self.attention(self.norm1(tokens), guided_query_key, padding, length)
         return tokens + self.mlp(self.norm2(tokens))
 
 
@@ -365,9 +396,10 @@ class CatSegAggregationLayer(GradientCheckpointingLayer):
         # Each class's map is aggregated on its own, so chunks of classes bound the working set of large vocabularies.
         batch, classes = hidden_states.shape[:2]
         classes_per_chunk = min(classes, max(1, maps_per_chunk // batch))
+        guidance_terms = self.spatial_aggregation.guidance_terms(appearance_guidance)
         hidden_states = torch.cat(
             [
-                self.spatial_aggregation(chunk, appearance_guidance)
+                self.spatial_aggregation(chunk, guidance_terms)
                 for chunk in hidden_states.split(classes_per_chunk, dim=1)
             ],
             dim=1,
