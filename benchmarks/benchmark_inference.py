@@ -210,8 +210,8 @@ def train_step_case(checkpointing: bool) -> dict:
     with PeakMemory() as memory:
         seconds = best_of(lambda: step(4), 1)
     # The FLOP counter's module hooks keep activations alive (a counted batch-4 step peaked at 22.7 GB instead of
-    # 14), so FLOPs are counted on batches 1 and 2. They are affine in the batch: the vocabulary is encoded once
-    # per step and every image costs the same.
+    # 12.6), so FLOPs are counted on batches 1 and 2. They are affine in the batch: the vocabulary is encoded once
+    # per step, and every image costs the same.
     one, two = flops_of(lambda: step(1)), flops_of(lambda: step(2))
     gflop = (one + 3 * (two - one)) / 1e9
     return {
