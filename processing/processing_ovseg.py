@@ -114,7 +114,7 @@ class OVSegProcessor(ProcessorMixin):
         synonyms = self.synonyms if synonyms is None else synonyms
         if synonyms == "first":
             for name, group in first_synonym_collisions(labels).items():
-                logger.warning(
+                logger.warning_once(
                     f"labels {group} all use the first synonym {name!r}, so they get identical scores (as in the "
                     "official code); pass synonyms='average' to tell them apart"
                 )

@@ -142,6 +142,12 @@ def test_shared_first_synonyms_warn(catseg, caplog):
     assert text["input_ids"][0].tolist() == text["input_ids"][1].tolist()
     assert "labels ['bag', 'bag, handbag, pocketbook, purse'] all use the first synonym 'bag'" in caplog.text
     assert "prompt_class_ids" in catseg(text=["bag", "bag, handbag"], synonyms="average")
+    # Once per vocabulary and process, not on every call (a sliding-window evaluation calls the processor per image).
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            catseg(text=["kite", "kite, bird of prey"])
+    assert caplog.text.count("all use the first synonym 'kite'") == 1
 
 
 def test_masks_are_checked_against_the_vocabulary(catseg):
