@@ -199,8 +199,10 @@ class CatSegConfig(PreTrainedConfig):
             raise ValueError(
                 f"prompt_depth={self.prompt_depth} exceeds the {vision.num_hidden_layers} CLIP vision blocks."
             )
-        if self.top_k_classes is not None and (isinstance(self.top_k_classes, bool) or self.top_k_classes < 1):
-            raise ValueError(f"top_k_classes={self.top_k_classes!r} must be a positive number of classes, or None.")
+        for name in ("top_k_classes", "cost_map_chunk_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive integer, or None for the default.")
         if self.clip_finetune == "prompt" and not (self.prompt_depth and self.prompt_length):
             raise ValueError('clip_finetune="prompt" needs prompt_depth > 0 and prompt_length > 0.')
 

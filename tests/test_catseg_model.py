@@ -172,9 +172,11 @@ def test_top_k_pruning_gives_kept_classes_their_sub_vocabulary_logits(model):
     assert not torch.allclose(pruned.logits[0, kept], full.logits[0, kept], atol=1e-4)
 
 
-def test_top_k_classes_must_be_positive():
-    with pytest.raises(ValueError, match="top_k_classes=0 must be a positive number of classes"):
-        tiny_catseg_config(top_k_classes=0)
+@pytest.mark.parametrize("name", ["top_k_classes", "cost_map_chunk_size"])
+@pytest.mark.parametrize("value", [0, -3, 2.5, True])
+def test_speed_options_must_be_positive_integers(name, value):
+    with pytest.raises(ValueError, match=f"{name}={value!r} must be a positive integer, or None for the default"):
+        tiny_catseg_config(**{name: value})
 
 
 @torch.no_grad()
