@@ -407,16 +407,21 @@ class CatSegAggregationLayer(GradientCheckpointingLayer):
         return self.class_aggregation(hidden_states, text_guidance, pooling_size, maps_per_chunk)
 
 
-def _phase_taps(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """`(2, 2, 3, 2)` 0/1 tensor: `[phase, k, d, t]` is 1 when output phase `phase` of a x2 transposed convolution
-    followed by a 3x3 convolution reads, through tap `k` of a 2x2 kernel on the low-resolution input (padded by 1),
-    the 3x3 tap `d` (offset `d - 1`) that lands on transposed-convolution tap `t`."""
-    taps = torch.zeros(2, 2, 3, 2, device=device, dtype=dtype)
+def _phase_taps() -> torch.Tensor:
+    """How a x2 transposed convolution followed by a 3x3 convolution reads its low-resolution input, per output phase.
+
+    `(2, 2, 3, 2)` 0/1 tensor: `[phase, k, d, t]` is 1 when output phase `phase` reads, through tap `k` of a 2x2
+    kernel on the input padded by 1, the 3x3 tap `d` (offset `d - 1`) that lands on transposed-convolution tap `t`.
+    """
+    taps = torch.zeros(2, 2, 3, 2)
     for phase in (0, 1):
         for offset in (-1, 0, 1):
             row = phase + offset  # upsampled row, relative to twice the input row
             taps[phase, row // 2 - phase + 1, offset + 1, row % 2] = 1
     return taps
+
+
+_PHASE_TAPS = _phase_taps()
 
 
 class CatSegDecoderStage(nn.Module):
@@ -446,7 +451,7 @@ class CatSegDecoderStage(nn.Module):
             `(batch, out_channels, 2 * size, 2 * size)`: conv1 of `[upsampling bias, guidance]`.
         """
         upsampled_channels = self.upsample.out_channels
-        taps = _phase_taps(guidance.device, guidance.dtype)
+        taps = _PHASE_TAPS.to(guidance)
         kernel = torch.einsum(
             "akyt,blxs,poyx,cots->abpckl", taps, taps, self.conv1.weight[:, :upsampled_channels], self.upsample.weight
         )
