@@ -74,8 +74,11 @@ def test_a_request_gives_overlay_annotations_table_and_downloads_inside_the_work
         fractions = [row[1] for row in result.table]
         assert fractions == sorted(fractions, reverse=True) and abs(sum(fractions) - 100) < 0.1
         assert result.colours.get("green circle", "#1eaa3c") == "#1eaa3c"  # the colour the name says
-        assert result.label_map_file.parent.parent == work and np.asarray(PIL.Image.open(result.label_map_file)).shape == (70, 90)
-        summary = json.loads(result.json_file.read_text())
+        overlay_file, label_map_file, json_file = result.files
+        assert {path.parent.parent for path in result.files} == {work}
+        assert np.asarray(PIL.Image.open(label_map_file)).shape == (70, 90)
+        assert PIL.Image.open(overlay_file).size == result.overlay.size
+        summary = json.loads(json_file.read_text())
         assert summary["mode"] == mode and [c["label"] for c in summary["classes"]] == [row[0] for row in result.table]
     assert len(cache._entries[store.get(str(model_dir))[0]]) == 1  # one vocabulary, encoded once for all requests
     with pytest.raises(demo.DemoError, match="could not be loaded"):

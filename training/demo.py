@@ -167,9 +167,16 @@ class DemoResult:
     annotations: tuple[np.ndarray, list[tuple[np.ndarray, str]]]
     colours: dict[str, str]
     table: list[list]
-    label_map_file: Path
-    json_file: Path
+    files: list[Path]  # the downloads: overlay.png, label_map.png, segmentation.json
     seconds: float
+
+
+def _short_name(model: str) -> str:
+    """How the model menu names a model: the quickstart's by that name, folders by their last two parts."""
+    path = Path(model)
+    if path.resolve() == DEFAULT_MODEL.resolve():
+        return "quickstart tiny CAT-Seg"
+    return "/".join(path.parts[-2:]) if path.exists() else model
 
 
 def _hex(colour) -> str:
@@ -224,13 +231,14 @@ def run_segmentation(
     json_file = request_dir / "segmentation.json"
     summary = {"labels": labels, "mode": mode, "model": model_name, "classes": result.summary()}
     json_file.write_text(json.dumps({**summary, "seconds": round(seconds, 3)}, indent=2) + "\n", encoding="utf-8")
+    overlay = overlay_image(image, label_map, labels, fractions)
+    overlay.save(request_dir / "overlay.png")
     return DemoResult(
-        overlay=overlay_image(image, label_map, labels, fractions),
+        overlay=overlay,
         annotations=annotations,
         colours={labels[index]: _hex(colours[index]) for index in present},
         table=table,
-        label_map_file=label_map_file,
-        json_file=json_file,
+        files=[request_dir / "overlay.png", label_map_file, json_file],
         seconds=seconds,
     )
 
@@ -282,7 +290,7 @@ def build_app(
             result.overlay,
             gr.update(value=result.annotations, color_map=result.colours),
             result.table,
-            [str(result.label_map_file), str(result.json_file)],
+            [str(path) for path in result.files],
             f"{result.seconds:.2f} s",
         )
 
@@ -307,7 +315,9 @@ def build_app(
                     interactive=bool(presets),
                 )
                 with gr.Row():
-                    model = gr.Dropdown(label="Model", choices=models, value=models[0])
+                    model = gr.Dropdown(
+                        label="Model", choices=[(_short_name(name), name) for name in models], value=models[0]
+                    )
                     mode = gr.Radio(label="Mode", choices=list(MODES), value="whole")
                 template = gr.Dropdown(
                     label="Prompt template", choices=list(TEMPLATE_CHOICES), value="model default",
@@ -316,7 +326,10 @@ def build_app(
                 run = gr.Button("Segment", variant="primary", elem_id="run")
                 gr.Examples(examples=[[path] for path in examples], inputs=[image], label="Examples")
             with gr.Column(scale=1):
-                overlay = gr.Image(label="Overlay", type="pil", format="png", interactive=False, elem_id="overlay")
+                # No buttons over the overlay: they would cover its legend (the PNG is in the downloads below).
+                overlay = gr.Image(
+                    label="Overlay", type="pil", format="png", interactive=False, buttons=[], elem_id="overlay"
+                )
                 annotated = gr.AnnotatedImage(label="Hover or click a region", elem_id="annotated")
                 table = gr.Dataframe(
                     headers=["class", "pixels (%)", "mean score"],
@@ -325,7 +338,7 @@ def build_app(
                     interactive=False,
                     elem_id="table",
                 )
-                downloads = gr.File(label="Label map (PNG) and JSON", file_count="multiple", elem_id="downloads")
+                downloads = gr.File(label="Overlay, label map (PNG) and JSON", file_count="multiple", elem_id="downloads")
                 seconds = gr.Textbox(label="Time", interactive=False, elem_id="seconds")
         preset.change(on_preset, inputs=preset, outputs=labels)
         run.click(
