@@ -359,7 +359,11 @@ SPACE_APP = '''"""Hugging Face Space entry point, written by `ovseg-demo --write
 import os
 import sys
 
-from training.demo import main
+# A Space may download the model from the Hub (the demo is offline by default elsewhere).
+for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(variable, "0")
+
+from training.demo import main  # noqa: E402
 
 sys.exit(main(["--model", {model!r}, "--host", os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0")]))
 '''
