@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class-names-dir", default=str(DEFAULT_CLASS_NAMES_DIR),
                         help="folder with the benchmark class-name lists (coco.json, ade150.json, ...) for presets")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine)")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps, ...")
     parser.add_argument("--temp-dir", help="the only folder the app writes to (default: a new temporary folder)")
     parser.add_argument("--write-space", metavar="FOLDER", help="write a Hugging Face Space folder and exit")
