@@ -1,20 +1,19 @@
 """The web demo's functions (no browser): label parsing, upload checks, a request end to end, the Space folder."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 
-pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
-
-from modeling_catseg import CatSegForSemanticSegmentation  # noqa: E402
-from processing import catseg_processor  # noqa: E402
-from processing.hub import save_for_hub  # noqa: E402
-from processing.inference_ovseg import TextFeatureCache  # noqa: E402
-from tiny_models import tiny_catseg_config  # noqa: E402
-from training import demo  # noqa: E402
+from modeling_catseg import CatSegForSemanticSegmentation
+from processing import catseg_processor
+from processing.hub import save_for_hub
+from processing.inference_ovseg import TextFeatureCache
+from tiny_models import tiny_catseg_config
+from training import demo  # Gradio itself is imported only to build the app
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +86,17 @@ def test_a_request_gives_overlay_annotations_table_and_downloads_inside_the_work
         demo.run_segmentation(store, cache, work, photo, "cat", str(model_dir), "whole", "a photo of")
 
 
+def test_the_core_install_does_not_pull_the_demo():
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert not any(name.startswith(("gradio", "selenium")) for name in project["dependencies"])
+    assert any(name.startswith("gradio") for name in project["optional-dependencies"]["demo"])
+    assert project["scripts"]["ovseg-demo"] == "training.demo:main"
+
+
 def test_write_space_gives_a_folder_a_space_runs_as_is(tmp_path, model_dir):
+    pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
     space = demo.write_space(tmp_path / "space", str(model_dir))
     readme = (space / "README.md").read_text()
     assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
