@@ -7,12 +7,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from tiny_models import tiny_catseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
 from processing import catseg_processor
 from processing.hub import save_for_hub
 from processing.inference_ovseg import TextFeatureCache
-from tiny_models import tiny_catseg_config
 from training import demo  # Gradio itself is imported only to build the app
 
 
@@ -58,7 +58,7 @@ def test_presets_and_models_are_found_in_their_folders(tmp_path, model_dir):
 
 
 def test_a_request_gives_overlay_annotations_table_and_downloads_inside_the_work_dir(tmp_path, model_dir):
-    store = demo.ModelStore(torch.device("cpu"), tmp_path / "cache")
+    store = demo.ModelStore((str(model_dir), str(tmp_path)), torch.device("cpu"), tmp_path / "cache")
     cache = TextFeatureCache()
     photo = tmp_path / "photo.png"
     PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), np.uint8)).save(photo)
@@ -82,6 +82,8 @@ def test_a_request_gives_overlay_annotations_table_and_downloads_inside_the_work
     assert len(cache._entries[store.get(str(model_dir))[0]]) == 1  # one vocabulary, encoded once for all requests
     with pytest.raises(demo.DemoError, match="could not be loaded"):
         demo.run_segmentation(store, cache, work, photo, "cat", str(tmp_path), "whole", "model default")
+    with pytest.raises(demo.DemoError, match="not one of this demo's models"):
+        demo.run_segmentation(store, cache, work, photo, "cat", str(tmp_path / "other"), "whole", "model default")
     with pytest.raises(demo.DemoError, match="exactly one"):
         demo.run_segmentation(store, cache, work, photo, "cat", str(model_dir), "whole", "a photo of")
 

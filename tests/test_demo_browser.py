@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT, shared_path
 
 pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
@@ -33,14 +32,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from tiny_models import tiny_catseg_config
+
     from modeling_catseg import CatSegForSemanticSegmentation
     from processing import catseg_processor
     from processing.hub import save_for_hub
-    from tiny_models import tiny_catseg_config
 
     folder = tmp_path_factory.mktemp("demo")
     torch.manual_seed(0)
-    save_for_hub(CatSegForSemanticSegmentation(tiny_catseg_config()).eval(), catseg_processor(64, 16), folder / "model")
+    save_for_hub(
+        CatSegForSemanticSegmentation(tiny_catseg_config()).eval(), catseg_processor(64, 16), folder / "model"
+    )
     port = _free_port()
     log = open(folder / "server.log", "w")
     process = subprocess.Popen(
@@ -73,12 +75,24 @@ def browser(tmp_path):
     from selenium.webdriver.chrome.service import Service
 
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Chromium or chromedriver is missing: apt-get install chromium chromium-driver (make test does, as root)")
+        pytest.skip(
+            "Chromium or chromedriver is missing: apt-get install chromium chromium-driver (make test does, as root)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,800"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,800",
+    ):
         options.add_argument(flag)  # fmt: skip
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -89,7 +103,9 @@ def browser(tmp_path):
 def _wait(driver, condition, seconds, what):
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, seconds, poll_frequency=0.25).until(condition, message=f"timed out waiting for {what}")
+    return WebDriverWait(driver, seconds, poll_frequency=0.25).until(
+        condition, message=f"timed out waiting for {what}"
+    )
 
 
 def _screenshots(driver, stem: Path, width: int, height: int, mobile: bool) -> None:
@@ -102,7 +118,9 @@ def _screenshots(driver, stem: Path, width: int, height: int, mobile: bool) -> N
     )
     driver.execute_script("window.scrollTo(0, 0)")
     time.sleep(1)  # let the layout settle at the new size
-    stem.with_suffix(".png").write_bytes(base64.b64decode(driver.execute_cdp_cmd("Page.captureScreenshot", {})["data"]))
+    stem.with_suffix(".png").write_bytes(
+        base64.b64decode(driver.execute_cdp_cmd("Page.captureScreenshot", {})["data"])
+    )
     full = driver.execute_cdp_cmd("Page.captureScreenshot", {"captureBeyondViewport": True})
     Path(f"{stem}-full.png").write_bytes(base64.b64decode(full["data"]))
 
@@ -111,7 +129,7 @@ def test_upload_type_labels_run_and_read_the_table(server, browser):
     from selenium.webdriver.common.by import By
 
     url, folder = server
-    photo = sorted(shared_path("data", "coco128-semantic", "images").glob("*.jpg"))[0]
+    photo = min(shared_path("data", "coco128-semantic", "images").glob("*.jpg"))
     browser.get(url)
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#image input[type=file]"), 60, "the upload field")
     browser.find_element(By.CSS_SELECTOR, "#image input[type=file]").send_keys(str(photo))
@@ -134,7 +152,10 @@ def test_upload_type_labels_run_and_read_the_table(server, browser):
     assert fractions == sorted(fractions, reverse=True) and abs(sum(fractions) - 100) < 0.5, rows
     assert browser.find_elements(By.CSS_SELECTOR, "#annotated img")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for name, (width, height, mobile) in {"desktop-1280x800": (1280, 800, False), "phone-390x844": (390, 844, True)}.items():
+    for name, (width, height, mobile) in {
+        "desktop-1280x800": (1280, 800, False),
+        "phone-390x844": (390, 844, True),
+    }.items():
         _screenshots(browser, SCREENSHOTS / name, width, height, mobile)
     written = {p for p in (folder / "work").rglob("*") if p.is_file()}
     assert any(p.name == "label_map.png" for p in written) and any(p.name == "segmentation.json" for p in written)

@@ -1,7 +1,6 @@
 """Overlay colours follow the class names, the background stays muted, and the photo stays visible (issue 11)."""
 
 import numpy as np
-import PIL.Image
 
 from processing.visualization import class_colours, label_map_image, overlay_image
 

@@ -142,14 +142,19 @@ def check_upload(path: str | os.PathLike | None) -> np.ndarray:
 
 @dataclass
 class ModelStore:
-    """Models loaded on first use and kept; one lock, so two requests never load the same folder twice."""
+    """The models the demo was started with, loaded on first use and kept; one lock, so two requests never load the
+    same folder twice. Only those models: a request naming another folder or Hub id is refused, since loading runs
+    the folder's own code."""
 
+    models: tuple[str, ...]
     device: torch.device
     cache_dir: Path
     _models: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, name: str):
+        if name not in self.models:
+            raise DemoError(f"{name!r} is not one of this demo's models: choose one from the menu")
         with self._lock:
             if name not in self._models:
                 try:
@@ -157,7 +162,9 @@ class ModelStore:
                 except UsageError as error:
                     raise DemoError(f"the model could not be loaded: {error}") from None
                 except Exception as error:  # a folder that is not a model: say so, keep the app running
-                    raise DemoError(f"the model {name} could not be loaded ({type(error).__name__}: {error})") from None
+                    raise DemoError(
+                        f"the model {name} could not be loaded ({type(error).__name__}: {error})"
+                    ) from None
             return self._models[name]
 
 
@@ -246,7 +253,7 @@ def run_segmentation(
 def write_examples(folder: Path, count: int = 3) -> list[str]:
     """Example images from the project's own generated data (the quickstart's unseen colour/shape pairs),
     enlarged so they are visible in the page."""
-    from .shapes_dataset import UNSEEN_CLASSES, BACKGROUND, draw_example
+    from .shapes_dataset import BACKGROUND, UNSEEN_CLASSES, draw_example
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
@@ -272,7 +279,7 @@ def build_app(
     if not models:
         raise DemoError("no model: pass --model FOLDER_OR_CHECKPOINT or --models-dir, or run `make quickstart`")
     work_dir.mkdir(parents=True, exist_ok=True)
-    store = ModelStore(device or torch.device("cpu"), cache_dir or work_dir / "converted")
+    store = ModelStore(tuple(models), device or torch.device("cpu"), cache_dir or work_dir / "converted")
     text_cache = TextFeatureCache(max_entries_per_model=16)
     presets = find_presets(class_names_dir)
     examples = write_examples(work_dir / "examples")
@@ -338,7 +345,9 @@ def build_app(
                     interactive=False,
                     elem_id="table",
                 )
-                downloads = gr.File(label="Overlay, label map (PNG) and JSON", file_count="multiple", elem_id="downloads")
+                downloads = gr.File(
+                    label="Overlay, label map (PNG) and JSON", file_count="multiple", elem_id="downloads"
+                )
                 seconds = gr.Textbox(label="Time", interactive=False, elem_id="seconds")
         preset.change(on_preset, inputs=preset, outputs=labels)
         run.click(
@@ -429,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class-names-dir", default=str(DEFAULT_CLASS_NAMES_DIR),
                         help="folder with the benchmark class-name lists (coco.json, ade150.json, ...) for presets")  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps, ...")
     parser.add_argument("--temp-dir", help="the only folder the app writes to (default: a new temporary folder)")
     parser.add_argument("--write-space", metavar="FOLDER", help="write a Hugging Face Space folder and exit")
@@ -461,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         app = build_app(models, work_dir, device, args.class_names_dir)
     except (DemoError, UsageError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    print(f"ovseg-demo: serving {', '.join(models)} on http://{args.host}:{args.port} (files in {work_dir})", flush=True)
+    print(
+        f"ovseg-demo: serving {', '.join(models)} on http://{args.host}:{args.port} (files in {work_dir})", flush=True
+    )
     app.launch(
         server_name=args.host,
         server_port=args.port,
