@@ -284,7 +284,7 @@ def build_app(
     presets = find_presets(class_names_dir)
     examples = write_examples(work_dir / "examples")
 
-    def on_run(image_path, label_text, model_name, mode, template, progress=gr.Progress()):
+    def on_run(image_path, label_text, model_name, mode, template, progress=gr.Progress(track_tqdm=True)):
         try:
             result = run_segmentation(
                 store, text_cache, work_dir, image_path, label_text, model_name, mode, template, progress
