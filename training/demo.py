@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 
-# Offline by default and no telemetry: set before any Hugging Face or Gradio import reads them.
-for _variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ.setdefault(_variable, "1")
+# Offline by default (HF_HUB_OFFLINE=0 goes online) and no telemetry: set before any Hugging Face or Gradio import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+for _variable in ("HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_variable, os.environ["HF_HUB_OFFLINE"])
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
