@@ -260,7 +260,7 @@ def write_outputs(
         "overlay": paths["overlay"].name,
         **extra,
     }
-    label_png = label_map_image(label_map, len(result.labels))
+    label_png = label_map_image(label_map, result.labels)
     overlay = overlay_image(image, label_map, result.labels, result.pixel_fractions.numpy())
     writers = {
         "label_map": lambda file: label_png.save(file, format="PNG"),

@@ -1,9 +1,13 @@
 """Pictures of a segmentation: a palette label-map PNG and an overlay with a legend naming each class present.
 
+Colours follow the class names where a name says a colour ("green circle" is green), the background class is a
+faint grey tint, and the other classes take distinct palette colours that no name has claimed.
+
 Not part of the Hub code (the command line uses it).
 """
 
 import colorsys
+import re
 
 import numpy as np
 import PIL.Image
@@ -33,6 +37,41 @@ _BASE_COLOURS = (
 MAX_LEGEND_COLUMNS = 2
 _GOLDEN_ANGLE = 0.381966  # fraction of the hue circle between consecutive generated colours
 
+# A class whose name says a colour ("green circle", "white wall") is drawn in that colour, so the overlay never
+# contradicts its labels. The first colour word of the class's first synonym decides.
+NAMED_COLOURS = {
+    "red": (220, 30, 40),
+    "green": (30, 170, 60),
+    "blue": (30, 90, 230),
+    "yellow": (250, 210, 0),
+    "orange": (245, 130, 20),
+    "purple": (140, 40, 180),
+    "violet": (140, 40, 180),
+    "pink": (250, 120, 170),
+    "brown": (140, 85, 35),
+    "black": (25, 25, 25),
+    "white": (245, 245, 245),
+    "grey": (150, 150, 150),
+    "gray": (150, 150, 150),
+    "cyan": (0, 200, 220),
+    "magenta": (230, 40, 220),
+    "teal": (0, 128, 128),
+    "navy": (0, 0, 128),
+    "olive": (128, 128, 0),
+    "maroon": (128, 0, 0),
+    "lime": (150, 220, 40),
+    "gold": (212, 175, 55),
+    "silver": (190, 190, 200),
+    "beige": (225, 210, 170),
+    "turquoise": (60, 210, 200),
+}
+# Names of the "everything else" class: drawn muted (a faint neutral tint), so the classes of interest stand out.
+BACKGROUND_NAMES = frozenset({"background", "other", "others", "unlabeled", "unlabelled", "void", "none", "ignore"})
+BACKGROUND_COLOUR = (128, 128, 128)
+BACKGROUND_ALPHA = 0.15
+# Palette colours closer than this (sum of absolute RGB differences) to a colour a class name claims are skipped.
+_MIN_PALETTE_DISTANCE = 120
+
 
 def palette(num_classes: int) -> np.ndarray:
     """``(num_classes, 3)`` uint8 colours: the curated ones first, then golden-angle hues at alternating brightness."""
@@ -44,15 +83,63 @@ def palette(num_classes: int) -> np.ndarray:
     return np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
 
 
-def label_map_image(label_map: np.ndarray, num_classes: int) -> PIL.Image.Image:
-    """The label map as a PNG-ready image whose pixel values are the class indices.
+def _first_synonym_words(label: str) -> list[str]:
+    return re.findall(r"[a-z]+", label.split(",")[0].lower())
+
+
+def is_background(label: str) -> bool:
+    """Whether ``label`` names the catch-all class ("background", "other", ...), judged by its first synonym."""
+    return label.split(",")[0].strip().lower() in BACKGROUND_NAMES
+
+
+def named_colour(label: str) -> tuple[int, int, int] | None:
+    """The colour a class name says ("blue square" -> blue), or ``None``."""
+    return next((NAMED_COLOURS[word] for word in _first_synonym_words(label) if word in NAMED_COLOURS), None)
+
+
+def _shade(colour: tuple[int, int, int], repeat: int) -> tuple[int, int, int]:
+    """The ``repeat``-th variant of a colour claimed by several classes: alternately darker and lighter."""
+    if repeat == 0:
+        return colour
+    step = (repeat + 1) // 2
+    if repeat % 2:
+        return tuple(round(c * 0.6**step) for c in colour)
+    return tuple(round(c + (255 - c) * (1 - 0.6**step)) for c in colour)
+
+
+def class_colours(labels: list[str]) -> np.ndarray:
+    """``(T, 3)`` uint8 colour of each class: the colour its name says, grey for the background class, otherwise the
+    palette's colours in order, skipping those too close to a colour a name claims.
+
+    Classes that name the same colour ("red circle", "red square") get darker and lighter variants of it.
+    """
+    colours: list[tuple[int, int, int] | None] = [None] * len(labels)
+    repeats: dict[tuple[int, int, int], int] = {}
+    for index, label in enumerate(labels):
+        if is_background(label):
+            colours[index] = BACKGROUND_COLOUR
+        elif (colour := named_colour(label)) is not None:
+            colours[index] = _shade(colour, repeats.get(colour, 0))
+            repeats[colour] = repeats.get(colour, 0) + 1
+    claimed = np.asarray([c for c in colours if c is not None] or [(-999, -999, -999)], dtype=np.int64)
+    free = [i for i, c in enumerate(colours) if c is None]
+    candidates = palette(len(labels) + len(_BASE_COLOURS)).astype(np.int64)
+    far = np.abs(candidates[:, None] - claimed[None]).sum(-1).min(1) >= _MIN_PALETTE_DISTANCE
+    ordered = [*candidates[far], *candidates[~far]]  # near colours only when nothing else is left
+    for index, colour in zip(free, ordered):
+        colours[index] = tuple(int(c) for c in colour)
+    return np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
+
+
+def label_map_image(label_map: np.ndarray, labels: list[str]) -> PIL.Image.Image:
+    """The label map as a PNG-ready image whose pixel values are the class indices of ``labels``.
 
     Up to 256 classes: a palette ("P") image, which viewers show in the overlay's colours. More classes: a 16-bit
     grayscale image (palettes hold 256 entries).
     """
-    if num_classes <= 256:
+    if len(labels) <= 256:
         image = PIL.Image.fromarray(label_map.astype(np.uint8))
-        image.putpalette(palette(num_classes).flatten().tolist())
+        image.putpalette(class_colours(labels).flatten().tolist())
         return image
     return PIL.Image.fromarray(label_map.astype(np.uint16))
 
@@ -84,32 +171,51 @@ def _fit_text(draw: PIL.ImageDraw.ImageDraw, text: str, font, max_width: int) ->
     return text.rstrip(" ,") + "…"
 
 
+# Borders are drawn only while they stay a thin outline: a fragmented label map (a weak model, or independent tiles
+# of a tiled run meeting at their seams) would otherwise be covered by a mesh of dark lines that hides the photo.
+MAX_BORDER_FRACTION = 0.06
+
+
+def tint(image: np.ndarray, label_map: np.ndarray, labels: list[str], alpha: float = 0.45) -> np.ndarray:
+    """``(H, W, 3)`` uint8: the photo with each class tinted in its colour and class borders outlined.
+
+    The background class gets a faint neutral tint (``BACKGROUND_ALPHA``), so the photo stays visible there and the
+    other classes stand out. Borders darken the tinted pixels rather than replacing them, and are left out when they
+    would cover more than ``MAX_BORDER_FRACTION`` of the image.
+    """
+    height, width = label_map.shape
+    colours = class_colours(labels).astype(np.float32)
+    alphas = np.asarray([BACKGROUND_ALPHA if is_background(label) else alpha for label in labels], np.float32)
+    weight = alphas[label_map][..., None]
+    tinted = image.astype(np.float32) * (1 - weight) + colours[label_map] * weight
+    edges = _boundaries(label_map, thickness=max(1, round(min(height, width) / 500)))
+    if edges.mean() <= MAX_BORDER_FRACTION:
+        tinted[edges] *= 0.45
+    return np.rint(tinted).astype(np.uint8)
+
+
 def overlay_image(
     image: np.ndarray,
     label_map: np.ndarray,
     labels: list[str],
     pixel_fractions: np.ndarray,
-    alpha: float = 0.5,
+    alpha: float = 0.45,
 ) -> PIL.Image.Image:
-    """The photo with each class tinted in its colour, class borders outlined, and a legend panel on the right.
+    """The photo tinted per class (``tint``) with a legend panel on the right naming the classes present.
 
     Args:
         image: ``(H, W, 3)`` uint8, the original photo; it keeps its full resolution in the overlay.
         label_map: ``(H, W)`` class indices into ``labels``.
         pixel_fractions: ``(T,)`` share of pixels per class; the legend lists the present classes, largest first.
-        alpha: opacity of the class colours.
+        alpha: opacity of the class colours (the background class's is ``BACKGROUND_ALPHA``).
 
     Returns:
         An RGB image: the photo at its top left, the legend to its right (the canvas is taller than ``H`` only when
         the legend needs it).
     """
     height, width = label_map.shape
-    colours = palette(len(labels))
-    tinted = image.astype(np.float32) * (1 - alpha) + colours[label_map].astype(np.float32) * alpha
-    # Borders in a dark tone of each class's own colour: visible on light and dark photos alike.
-    edges = _boundaries(label_map, thickness=max(1, round(min(height, width) / 400)))
-    tinted[edges] = colours[label_map[edges]].astype(np.float32) * 0.45
-    canvas_image = PIL.Image.fromarray(np.rint(tinted).astype(np.uint8))
+    colours = class_colours(labels)
+    canvas_image = PIL.Image.fromarray(tint(image, label_map, labels, alpha))
 
     present = [int(i) for i in np.argsort(-pixel_fractions, kind="stable") if pixel_fractions[i] > 0]
     font_size = int(np.clip(round(max(height, 600) / 32), 16, 64))

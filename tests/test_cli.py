@@ -202,8 +202,9 @@ def test_palette_legend_layout_and_label_png_modes():
     # Two balanced columns of 20; the legend is taller than this small photo, which keeps its full resolution.
     assert overlay.height > 100 and overlay.width > 120
     assert np.asarray(overlay)[100:, :120].min() == 255  # white below the photo
-    assert label_map_image(label_map, 40).mode == "P" and label_map_image(label_map, 300).mode == "I;16"
-    assert np.array_equal(np.asarray(label_map_image(label_map + 200, 300)), label_map + 200)
+    names = [f"class {i}" for i in range(300)]
+    assert label_map_image(label_map, names[:40]).mode == "P" and label_map_image(label_map, names).mode == "I;16"
+    assert np.array_equal(np.asarray(label_map_image(label_map + 200, names)), label_map + 200)
 
 
 def test_ovseg_convert_writes_a_complete_hub_folder(tmp_path):

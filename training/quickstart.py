@@ -253,7 +253,7 @@ def write_overlay(
 ) -> None:
     """The image and, beside it, its segmentation drawn over it with a legend; enlarged so 64 pixels are visible.
 
-    The original is shown too because the legend's colours are the palette's, not the colours the classes name.
+    The original is shown beside it, so the tinted regions can be compared with the shapes they cover.
     """
     from processing.visualization import overlay_image
 
