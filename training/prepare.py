@@ -623,7 +623,8 @@ def metadata_description(metadata: dict) -> str:
     return json.dumps({PREPARED_METADATA_KEY: metadata}, indent=1)
 
 
-def _write_shard(path: Path, rows: Iterable[dict], features: Features) -> None:
+def write_arrow_shard(path: Path, rows: Iterable[dict], features: Features) -> None:
+    """Write `rows` as an Arrow file at `path`, atomically: a temporary file beside it, renamed when complete."""
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with ArrowWriter(features=features, path=str(temporary)) as writer:
@@ -639,7 +640,7 @@ def _write_shard(path: Path, rows: Iterable[dict], features: Features) -> None:
 def _convert_shard(task: tuple) -> int:
     convert, items, path, features = task
     rows = [row for row in (convert(item) for item in items) if row is not None]
-    _write_shard(Path(path), rows, features)
+    write_arrow_shard(Path(path), rows, features)
     return len(items)
 
 
