@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--classes", type=int, default=171)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads in all, split over processes")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="threads in all, split over processes"
+    )
     parser.add_argument("--mode", default="whole", choices=["whole", "sliding"])
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--shard-size", type=int, default=8)

@@ -57,7 +57,15 @@ def load(model_dir):
 def test_every_row_is_labelled_in_order_like_segment_and_trains_without_flags(tmp_path, model_dir, photos):
     model, processor = load(model_dir)
     out = label_dataset(
-        model, processor, photos, LABELS, tmp_path / "out", shard_size=3, batch_size=2, model_name="tiny", progress=False
+        model,
+        processor,
+        photos,
+        LABELS,
+        tmp_path / "out",
+        shard_size=3,
+        batch_size=2,
+        model_name="tiny",
+        progress=False,
     )
     assert out["index"] == list(range(7)) and not (tmp_path / "out.partial").exists()
     source = Dataset.load_from_disk(str(photos))
@@ -101,7 +109,7 @@ sys.exit(labelling.main(sys.argv[1:]))
 def torchrun(script_args: list[str], tmp_path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, TOKENIZERS_PARALLELISM="false")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *script_args]
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_two_processes_killed_mid_run_resume_to_the_uninterrupted_result(tmp_path, model_dir, photos):

@@ -1,7 +1,6 @@
 """ovseg-prepare: each preparation on tiny raw trees in the official formats, value for value against the official
 procedure written out here from its documented facts (explicit tables), plus the real ADE20K samples."""
 
-import io
 import json
 import math
 import pickle
@@ -69,7 +68,10 @@ def test_coco_stuff_maps_ids_to_171_training_ids_and_keeps_every_image(tmp_path)
     root = tmp_path / "coco-stuff"
     raw_values = np.array([*COCO_FACTS, 182, 200, 255], dtype=np.uint8)
     expected, sources = {}, {}
-    for split, folder, stems in [("train", "train2017", ["000000000009", "000000000025"]), ("validation", "val2017", ["000000000139"])]:
+    for split, folder, stems in [
+        ("train", "train2017", ["000000000009", "000000000025"]),
+        ("validation", "val2017", ["000000000139"]),
+    ]:
         for stem in stems:
             raw = RNG.choice(raw_values, (30, 40)).astype(np.uint8)
             png(root / "annotations" / folder / f"{stem}.png", raw)
@@ -126,7 +128,7 @@ def cv2_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """OpenCV's documented INTER_NEAREST rule, pixel by pixel."""
     rows = [min(math.floor(y * (1.0 / (height / array.shape[0]))), array.shape[0] - 1) for y in range(height)]
     cols = [min(math.floor(x * (1.0 / (width / array.shape[1]))), array.shape[1] - 1) for x in range(width)]
-    return np.array([[array[r, c] for c in cols] for r in rows])
+    return array[np.ix_(rows, cols)]
 
 
 def ade847_tree(tmp_path: Path, entries: list[tuple[str, np.ndarray]]) -> Path:
@@ -151,7 +153,9 @@ def test_ade20k_847_maps_class_values_and_resizes_short_sides_above_512(tmp_path
     small = RNG.choice(values, (300, 520))  # short side 300: kept
     root = ade847_tree(tmp_path, [("ADE_val_00000001.jpg", big), ("ADE_val_00000002.jpg", small)])
     names = class_names_dir(tmp_path / "names", ade847=847)
-    split = prepare.prepare_dataset("a847", root, tmp_path / "out", class_names_dir=names, progress=False)["validation"]
+    split = prepare.prepare_dataset("a847", root, tmp_path / "out", class_names_dir=names, progress=False)[
+        "validation"
+    ]
     masks = masks_of(split)
     assert sorted(masks) == ["ADE_val_00000001", "ADE_val_00000002"]  # the training entry is not kept
     expected_big = map_with(ADE847_FACTS, cv2_nearest(big, 512, 597), 65535, np.uint16)
@@ -170,7 +174,9 @@ def test_ade20k_847_real_full_resolution_samples(tmp_path):
         entries.append((f"ADE_val_{k:08d}.jpg", (rgb[..., 0] // 10).astype(np.int64) * 256 + rgb[..., 1]))
     root = ade847_tree(tmp_path, entries)
     names = class_names_dir(tmp_path / "names", ade847=847)
-    split = prepare.prepare_dataset("a847", root, tmp_path / "out", class_names_dir=names, progress=False)["validation"]
+    split = prepare.prepare_dataset("a847", root, tmp_path / "out", class_names_dir=names, progress=False)[
+        "validation"
+    ]
     table = dict(zip(prepare.ADE20K_847_IDS, range(847)))
     for (file_name, classes), row in zip(entries, split):
         height, width = classes.shape
@@ -229,7 +235,9 @@ PC59_FACTS = {2: 0, 9: 1, 18: 2, 59: 13, 259: 34, 458: 58}
 def test_pascal_context_59_paints_rle_segments_in_order_and_maps_59_ids(tmp_path):
     root = tmp_path / "VOC2010"
     images, annotations, expected = [], [], {}
-    for image_id, (file_name, phase) in enumerate([("2008_000002.jpg", "val"), ("2008_000003.jpg", "train"), ("2008_000007.jpg", "val")]):
+    for image_id, (file_name, phase) in enumerate(
+        [("2008_000002.jpg", "val"), ("2008_000003.jpg", "train"), ("2008_000007.jpg", "val")]
+    ):
         jpeg(root / "JPEGImages" / file_name, 24, 30)
         images.append({"image_id": image_id, "file_name": file_name, "height": 24, "width": 30, "phase": phase})
         raw = np.zeros((24, 30), dtype=np.int64)
@@ -245,7 +253,9 @@ def test_pascal_context_59_paints_rle_segments_in_order_and_maps_59_ids(tmp_path
         expected[Path(file_name).stem] = map_with(PC59_FACTS, raw, 255, np.uint8)
     (root / "trainval_merged.json").write_text(json.dumps({"images": images, "annos_segmentation": annotations}))
     names = class_names_dir(tmp_path / "names", pc59=59)
-    split = prepare.prepare_dataset("pc59", root, tmp_path / "out", class_names_dir=names, progress=False)["validation"]
+    split = prepare.prepare_dataset("pc59", root, tmp_path / "out", class_names_dir=names, progress=False)[
+        "validation"
+    ]
     masks = masks_of(split)
     assert sorted(masks) == ["2008_000002", "2008_000007"]
     for stem, mask in masks.items():
@@ -284,7 +294,9 @@ def test_pascal_context_459_reads_label_maps_from_mat_files(tmp_path):
         jpeg(root / "JPEGImages" / f"{file_id}.jpg", 20, 26)
     names = class_names_dir(tmp_path / "catseg-datasets", pc459=459)
     (names / "pascalcontext_val.txt").write_text("\n".join(ids) + "\n")  # where CAT-Seg ships it
-    split = prepare.prepare_dataset("pc459", root, tmp_path / "out", class_names_dir=names, progress=False)["validation"]
+    split = prepare.prepare_dataset("pc459", root, tmp_path / "out", class_names_dir=names, progress=False)[
+        "validation"
+    ]
     masks = masks_of(split)
     assert sorted(masks) == ids[:2]
     for file_id, mask in masks.items():
@@ -348,7 +360,12 @@ def test_missing_or_malformed_raw_files_are_named_and_leave_no_dataset(tmp_path)
     with pytest.raises(prepare.PrepareError, match=r"the mask .*2007_000002\.png is uint8 of shape \(16, 20, 3\)"):
         prepare.prepare_dataset("pas20", root, tmp_path / "out", class_names_dir=names, progress=False)
     assert not (tmp_path / "out").exists()
-    assert prepare.main(["pas20", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--class-names-dir", str(names)]) == 2
+    assert (
+        prepare.main(
+            ["pas20", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--class-names-dir", str(names)]
+        )
+        == 2
+    )
     with pytest.raises(prepare.PrepareError, match="voc20.json has 3 names, not 20"):
         (names / "voc20.json").write_text('["a", "b", "c"]')
         prepare.prepare_dataset("pas20", root, tmp_path / "out", class_names_dir=names, progress=False)
@@ -367,13 +384,21 @@ def test_a_killed_run_resumes_from_its_shards_and_workers_give_the_same_dataset(
             raise KeyboardInterrupt  # the run is killed in its third shard
         return convert(item)
 
-    monkeypatch.setitem(prepare.PREPARATIONS, "pas20b", prepare.PREPARATIONS["pas20b"].__class__(
-        "pascal-voc-20b", "pas20b", ("validation",), prepare.list_voc, dies_on_the_fifth))
+    monkeypatch.setitem(
+        prepare.PREPARATIONS,
+        "pas20b",
+        prepare.PREPARATIONS["pas20b"].__class__(
+            "pascal-voc-20b", "pas20b", ("validation",), prepare.list_voc, dies_on_the_fifth
+        ),
+    )
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare_dataset("pas20b", root, out, class_names_dir=names, shard_size=2, progress=False)
     assert not out.exists()
-    assert sorted(p.name for p in (tmp_path / "out.partial" / "validation").iterdir()) == ["shard-00000.arrow", "shard-00001.arrow"]
+    assert sorted(p.name for p in (tmp_path / "out.partial" / "validation").iterdir()) == [
+        "shard-00000.arrow",
+        "shard-00001.arrow",
+    ]
     calls.clear()
     resumed = prepare.prepare_dataset("pas20b", root, out, class_names_dir=names, shard_size=2, progress=False)
     assert calls == ["2007_000004", "2007_000005", "2007_000006"]  # the finished shards are not redone
@@ -396,10 +421,31 @@ def test_prepare_then_benchmark_end_to_end_gives_both_miou_definitions(tmp_path,
     assert prepare.main(["a150", str(raw), "--output", str(out), "--class-names-dir", str(names), "--quiet"]) == 0
     assert f"Wrote {out} (validation: 3 images)" in capsys.readouterr().out
     torch.manual_seed(0)
-    model = save_for_hub(CatSegForSemanticSegmentation(tiny_catseg_config()), catseg_processor(image_size=64), tmp_path / "model")
-    code = benchmark.main(["--model", str(model), "--data", f"a150={out}", "--mode", "whole", "--output-dir", str(tmp_path / "bench")])
+    model = save_for_hub(
+        CatSegForSemanticSegmentation(tiny_catseg_config()), catseg_processor(image_size=64), tmp_path / "model"
+    )
+    code = benchmark.main(
+        ["--model", str(model), "--data", f"a150={out}", "--mode", "whole", "--output-dir", str(tmp_path / "bench")]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "bench" / "summary.json").read_text())["results"]["a150"]
     assert summary["num_images"] == 3 and "mean_iou" in summary and "mean_iou_evaluate" in summary
     data = load_segmentation_data(out, split="validation")  # what ovseg-train reads, with no flags
-    assert data.class_names[0] == "ade150 0, synonym 0" and data.ignore_index == DATASET_PRESETS["ade20k-150"].ignore_index
+    assert (
+        data.class_names[0] == "ade150 0, synonym 0"
+        and data.ignore_index == DATASET_PRESETS["ade20k-150"].ignore_index
+    )
+
+
+def test_push_to_hub_uploads_the_dataset_and_its_metadata(tmp_path, monkeypatch):
+    root, names = voc_tree(tmp_path, 2)
+    dataset = prepare.prepare_dataset("pas20", root, tmp_path / "out", class_names_dir=names, progress=False)
+    calls = []
+    monkeypatch.setattr(type(dataset), "push_to_hub", lambda self, repo, private=False: calls.append((repo, private)))
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_file", lambda self, **kw: calls.append(kw))
+    prepare.push_prepared(dataset, "me/pas20", private=True)
+    assert calls[0] == ("me/pas20", True)
+    assert calls[1]["path_in_repo"] == "ovseg_dataset.json" and calls[1]["repo_type"] == "dataset"
+    assert json.loads(calls[1]["path_or_fileobj"])["benchmark"] == "pas20"

@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,7 @@ from processing.inference_ovseg import TextFeatureCache, segment
 from processing.text_prompts_ovseg import VocabularyError, validate_vocabulary
 
 from .data import IMAGE_COLUMNS, PREPARED_METADATA_KEY, DataError, _load_rows, _pick_column
-from .prepare import write_arrow_shard
+from .prepare import push_prepared, write_arrow_shard
 
 
 def labelled_features(labels: list[str]) -> Features:
@@ -104,20 +104,23 @@ class _Shards:
     shards, so that every process also learns the length.
     """
 
-    def __init__(self, dataset, shard_size: int, rank: int, world: int):
-        self.dataset, self.shard_size, self.rank, self.world = dataset, shard_size, rank, world
+    def __init__(self, dataset, shard_size: int, rank: int, world: int, done: Callable[[int], bool]):
+        self.dataset, self.shard_size, self.rank, self.world, self.done = dataset, shard_size, rank, world, done
         self.length = None if isinstance(dataset, IterableDataset) else len(dataset)
 
     def __iter__(self) -> Iterator[tuple[int, list[tuple[int, dict]]]]:
+        """This process's unfinished shards (a streamed dataset is still read through, to learn its length)."""
         size = self.shard_size
         if self.length is not None:
             for shard in range(self.rank, -(-self.length // size), self.world):
-                yield shard, [(i, self.dataset[i]) for i in range(shard * size, min((shard + 1) * size, self.length))]
+                if not self.done(shard):
+                    indices = range(shard * size, min((shard + 1) * size, self.length))
+                    yield shard, [(index, self.dataset[index]) for index in indices]
             return
         rows, count = [], 0
         for index, row in enumerate(self.dataset):
             count = index + 1
-            if (index // size) % self.world != self.rank:
+            if (index // size) % self.world != self.rank or self.done(index // size):
                 continue
             if rows and rows[0][0] // size != index // size:
                 yield rows[0][0] // size, rows
@@ -183,25 +186,27 @@ def label_dataset(
         _claim(work, manifest)
     if accelerator is not None:
         accelerator.wait_for_everyone()
-    shards = _Shards(dataset, shard_size, rank, world)
+
+    def shard_path(shard: int) -> Path:
+        return work / f"shard-{shard:05d}.arrow"
+
+    shards = _Shards(dataset, shard_size, rank, world, done=lambda shard: shard_path(shard).is_file())
     cache = TextFeatureCache()
-    total = shards.length
-    mine = None if total is None else len(range(rank, -(-total // shard_size), world))
-    with tqdm(total=mine, desc=f"labelling ({world} processes)", unit="shard", disable=not (progress and main)) as bar:
+    with tqdm(desc=f"labelling ({world} processes)", unit="shard", disable=not (progress and main)) as bar:
         for shard, rows in shards:
-            path = work / f"shard-{shard:05d}.arrow"
-            if not path.is_file():
-                labelled_rows = _label_rows(
-                    model, processor, rows, labels, image_column, cache, mode, batch_size, prompt_templates, synonyms
-                )
-                write_arrow_shard(path, labelled_rows, features)
+            labelled_rows = _label_rows(
+                model, processor, rows, labels, image_column, cache, mode, batch_size, prompt_templates, synonyms
+            )
+            write_arrow_shard(shard_path(shard), labelled_rows, features)
             bar.update()
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if not main:
         return None
+    if shards.length == 0:
+        raise DataError(f"{source} [{split}] has no rows to label")
     count = -(-shards.length // shard_size)
-    missing = [k for k in range(count) if not (work / f"shard-{k:05d}.arrow").is_file()]
+    missing = [k for k in range(count) if not shard_path(k).is_file()]
     if missing:
         raise DataError(f"shards {missing[:5]} of {work} are missing: run the same command again to finish them")
     metadata = {
@@ -215,7 +220,7 @@ def label_dataset(
         "reduce_labels": False,
         "prepared_by": "ovseg-segment --dataset",
     }
-    parts = [Dataset.from_file(str(work / f"shard-{k:05d}.arrow")) for k in range(count)]
+    parts = [Dataset.from_file(str(shard_path(k))) for k in range(count)]
     info = DatasetInfo(description=json.dumps({PREPARED_METADATA_KEY: metadata}, indent=1), features=features)
     labelled = concatenate_datasets(parts, info=info, split=NamedSplit(split))
     if labelled["index"] != list(range(shards.length)):
@@ -233,9 +238,7 @@ def _claim(work: Path, manifest: dict) -> None:
     path = work / "manifest.json"
     if path.is_file():
         if json.loads(path.read_text()) != manifest:
-            raise DataError(
-                f"{work} holds an unfinished run with other settings ({path}): delete it to start afresh"
-            )
+            raise DataError(f"{work} holds an unfinished run with other settings ({path}): delete it to start afresh")
         return
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(manifest))
@@ -343,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     if labelled is not None:
         print(f"Wrote {args.output_dataset} ({len(labelled)} images, {len(labels)} classes)")
         if args.push_to_hub:
-            labelled.push_to_hub(args.push_to_hub)
+            push_prepared(labelled, args.push_to_hub)
             print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
     return 0
 

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import PIL.Image
@@ -413,19 +413,21 @@ def convert_ade20k_847(item: tuple[str, str, str]) -> dict:
 
 
 class _IndexUnpickler(pickle.Unpickler):
-    ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("collections", "OrderedDict"),
-    }
+    ALLOWED: ClassVar[frozenset] = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("builtins", "set"),
+            ("builtins", "frozenset"),
+            ("collections", "OrderedDict"),
+        }
+    )
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -594,12 +596,16 @@ PREPARATIONS: dict[str, Preparation] = {
     "coco-stuff": Preparation("coco-stuff", None, ("train", "validation"), list_coco_stuff, convert_coco_stuff),
     "a150": Preparation("ade20k-150", "a150", ("validation",), list_ade20k_150, convert_ade20k_150),
     "a847": Preparation("ade20k-847", "a847", ("validation",), list_ade20k_847, convert_ade20k_847),
-    "pc59": Preparation("pascal-context-59", "pc59", ("validation",), list_pascal_context_59, convert_pascal_context_59),
+    "pc59": Preparation(
+        "pascal-context-59", "pc59", ("validation",), list_pascal_context_59, convert_pascal_context_59
+    ),
     "pc459": Preparation(
         "pascal-context-459", "pc459", ("validation",), list_pascal_context_459, convert_pascal_context_459
     ),
     "pas20": Preparation("pascal-voc-20", "pas20", ("validation",), list_voc, partial(convert_voc, background=False)),
-    "pas20b": Preparation("pascal-voc-20b", "pas20b", ("validation",), list_voc, partial(convert_voc, background=True)),
+    "pas20b": Preparation(
+        "pascal-voc-20b", "pas20b", ("validation",), list_voc, partial(convert_voc, background=True)
+    ),
 }
 
 
@@ -818,12 +824,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def push_prepared(dataset: DatasetDict, repo_id: str, *, private: bool = False) -> None:
+def push_prepared(dataset: Dataset | DatasetDict, repo_id: str, *, private: bool = False) -> None:
     """`push_to_hub`, plus `ovseg_dataset.json` with the metadata, which the Hub's dataset card does not keep."""
     from huggingface_hub import HfApi
 
     dataset.push_to_hub(repo_id, private=private)
-    metadata = prepared_metadata(next(iter(dataset.values())))
+    metadata = prepared_metadata(next(iter(dataset.values())) if isinstance(dataset, DatasetDict) else dataset)
     HfApi().upload_file(
         path_or_fileobj=json.dumps(metadata, indent=1).encode(),
         path_in_repo="ovseg_dataset.json",
