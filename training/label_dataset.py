@@ -134,7 +134,7 @@ class _Shards:
 def label_dataset(
     model,
     processor,
-    source: str | os.PathLike,
+    source: str | os.PathLike | Dataset | IterableDataset,
     labels: list[str],
     output: str | os.PathLike,
     *,
@@ -148,12 +148,15 @@ def label_dataset(
     prompt_templates: str | list[str] | None = None,
     synonyms: str | None = None,
     model_name: str | None = None,
+    source_name: str | None = None,
     accelerator=None,
     progress: bool = True,
 ) -> Dataset | None:
-    """Segment every image of `source` with `labels` and save the label maps as a dataset at `output`.
+    """Segment every image of `source` (a data source, or a loaded dataset) with `labels` and save the label maps
+    as a dataset at `output`.
 
-    With an `accelerator` of several processes each labels its share; all must call this. Returns the labelled
+    `model_name` and `source_name` (what a loaded `source` came from) are recorded in the output's info. With an
+    `accelerator` of several processes each labels its share; all must call this. Returns the labelled
     dataset on the main process (`None` on the others).
     """
     labels = validate_vocabulary(labels)
@@ -165,7 +168,10 @@ def label_dataset(
     main = rank == 0
     if output.exists():
         raise DataError(f"{output} already exists: remove it or choose another --output-dataset")
-    dataset, _ = _load_rows(os.fspath(source), split, dataset_config, streaming)
+    if isinstance(source, (Dataset, IterableDataset)):
+        dataset, source = source, source_name or source.info.dataset_name or "a loaded dataset"
+    else:
+        dataset, _ = _load_rows(os.fspath(source), split, dataset_config, streaming)
     columns = list(dataset.column_names or (dataset.features or {}).keys())
     image_column = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", os.fspath(source))
     if isinstance((dataset.features or {}).get(image_column), Image):
@@ -315,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         templates = resolve_templates(args.templates) if args.templates is not None else None
         if Path(args.output_dataset).exists():
             raise UsageError(f"--output-dataset {args.output_dataset} already exists: remove it or choose another")
+        # The data first: a wrong source fails before the model is loaded.
+        dataset, _ = _load_rows(args.dataset, args.split, args.dataset_config, args.streaming)
         accelerator = build_accelerator()
         cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
         with accelerator.main_process_first():
@@ -325,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         labelled = label_dataset(
             model,
             processor,
-            args.dataset,
+            dataset,
             labels,
             args.output_dataset,
             split=args.split,
@@ -338,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             prompt_templates=templates,
             synonyms=args.synonyms,
             model_name=args.model,
+            source_name=args.dataset,
             accelerator=accelerator,
             progress=not args.quiet,
         )
