@@ -355,6 +355,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg == "--dataset" or arg.startswith("--dataset=") for arg in argv):  # a whole dataset: its own command
+        from training.label_dataset import main as label_dataset_main
+
+        return label_dataset_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     # One progress bar (ours, per image); transformers' weight-loading bars would interleave with it.

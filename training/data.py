@@ -47,6 +47,8 @@ IMAGE_COLUMNS = ("image", "pixel_values", "img")
 MASK_COLUMNS = ("annotation", "label", "semantic_map", "segmentation", "mask", "gt")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
+# Key, in a dataset's info description (JSON), of the label conventions that ovseg-prepare writes.
+PREPARED_METADATA_KEY = "ovseg_dataset"
 
 
 class DataError(ValueError):
@@ -185,10 +187,11 @@ def load_segmentation_data(
         raise DataError(
             f"{dataset_preset} has {preset.num_classes} classes but the class-name list has {len(names)} entries"
         )
+    prepared = prepared_metadata(dataset)  # written by ovseg-prepare and dataset labelling
     if ignore_index is None:
-        ignore_index = preset.ignore_index if preset is not None else 255
+        ignore_index = preset.ignore_index if preset is not None else prepared.get("ignore_index", 255)
     if reduce_labels is None:
-        reduce_labels = preset.reduce_labels if preset is not None else False
+        reduce_labels = preset.reduce_labels if preset is not None else prepared.get("reduce_labels", False)
     name = source if split is None else f"{source} [{split}]"
     return SegmentationData(dataset, image_column, mask_column, names, int(ignore_index), bool(reduce_labels), name)
 
@@ -334,12 +337,26 @@ def _resolve_class_names(
     return names
 
 
+def prepared_metadata(dataset: Dataset | IterableDataset) -> dict:
+    """The `ovseg_dataset` record that ovseg-prepare and dataset labelling write into a dataset's info (ignore value,
+    dataset preset, benchmark, ...), or `{}` for other datasets."""
+    try:
+        value = json.loads(dataset.info.description or "")
+    except (json.JSONDecodeError, TypeError, AttributeError):
+        return {}
+    return value.get(PREPARED_METADATA_KEY) or {} if isinstance(value, dict) else {}
+
+
 def _class_names_from_features(dataset: Dataset | IterableDataset, mask_column: str) -> list[str] | None:
-    """Names of a `ClassLabel` inside the mask feature (masks stored as nested sequences of class labels)."""
-    feature = (dataset.features or {}).get(mask_column)
-    while feature is not None and not isinstance(feature, ClassLabel):
-        feature = getattr(feature, "feature", None)
-    return list(feature.names) if isinstance(feature, ClassLabel) else None
+    """Names of a `ClassLabel` inside the mask feature (masks stored as nested sequences of class labels), or of
+    the `classes` column (the classes each mask holds) of a dataset written by ovseg-prepare."""
+    features = dataset.features or {}
+    for feature in (features.get(mask_column), features.get("classes")):
+        while feature is not None and not isinstance(feature, ClassLabel):
+            feature = getattr(feature, "feature", None)
+        if isinstance(feature, ClassLabel):
+            return list(feature.names)
+    return None
 
 
 def _class_names_from_id2label(local_dir: Path | None, source: str) -> list[str] | None:
@@ -362,5 +379,6 @@ __all__ = [
     "SegmentationData",
     "folder_pair_dataset",
     "load_segmentation_data",
+    "prepared_metadata",
     "read_class_names",
 ]
