@@ -46,6 +46,10 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def front_matter(metadata: dict[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n"
 
@@ -116,6 +120,12 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
     """The card of a model trained by `training.train` for `steps` optimiser steps, with its own measured results."""
     model_type = model.config.model_type
     name, citation, paper = ARCHITECTURES[model_type]
+    train_source = f"{describe_source(config.dataset)} [{config.train_split}]"
+    eval_source = (
+        f"{describe_source(config.eval_dataset or config.dataset)} [{config.eval_split or 'validation'}]"
+        if eval_data is not None
+        else None
+    )
     metadata: dict[str, Any] = {
         "library_name": "transformers",
         "pipeline_tag": "image-segmentation",
@@ -141,23 +151,21 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
                             "type": describe_source(config.eval_dataset or config.dataset),
                         },
                         "metrics": [
-                            {"type": "mean_iou", "name": "mIoU (detectron2 definition)", "value": round(metrics["mean_iou"], 2)},
+                            {
+                                "type": "mean_iou",
+                                "name": "mIoU (detectron2 definition)",
+                                "value": _rounded(metrics["mean_iou"]),
+                            },
                             {
                                 "type": "mean_iou",
                                 "name": "mIoU (evaluate definition)",
-                                "value": round(metrics["mean_iou_evaluate"], 2),
+                                "value": _rounded(metrics["mean_iou_evaluate"]),
                             },
                         ],
                     }
                 ],
             }
         ]
-    train_source = f"{describe_source(config.dataset)} [{config.train_split}]"
-    eval_source = (
-        f"{describe_source(config.eval_dataset or config.dataset)} [{config.eval_split or 'validation'}]"
-        if eval_data is not None
-        else None
-    )
     counts = model.learnable_parameter_counts() if hasattr(model, "learnable_parameter_counts") else None
     settings = [
         (
