@@ -261,7 +261,7 @@ def _load_rows(
             try:
                 dataset = load_from_disk(str(path))
             except IndexError:  # datasets cannot open a copy saved with no rows (it has no data file)
-                raise DataError(f"{source} is an empty dataset (saved with no rows): it has nothing to train on") from None
+                raise DataError(f"{source} is an empty dataset (saved with no rows): nothing to train on") from None
             if isinstance(dataset, DatasetDict):
                 if split not in dataset:
                     raise DataError(f"{source} has splits {list(dataset)}, not {split!r}: set the split")

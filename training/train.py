@@ -446,8 +446,8 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
                 metrics["mean_iou"] or 0,
                 metrics["mean_iou_evaluate"] or 0,
             )
-            improved = metrics["mean_iou"] is not None and (best_mean_iou is None or metrics["mean_iou"] > best_mean_iou)
-            if config.save_best_model and improved:
+            current = metrics["mean_iou"]
+            if config.save_best_model and current is not None and (best_mean_iou is None or current > best_mean_iou):
                 best_mean_iou = metrics["mean_iou"]
                 write_model_folder(
                     accelerator, model, processor, config, train_data, eval_data, metrics, step, "best_model"
@@ -469,7 +469,9 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
         if model_dir is not None and config.push_to_hub:
             from .hub import push_folder_to_hub
 
-            url = push_folder_to_hub(model_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token)
+            url = push_folder_to_hub(
+                model_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token
+            )
             logger.info("pushed to %s", url)
     accelerator.end_training()
     return TrainResult(output_dir, model_dir, step, metrics, seconds)
@@ -497,7 +499,8 @@ def write_model_folder(
         (folder / "README.md").write_text(card, encoding="utf-8")
         (folder / "training_config.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
         if metrics:
-            (folder / "eval_results.json").write_text(json.dumps({"step": steps, **metrics}, indent=1), encoding="utf-8")
+            results = json.dumps({"step": steps, **metrics}, indent=1)
+            (folder / "eval_results.json").write_text(results, encoding="utf-8")
 
     model_dir = publish_folder(build, Path(config.output_dir) / name)
     logger.info("saved the model of step %d to %s", steps, model_dir)
