@@ -109,6 +109,7 @@ def test_evaluation_during_training_keeps_the_best_model(tmp_path, shapes_dir): 
     kept = json.loads((tmp_path / "best_model" / "eval_results.json").read_text())
     assert (kept["step"], kept["mean_iou"]) == (best_step, best)
     assert (tmp_path / "best_model" / "model.safetensors").is_file()
+    assert not list(tmp_path.glob("best_model.previous-*"))  # an improvement replaces the earlier best
     state = json.loads((tmp_path / "checkpoint-4" / "training_state.json").read_text())
     assert state["best_mean_iou"] == best  # a resumed run knows what it has to beat
 

@@ -360,7 +360,6 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
         collate_fn=collate,
         num_workers=config.num_workers,
         persistent_workers=False,
-        prefetch_factor=2 if config.num_workers else None,
     )
     batches = iter(loader)
     text = {key: value.to(accelerator.device) for key, value in text.items()}
@@ -410,7 +409,7 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
             loss = accelerator.reduce(loss_sum / config.gradient_accumulation_steps, reduction="mean").item()
             now = time.perf_counter()
             base_lr, group_lrs = learning_rates(scheduler, optimizer, config)
-            norm = float(grad_norm)
+            norm = math.nan if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips on its own
             record = {
                 "step": step,
                 "loss": round(loss, 6),
@@ -502,7 +501,8 @@ def write_model_folder(
             results = json.dumps({"step": steps, **metrics}, indent=1)
             (folder / "eval_results.json").write_text(results, encoding="utf-8")
 
-    model_dir = publish_folder(build, Path(config.output_dir) / name)
+    # The best model replaces its predecessor; the final model keeps an earlier run's as `model.previous-<n>`.
+    model_dir = publish_folder(build, Path(config.output_dir) / name, keep_previous=name == "model")
     logger.info("saved the model of step %d to %s", steps, model_dir)
     return model_dir
 
