@@ -386,8 +386,10 @@ def append_results_to_card(card: Path, results: dict) -> None:
     )
     section = (
         "## Quickstart results\n\nThis is the quickstart's tiny CAT-Seg, trained for a few minutes on a CPU from a "
-        "tiny CLIP pretrained for seconds, on generated coloured shapes. It shows that the pipeline learns, including "
-        "classes it never saw; it is not meant for real images. Test images are held out; every test image is "
+        "tiny CLIP pretrained for seconds, on generated coloured shapes. It shows that the pipeline trains, saves and "
+        "reloads, and learns the seen classes; with the seen names competing, it labels most pixels of an unseen "
+        "pair as a seen pair of the same colour. It is not meant for real images. Test images are held out; every "
+        "test image is "
         f"segmented with the same vocabulary of {len(TEST_VOCABULARY)} names (background and every colour/shape "
         "pair), whose unseen names never occurred in training. The mean IoU of a test set is over its classes; "
         "background, which every image shows, is in neither mean.\n\n"
