@@ -8,6 +8,8 @@ from pathlib import Path
 
 import PIL.Image
 
+from training.shapes_dataset import BACKGROUND, SEEN_CLASSES, UNSEEN_CLASSES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -38,14 +40,22 @@ def test_the_quickstart_runs_end_to_end_offline(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 4 and results["reloaded_class"] == "CatSegForSemanticSegmentation"
     assert results["reloaded_module"].startswith("transformers_modules.")  # the folder's own code, not this project
-    for split, classes in (("test_seen", 10), ("test_unseen", 4)):
-        assert results[split]["num_images"] == 4 and len(results[split]["per_class_iou"]) == classes
-        assert 0 < results[split]["chance_mean_iou"] < 100 and results[split]["mean_iou"] is not None
+    # Both test sets are segmented with one 13-name vocabulary; each mean is over its own classes, without the
+    # background that every image shows.
+    for split, classes in (("test_seen", SEEN_CLASSES), ("test_unseen", UNSEEN_CLASSES)):
+        summary = results[split]
+        assert summary["num_images"] == 4 and summary["vocabulary_size"] == 13
+        assert summary["classes"] == list(classes) and list(summary["per_class_iou"]) == list(classes)
+        assert BACKGROUND not in summary["per_class_iou"] and summary["background_iou"] is not None
+        assert 0 < summary["chance_mean_iou"] < 100 and summary["mean_iou"] is not None
+    assert results["test_seen"]["chance_mean_iou"] < 20 and results["test_unseen"]["chance_mean_iou"] < 20
     model = out / "run" / "model"
     assert {"model.safetensors", "modeling_catseg.py", "processor_config.json", "README.md"} <= {
         p.name for p in model.iterdir()
     }
     card = (model / "README.md").read_text()
     assert card.startswith("---\n") and "## Quickstart results" in card and "| unseen classes (zero-shot) |" in card
+    assert "No evaluation" not in card and "## Results" not in card  # the quickstart's results replace that section
+    assert str(tmp_path) not in card  # no local path is published
     overlay = PIL.Image.open(out / "overlay.png")
     assert overlay.format == "PNG" and overlay.width > 2 * overlay.height  # the image, its overlay and the legend

@@ -92,12 +92,14 @@ def save_checkpoint(
     return final
 
 
-def publish_folder(build, destination: str | os.PathLike) -> Path:
+def publish_folder(build, destination: str | os.PathLike, keep_previous: bool = True) -> Path:
     """Create a folder atomically: `build(temporary_path)` fills a sibling temporary folder, which then takes the
-    destination's name. An existing destination is kept as `<name>.previous-<n>` rather than deleted."""
+    destination's name. An existing destination is kept as `<name>.previous-<n>`, or with `keep_previous=False`
+    removed once the new folder is in place."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp"))
+    backup = None
     try:
         build(temporary)
         if destination.exists():
@@ -109,6 +111,8 @@ def publish_folder(build, destination: str | os.PathLike) -> Path:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+    if not keep_previous and backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
     return destination
 
 

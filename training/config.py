@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -79,8 +80,13 @@ class TrainConfig:
     """Read the training data as a stream (`load_dataset(..., streaming=True)`), for data larger than the disk."""
     shuffle_buffer_size: int = 1000
     """Examples held for shuffling a stream."""
-    num_workers: int = 0
-    """DataLoader worker processes per training process."""
+    num_workers: int | None = None
+    """DataLoader worker processes per training process, which decode and augment the data while the model trains;
+    `None`: `default_num_workers()` (up to 4, within the CPU cores of this process's share of the machine). The
+    data order does not depend on it, so a run may resume with another value."""
+    check_mask_values: int = 64
+    """Training examples, spread over the split, whose mask values are checked against the classes before the first
+    step (every example's image and mask size is always checked, from the file headers); -1: all, 0: none."""
     max_eval_samples: int | None = None
 
     # --- augmentation ---
@@ -135,6 +141,9 @@ class TrainConfig:
     eval_mode: str = "whole"
     """`segment()` mode of the evaluation: `"whole"` or `"sliding"` (CAT-Seg's official protocol)."""
     per_device_eval_batch_size: int = 4
+    save_best_model: bool = True
+    """Keep the model of the evaluation with the highest mIoU (detectron2 definition) as `output_dir/best_model`, a
+    Hub-ready folder like `output_dir/model`."""
     save_steps: int = 1000
     """Write an accelerate checkpoint every this many steps."""
     save_total_limit: int | None = 2
@@ -175,6 +184,8 @@ class TrainConfig:
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "crop_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"num_workers must be 0 or more (or None for the default), got {self.num_workers}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be at least 1, got {self.max_steps}")
         if self.learning_rate <= 0:
@@ -189,6 +200,16 @@ class TrainConfig:
         values = dataclasses.asdict(self)
         values["hub_token"] = None
         return values
+
+
+def default_num_workers(processes_on_this_machine: int = 1) -> int:
+    """DataLoader workers per training process: one fewer than its share of the CPU cores (the process itself needs
+    one), at most 4; 0 on a machine with a core or less per process."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores // max(1, processes_on_this_machine) - 1))
 
 
 def list_recipes() -> list[str]:
@@ -271,4 +292,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
-__all__ = ["ConfigError", "TrainConfig", "add_config_arguments", "config_from_args", "list_recipes", "read_recipe"]
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "add_config_arguments",
+    "config_from_args",
+    "default_num_workers",
+    "list_recipes",
+    "read_recipe",
+]

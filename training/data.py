@@ -17,6 +17,7 @@ pair of folders of images and masks matched by file name (the detectron2 layout 
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
 from datasets import (
     ClassLabel,
     Dataset,
@@ -141,6 +143,56 @@ class SegmentationData:
             yield index, *self.decode(row, index)
 
 
+def _header_size(value: Any) -> tuple[int, int] | None:
+    """`(height, width)` of an undecoded image cell read from its file header, or of an array; `None` if unknown."""
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        try:
+            with PIL.Image.open(source) as image:
+                return image.height, image.width
+        except (OSError, PIL.UnidentifiedImageError):
+            return None  # unreadable: the decoding check names it
+    if isinstance(value, PIL.Image.Image):
+        return value.height, value.width
+    shape = np.shape(value) if value is not None else ()
+    return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
+
+
+def check_examples(data: SegmentationData, value_samples: int = 64) -> None:
+    """Check a split before training starts, so that a bad example fails at once and by its row, not mid-run.
+
+    Every example's image and mask size is compared, read from the file headers (nothing is decoded); then
+    `value_samples` examples spread evenly over the split (all when negative; 0: none) are decoded and their mask
+    values checked against the classes and the ignore value. A stream is not read ahead: only its first
+    `value_samples` examples are decoded.
+    """
+    if data.streaming:
+        for _ in data.examples(limit=max(value_samples, 0) if value_samples >= 0 else None):
+            pass
+        return
+    columns = [data.image_column, data.mask_column]
+    rows = data.dataset.select_columns(columns)
+    for column in columns:
+        if isinstance(rows.features[column], Image):
+            rows = rows.cast_column(column, Image(decode=False))
+    chunk = 256
+    for start in range(0, len(rows), chunk):
+        batch = rows[start : start + chunk]
+        for offset, (image, mask) in enumerate(zip(batch[data.image_column], batch[data.mask_column])):
+            image_size, mask_size = _header_size(image), _header_size(mask)
+            if image_size is not None and mask_size is not None and image_size != mask_size:
+                index = start + offset
+                named = next((v["path"] for v in (mask, image) if isinstance(v, dict) and v.get("path")), None)
+                raise DataError(
+                    f"the mask of example {index}{f' ({named})' if named else ''} of {data.name} is "
+                    f"{mask_size[0]}x{mask_size[1]} but its image is {image_size[0]}x{image_size[1]}: a mask must "
+                    "label every pixel of its image"
+                )
+    count = len(rows) if value_samples < 0 else min(value_samples, len(rows))
+    for index in np.unique(np.linspace(0, len(rows) - 1, count).round().astype(int)) if count else []:
+        data.decode(data.dataset[int(index)], int(index))
+
+
 def load_segmentation_data(
     source: str | os.PathLike,
     split: str = "train",
@@ -177,6 +229,8 @@ def load_segmentation_data(
         preset = DATASET_PRESETS[dataset_preset]
     source = os.fspath(source)
     dataset, local_dir = _load_rows(source, split, dataset_config, streaming)
+    if not streaming and len(dataset) == 0:
+        raise DataError(f"{source} [{split}] has no rows: it has nothing to train on or evaluate")
     columns = list(dataset.column_names or (dataset.features or {}).keys())
     image_column = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", source)
     mask_column = _pick_column(columns, mask_column, MASK_COLUMNS, "mask", source)
@@ -207,7 +261,10 @@ def _load_rows(
     path = Path(source)
     try:
         if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
-            dataset = load_from_disk(str(path))
+            try:
+                dataset = load_from_disk(str(path))
+            except IndexError:  # datasets cannot open a copy saved with no rows (it has no data file)
+                raise DataError(f"{source} is an empty dataset (saved with no rows): nothing to train on") from None
             if isinstance(dataset, DatasetDict):
                 if split not in dataset:
                     raise DataError(f"{source} has splits {list(dataset)}, not {split!r}: set the split")
@@ -377,6 +434,7 @@ def _class_names_from_id2label(local_dir: Path | None, source: str) -> list[str]
 __all__ = [
     "DataError",
     "SegmentationData",
+    "check_examples",
     "folder_pair_dataset",
     "load_segmentation_data",
     "prepared_metadata",

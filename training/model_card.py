@@ -32,6 +32,24 @@ def _is_hub_id(value: str | None) -> bool:
     return bool(value) and value.count("/") == 1 and not Path(value).exists() and not value.startswith((".", "~"))
 
 
+def describe_source(value: str | None) -> str | None:
+    """A hub id as it is; a local path by its last part only, since the card is published and the path is not."""
+    if not value:
+        return None
+    if _is_hub_id(value):
+        return value
+    parts = [Path(part).name or part for part in str(value).split(",")]
+    return f"local {'folders' if len(parts) > 1 else 'data'} `{', '.join(parts)}`"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def front_matter(metadata: dict[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n"
 
@@ -78,19 +96,36 @@ def _results_table(metrics: dict) -> str:
     rows = [
         "| metric | value |",
         "|---|---|",
-        f"| mIoU, detectron2 definition (classes present in the ground truth; what papers report) | {metrics['mean_iou']} |",
-        f"| mIoU, `evaluate`'s `mean_iou` (also classes only predicted) | {metrics['mean_iou_evaluate']} |",
-        f"| pixel accuracy | {metrics['overall_accuracy']} |",
+        "| mIoU, detectron2 definition (classes present in the ground truth; what papers report) | "
+        f"{_percent(metrics['mean_iou'])} |",
+        f"| mIoU, `evaluate`'s `mean_iou` (also classes only predicted) | {_percent(metrics['mean_iou_evaluate'])} |",
+        f"| pixel accuracy | {_percent(metrics['overall_accuracy'])} |",
         f"| images | {metrics['num_images']} |",
     ]
-    per_class = [f"| {name} | {value} |" for name, value in metrics["per_class_iou"].items()]
+    per_class = [f"| {name} | {_percent(value)} |" for name, value in metrics["per_class_iou"].items()]
     return "\n".join(rows) + "\n\nPer-class IoU (%):\n\n| class | IoU |\n|---|---|\n" + "\n".join(per_class) + "\n"
+
+
+RESULTS_HEADING = "## Results"
+
+
+def replace_results_section(card: str, section: str) -> str:
+    """The card with its results section (from `RESULTS_HEADING` to the next `## ` heading) replaced by `section`."""
+    start = card.index(RESULTS_HEADING)
+    end = card.find("\n## ", start + len(RESULTS_HEADING))
+    return card[:start] + section.rstrip("\n") + "\n" + (card[end:] if end != -1 else "")
 
 
 def training_card(config: TrainConfig, model, train_data, eval_data, metrics: dict, steps: int) -> str:
     """The card of a model trained by `training.train` for `steps` optimiser steps, with its own measured results."""
     model_type = model.config.model_type
     name, citation, paper = ARCHITECTURES[model_type]
+    train_source = f"{describe_source(config.dataset)} [{config.train_split}]"
+    eval_source = (
+        f"{describe_source(config.eval_dataset or config.dataset)} [{config.eval_split or 'validation'}]"
+        if eval_data is not None
+        else None
+    )
     metadata: dict[str, Any] = {
         "library_name": "transformers",
         "pipeline_tag": "image-segmentation",
@@ -111,13 +146,20 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
                 "results": [
                     {
                         "task": {"type": "image-segmentation", "name": "Semantic segmentation"},
-                        "dataset": {"name": eval_data.name, "type": eval_data.name.split(" ")[0]},
+                        "dataset": {
+                            "name": eval_source,
+                            "type": describe_source(config.eval_dataset or config.dataset),
+                        },
                         "metrics": [
-                            {"type": "mean_iou", "name": "mIoU (detectron2 definition)", "value": metrics["mean_iou"]},
+                            {
+                                "type": "mean_iou",
+                                "name": "mIoU (detectron2 definition)",
+                                "value": _rounded(metrics["mean_iou"]),
+                            },
                             {
                                 "type": "mean_iou",
                                 "name": "mIoU (evaluate definition)",
-                                "value": metrics["mean_iou_evaluate"],
+                                "value": _rounded(metrics["mean_iou_evaluate"]),
                             },
                         ],
                     }
@@ -128,9 +170,10 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
     settings = [
         (
             "starting weights",
-            config.pretrained_model or config.clip_model or config.image_encoder or "random initialisation",
+            describe_source(config.pretrained_model or config.clip_model or config.image_encoder)
+            or "random initialisation",
         ),
-        ("training data", f"{train_data.name}, {len(train_data.class_names)} classes"),
+        ("training data", f"{train_source}, {len(train_data.class_names)} classes"),
         (
             "steps x batch",
             (
@@ -160,13 +203,13 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
         ),
         f"Training vocabulary: {', '.join(train_data.class_names[:40])}{' ...' * (len(train_data.class_names) > 40)}\n",
         usage_section(config.hub_model_id or "path/to/this/folder", list(train_data.class_names[:3]), model_type),
-        "## Results (measured after training)\n",
+        f"{RESULTS_HEADING} (measured after training)\n",
         (
-            f"Evaluated on {eval_data.name} ({len(eval_data.class_names)} classes, mode `{config.eval_mode}`).\n\n"
+            f"Evaluated on {eval_source} ({len(eval_data.class_names)} classes, mode `{config.eval_mode}`).\n\n"
             + _results_table(metrics)
         )
         if metrics
-        else "No evaluation data was configured.\n",
+        else "No evaluation ran during training (no evaluation data was configured).\n",
         "## Training\n",
         "| setting | value |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in settings) + "\n",
         (

@@ -20,9 +20,11 @@ model card with the measured results); `--push-to-hub true --hub-model-id you/na
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,9 +40,9 @@ from tqdm.auto import tqdm
 
 from .augment import catseg_augment, lseg_augment, resize_pair
 from .checkpoints import latest_checkpoint, publish_folder, read_training_state, save_checkpoint, write_text_atomic
-from .config import ConfigError, TrainConfig, add_config_arguments, config_from_args
-from .data import DataError, SegmentationData, load_segmentation_data
-from .distributed import build_accelerator
+from .config import ConfigError, TrainConfig, add_config_arguments, config_from_args, default_num_workers
+from .data import DataError, SegmentationData, check_examples, load_segmentation_data
+from .distributed import LaunchError, build_accelerator, relaunch_requested_processes
 from .evaluation import evaluate_split, summarise
 from .optim import build_optimizer, build_scheduler, freeze_parameters
 from .stream import TrainingStream, collate
@@ -180,6 +182,7 @@ def load_data(config: TrainConfig) -> tuple[SegmentationData, SegmentationData |
         dataset_config=config.dataset_config,
     )
     train = load_segmentation_data(config.dataset, config.train_split, streaming=config.streaming, **common)
+    check_unique_class_names(train)
     evaluation = None
     if config.eval_split and not config.eval_dataset and Path(config.dataset, "state.json").is_file():
         raise ConfigError(
@@ -192,10 +195,31 @@ def load_data(config: TrainConfig) -> tuple[SegmentationData, SegmentationData |
     return train, evaluation
 
 
-def check_first_examples(data: SegmentationData, count: int = 4) -> None:
-    """Decode a few examples before training starts, so wrong columns, classes or ignore values fail at once."""
-    for _ in data.examples(limit=count):
-        pass
+def check_unique_class_names(data: SegmentationData) -> None:
+    """Two classes of one name cannot be told apart by the text encoder: refuse before the model is built."""
+    first_index: dict[str, int] = {}
+    for index, name in enumerate(data.class_names):
+        if name in first_index:
+            raise ConfigError(
+                f"the class names of {data.name} repeat {name!r} (classes {first_index[name]} and {index}): "
+                "give every class a distinct name, or merge the classes in the masks"
+            )
+        first_index[name] = index
+
+
+def resolved_config(config: TrainConfig, processes_on_this_machine: int) -> TrainConfig:
+    """The configuration with its defaults that depend on the machine filled in, as the run uses it."""
+    if config.num_workers is None:
+        config = dataclasses.replace(config, num_workers=default_num_workers(processes_on_this_machine))
+    return config
+
+
+def learning_rates(scheduler, optimizer, config: TrainConfig) -> tuple[float, dict[str, float]]:
+    """The base learning rate (what `learning_rate` has become under the schedule) and the rate of each
+    multiplier's parameter group, keyed `x<multiplier>`."""
+    base = config.learning_rate * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    groups = {f"x{group['lr_multiplier']:g}": group["lr"] for group in optimizer.param_groups}
+    return base, groups
 
 
 def resolve_max_steps(config: TrainConfig, data: SegmentationData, num_processes: int) -> tuple[int, int | None]:
@@ -280,8 +304,14 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     output_dir = Path(config.output_dir)
     set_seed(config.seed)
 
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    config = resolved_config(config, processes_here)
+    if accelerator.is_main_process:  # before anything can fail, so that a failed or killed run says what it ran
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(output_dir / "training_config.json", json.dumps(config.to_dict(), indent=1))
+
     train_data, eval_data = load_data(config)
-    check_first_examples(train_data)
+    check_examples(train_data, config.check_mask_values)
     with accelerator.main_process_first():  # one process fills the caches (downloads, remote code) first
         model = build_model(config)
         processor = build_processor(model, config)
@@ -300,16 +330,14 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     # Stepped by hand once per optimiser step (a prepared scheduler would step once per process).
     accelerator.register_for_checkpointing(scheduler)
 
-    step = 0
+    step, best_mean_iou = 0, None
     checkpoint = find_resume_checkpoint(config)
     if checkpoint is not None:
         state = read_training_state(checkpoint)
         check_resumable(state, config, accelerator.num_processes, checkpoint)
         accelerator.load_state(str(checkpoint))
-        step = state["step"]
+        step, best_mean_iou = state["step"], state.get("best_mean_iou")
         logger.info("resumed from %s at step %d", checkpoint, step)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
     if config.report_to:
         accelerator.init_trackers("ovseg-train", config={k: str(v) for k, v in config.to_dict().items()})
     log = JsonLog(output_dir / "log.jsonl", accelerator.is_main_process)
@@ -335,18 +363,22 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     )
     batches = iter(loader)
     text = {key: value.to(accelerator.device) for key, value in text.items()}
+    global_batch = config.per_device_train_batch_size * micro_batches_per_step
     logger.info(
-        "training %s for %d steps (%d classes, global batch %d) from step %d",
+        "training %s for %d steps (%d classes, global batch %d, %d processes, %d loader workers each) from step %d",
         accelerator.unwrap_model(model).config.model_type,
         max_steps,
         len(train_data.class_names),
-        config.per_device_train_batch_size * micro_batches_per_step,
+        global_batch,
+        accelerator.num_processes,
+        config.num_workers,
         step,
     )
     metrics: dict[str, Any] = {}
     last_step = max_steps if stop_after_steps is None else min(max_steps, step + stop_after_steps)
     bar = tqdm(total=max_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
     started = time.perf_counter()
+    interval_started, interval_steps, skipped_steps = started, 0, 0
     model.train()
     while step < last_step:
         loss_sum = torch.zeros((), device=accelerator.device)
@@ -359,28 +391,49 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
                     **text,
                 )
                 accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients and config.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                if accelerator.sync_gradients:
+                    # The norm before clipping; an infinite `max_norm` measures without clipping.
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
                 optimizer.step()
                 optimizer.zero_grad()
             loss_sum += outputs.loss.detach()
-        scheduler.step()
+        # With fp16 the loss scaler skips the update of a step whose gradients overflowed: the schedule waits too.
+        if accelerator.optimizer_step_was_skipped:
+            skipped_steps += 1
+        else:
+            scheduler.step()
         step += 1
+        interval_steps += 1
         bar.update(1)
         if step % config.logging_steps == 0 or step == last_step:
             loss = accelerator.reduce(loss_sum / config.gradient_accumulation_steps, reduction="mean").item()
+            now = time.perf_counter()
+            base_lr, group_lrs = learning_rates(scheduler, optimizer, config)
+            norm = math.nan if grad_norm is None else float(grad_norm)  # None: DeepSpeed clips on its own
             record = {
                 "step": step,
                 "loss": round(loss, 6),
-                "lr": scheduler.get_last_lr()[0],
-                "seconds": round(time.perf_counter() - started, 2),
+                "lr": base_lr,
+                "lr_groups": group_lrs,
+                "grad_norm": round(norm, 6) if math.isfinite(norm) else None,
+                "images_per_second": round(global_batch * interval_steps / max(now - interval_started, 1e-9), 2),
+                "seconds": round(now - started, 2),
             }
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
+            if skipped_steps:
+                record["skipped_steps"] = skipped_steps  # since the previous record
+            interval_started, interval_steps, skipped_steps = now, 0, 0
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{base_lr:.2e}")
             log.write(record)
-            accelerator.log({"train/loss": loss, "train/lr": record["lr"]}, step=step)
-        if step % config.save_steps == 0 or step == max_steps:
-            state = {"step": step, "num_processes": accelerator.num_processes, "config": config.to_dict()}
-            save_checkpoint(accelerator, output_dir, step, state, config.save_total_limit)
+            accelerator.log(
+                {
+                    "train/loss": loss,
+                    "train/lr": base_lr,
+                    **{f"train/lr_{key}": value for key, value in group_lrs.items()},
+                    "train/images_per_second": record["images_per_second"],
+                    **({"train/grad_norm": norm} if math.isfinite(norm) else {}),
+                },
+                step=step,
+            )
         if eval_data is not None and ((config.eval_steps and step % config.eval_steps == 0) or step == max_steps):
             metrics = run_evaluation(accelerator, model, processor, eval_data, config)
             model.train()
@@ -392,22 +445,44 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
                 metrics["mean_iou"] or 0,
                 metrics["mean_iou_evaluate"] or 0,
             )
+            current = metrics["mean_iou"]
+            if config.save_best_model and current is not None and (best_mean_iou is None or current > best_mean_iou):
+                best_mean_iou = metrics["mean_iou"]
+                write_model_folder(
+                    accelerator, model, processor, config, train_data, eval_data, metrics, step, "best_model"
+                )
+        # After the evaluation, so that the checkpoint knows the best result so far.
+        if step % config.save_steps == 0 or step == max_steps:
+            state = {
+                "step": step,
+                "num_processes": accelerator.num_processes,
+                "best_mean_iou": best_mean_iou,
+                "config": config.to_dict(),
+            }
+            save_checkpoint(accelerator, output_dir, step, state, config.save_total_limit)
     bar.close()
     seconds = time.perf_counter() - started
     model_dir = None
     if step == max_steps:
-        model_dir = save_final_model(accelerator, model, processor, config, train_data, eval_data, metrics, step)
+        model_dir = write_model_folder(accelerator, model, processor, config, train_data, eval_data, metrics, step)
+        if model_dir is not None and config.push_to_hub:
+            from .hub import push_folder_to_hub
+
+            url = push_folder_to_hub(
+                model_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token
+            )
+            logger.info("pushed to %s", url)
     accelerator.end_training()
     return TrainResult(output_dir, model_dir, step, metrics, seconds)
 
 
-def save_final_model(
-    accelerator, model, processor, config: TrainConfig, train_data, eval_data, metrics, steps: int
+def write_model_folder(
+    accelerator, model, processor, config: TrainConfig, train_data, eval_data, metrics, steps: int, name: str = "model"
 ) -> Path | None:
-    """Write `output_dir/model` (Hub-ready, with a model card of the measured results) and push it if asked."""
+    """Write `output_dir/<name>` (Hub-ready, with a model card of the measured results); every process must call
+    this, the main process writes and returns the folder."""
     from processing import save_for_hub
 
-    from .hub import push_folder_to_hub
     from .model_card import training_card
 
     accelerator.wait_for_everyone()
@@ -423,13 +498,12 @@ def save_final_model(
         (folder / "README.md").write_text(card, encoding="utf-8")
         (folder / "training_config.json").write_text(json.dumps(config.to_dict(), indent=1), encoding="utf-8")
         if metrics:
-            (folder / "eval_results.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+            results = json.dumps({"step": steps, **metrics}, indent=1)
+            (folder / "eval_results.json").write_text(results, encoding="utf-8")
 
-    model_dir = publish_folder(build, Path(config.output_dir) / "model")
-    logger.info("saved the model to %s", model_dir)
-    if config.push_to_hub:
-        url = push_folder_to_hub(model_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token)
-        logger.info("pushed to %s", url)
+    # The best model replaces its predecessor; the final model keeps an earlier run's as `model.previous-<n>`.
+    model_dir = publish_folder(build, Path(config.output_dir) / name, keep_previous=name == "model")
+    logger.info("saved the model of step %d to %s", steps, model_dir)
     return model_dir
 
 
@@ -440,10 +514,15 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Every setting of training.config.TrainConfig is a flag; lists and mappings as JSON.",
     )
     add_config_arguments(parser)
+    args = parser.parse_args(argv)
     try:
-        config = config_from_args(parser.parse_args(argv))
+        # `accelerate launch --cpu --num_processes N` starts this one process: start the N it was asked for.
+        status = relaunch_requested_processes("training.train", sys.argv[1:] if argv is None else list(argv))
+        if status is not None:
+            return status
+        config = config_from_args(args)
         result = train(config)
-    except (ConfigError, DataError) as error:
+    except (ConfigError, DataError, LaunchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.model_dir is not None:
