@@ -711,8 +711,9 @@ class CatSegModel(CatSegPreTrainedModel):
     ) -> CatSegModelOutput | tuple:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`):
-                Images normalised with the CLIP mean and std, at `config.image_size` (use the processor).
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                Images normalised with the CLIP mean and std (use the processor). Other sizes than
+                `config.image_size` are resized to it bilinearly, as the official model does.
             input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)`, *optional*):
                 The tokenised class prompts, one vocabulary shared by the whole batch.
             attention_mask (`torch.Tensor` of shape `(num_classes, sequence_length)`, *optional*):
@@ -725,7 +726,7 @@ class CatSegModel(CatSegPreTrainedModel):
                 `config.eval_class_pooling_size` in evaluation mode (the official protocol).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_pixel_values(pixel_values)
+        pixel_values = self._clip_input(pixel_values)
         if (input_ids is None) == (text_embeds is None):
             raise ValueError(
                 "Give the class vocabulary exactly once: either input_ids (num_classes, sequence_length) from the "
@@ -787,14 +788,18 @@ class CatSegModel(CatSegPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        size = self.config.image_size
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[2:]) != (size, size):
+    def _clip_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`pixel_values` at CLIP's resolution: other sizes are resized bilinearly (no antialiasing), as the official
+        model does (the ViT-L/14@336 model takes 384 crops and resizes them to 336)."""
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(
-                f"pixel_values must be (batch_size, 3, {size}, {size}) CLIP-normalised images; got shape "
-                f"{tuple(pixel_values.shape)}. Prepare images with the CAT-Seg processor, which resizes them to "
-                f"config.image_size={size}."
+                f"pixel_values must be (batch_size, 3, height, width) CLIP-normalised images; got shape "
+                f"{tuple(pixel_values.shape)}. Prepare images with the CAT-Seg processor."
             )
+        size = self.config.image_size
+        if tuple(pixel_values.shape[2:]) != (size, size):
+            pixel_values = F.interpolate(pixel_values, size=(size, size), mode="bilinear", align_corners=False)
+        return pixel_values
 
 
 class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
@@ -853,8 +858,9 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
     ) -> CatSegSemanticSegmenterOutput | tuple:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`):
-                Images normalised with the CLIP mean and std, at `config.image_size` (use the processor).
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                Images normalised with the CLIP mean and std (use the processor). Other sizes than
+                `config.image_size` are resized to it bilinearly, as the official model does.
             input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)`, *optional*):
                 The tokenised class prompts, one vocabulary shared by the whole batch.
             attention_mask (`torch.Tensor` of shape `(num_classes, sequence_length)`, *optional*):
