@@ -6,6 +6,14 @@ from typing import Any
 
 from transformers import CLIPConfig, PreTrainedConfig
 
+# CAT-Seg exists only as remote code, so every saved folder names its classes, whichever class was saved:
+# `save_pretrained` itself records only the saved class's own Auto entry.
+CATSEG_AUTO_MAP = {
+    "AutoConfig": "configuration_catseg.CatSegConfig",
+    "AutoModel": "modeling_catseg.CatSegForSemanticSegmentation",
+    "AutoModelForSemanticSegmentation": "modeling_catseg.CatSegForSemanticSegmentation",
+}
+
 # Which CLIP parameters train, per row of the paper's Table 6. Each policy is a predicate on the parameter names of
 # `transformers.CLIPModel`; everything outside CLIP always trains.
 CLIP_FINETUNE_POLICIES = ("freeze", "prompt", "full", "attention", "qk", "kv", "qv_image", "qv_text", "qv")
@@ -163,6 +171,7 @@ class CatSegConfig(PreTrainedConfig):
         self.prompt_length = prompt_length
         self.ignore_index = ignore_index
         self.initializer_range = initializer_range
+        kwargs.setdefault("auto_map", dict(CATSEG_AUTO_MAP))
         super().__init__(**kwargs)
         self._check()
 
