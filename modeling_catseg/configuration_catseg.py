@@ -216,6 +216,16 @@ class CatSegConfig(PreTrainedConfig):
             raise ValueError('clip_finetune="prompt" needs prompt_depth > 0 and prompt_length > 0.')
 
     @property
+    def text_config(self):
+        """CLIP's text configuration (for code written against CLIP-like configurations)."""
+        return self.clip_config.text_config
+
+    @property
+    def vision_config(self):
+        """CLIP's vision configuration."""
+        return self.clip_config.vision_config
+
+    @property
     def feature_resolution(self) -> int:
         """Side of the CLIP patch grid the aggregator works on (24 for both released models)."""
         return self.image_size // self.clip_config.vision_config.patch_size

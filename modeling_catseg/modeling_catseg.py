@@ -119,6 +119,18 @@ def guidance_query_key(q_proj: nn.Linear, k_proj: nn.Linear, guidance: torch.Ten
     return F.linear(guidance, torch.cat([q_proj.weight[:, start:], k_proj.weight[:, start:]]))
 
 
+def chunked(function, tensor: torch.Tensor, chunk_size: int, dim: int) -> torch.Tensor:
+    """`function(tensor)` computed on chunks of `chunk_size` along `dim` and concatenated, to bound peak memory.
+
+    Only for functions that treat the slices along `dim` independently, so the result does not depend on the
+    chunking. Under `torch.compile` / `torch.export` it is one call: a traced graph would otherwise hold one copy per
+    chunk, and the chunk count would tie the graph to the number of classes.
+    """
+    if torch.compiler.is_compiling() or chunk_size >= tensor.shape[dim]:
+        return function(tensor)
+    return torch.cat([function(chunk) for chunk in tensor.split(chunk_size, dim=dim)], dim=dim)
+
+
 class CatSegMLP(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, activation: nn.Module) -> None:
         super().__init__()
@@ -374,12 +386,12 @@ class CatSegClassAggregation(nn.Module):
         )
         length = max(classes, self.max_classes)
         guided_query_key = guidance_query_key(attention.q_proj, attention.k_proj, text_guidance.unsqueeze(1))
-        positions = min(pooled.shape[2] * pooled.shape[3], max(1, maps_per_chunk * h * w // (batch * classes)))
-        tokens = torch.cat(
-            [
-                self._aggregate(chunk.transpose(1, 2).contiguous(), guided_query_key, padding, length).transpose(1, 2)
-                for chunk in pooled.flatten(2, 3).split(positions, dim=2)
-            ],
+        tokens = chunked(
+            lambda chunk: self._aggregate(
+                chunk.transpose(1, 2).contiguous(), guided_query_key, padding, length
+            ).transpose(1, 2),
+            pooled.flatten(2, 3),
+            max(1, maps_per_chunk * h * w // (batch * classes)),
             dim=2,
         ).view(pooled.shape)
         if pooling_size > 1:
@@ -418,14 +430,11 @@ class CatSegAggregationLayer(GradientCheckpointingLayer):
         maps_per_chunk: int,
     ) -> torch.Tensor:
         # Each class's map is aggregated on its own, so chunks of classes bound the working set of large vocabularies.
-        batch, classes = hidden_states.shape[:2]
-        classes_per_chunk = min(classes, max(1, maps_per_chunk // batch))
         guidance_terms = self.spatial_aggregation.guidance_terms(appearance_guidance)
-        hidden_states = torch.cat(
-            [
-                self.spatial_aggregation(chunk, guidance_terms)
-                for chunk in hidden_states.split(classes_per_chunk, dim=1)
-            ],
+        hidden_states = chunked(
+            lambda chunk: self.spatial_aggregation(chunk, guidance_terms),
+            hidden_states,
+            max(1, maps_per_chunk // hidden_states.shape[0]),
             dim=1,
         )
         return self.class_aggregation(hidden_states, text_guidance, pooling_size, maps_per_chunk)
@@ -546,15 +555,14 @@ class CatSegUpsamplingDecoder(nn.Module):
                 self.stages, self.guidance_upsamplers, self.guidance_projections, guidance_features
             )
         ]
-        logits = []
-        batch, classes = aggregated_features.shape[:2]
-        classes_per_chunk = min(classes, max(1, maps_per_chunk // batch))
-        for chunk in aggregated_features.split(classes_per_chunk, dim=1):
+
+        def decode(chunk: torch.Tensor) -> torch.Tensor:
             hidden_states = chunk.permute(0, 1, 4, 2, 3)
             for stage, terms in zip(self.stages, shared_terms):
                 hidden_states = stage(hidden_states, terms)
-            logits.append(self.head(hidden_states.flatten(0, 1)).view(*chunk.shape[:2], *hidden_states.shape[-2:]))
-        return torch.cat(logits, dim=1)
+            return self.head(hidden_states.flatten(0, 1)).view(*chunk.shape[:2], *hidden_states.shape[-2:])
+
+        return chunked(decode, aggregated_features, max(1, maps_per_chunk // aggregated_features.shape[0]), dim=1)
 
 
 class CatSegPreTrainedModel(PreTrainedModel):
@@ -578,6 +586,15 @@ class CatSegPreTrainedModel(PreTrainedModel):
             init.zeros_(module.padding_guidance)
         elif isinstance(module, CatSegModel) and module.visual_prompt_tokens is not None:
             init.xavier_uniform_(module.visual_prompt_tokens)
+
+    def _clip(self) -> CLIPModel:
+        return self.clip if isinstance(self, CatSegModel) else self.catseg.clip
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self._clip().text_model.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self._clip().text_model.embeddings.token_embedding = value
 
     def apply_clip_finetune_policy(self) -> None:
         """Set `requires_grad` on the CLIP parameters according to `config.clip_finetune` (paper, Table 6).
@@ -723,10 +740,14 @@ class CatSegModel(CatSegPreTrainedModel):
         return int(is_eos.int().argmax(dim=1).max()) + 1
 
     def get_dense_image_features(
-        self, pixel_values: torch.FloatTensor, output_hidden_states: bool = False, output_attentions: bool = False
+        self,
+        pixel_values: torch.FloatTensor,
+        output_hidden_states: bool | list[int] = False,
+        output_attentions: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple | None, tuple | None]:
         """Dense CLIP features `(batch, projection_dim, grid, grid)`, the guidance layers' patch tokens, and the vision
-        tower's hidden states and attentions when asked for (see [`CatSegModelOutput`]).
+        tower's hidden states and attentions when asked for (see [`CatSegModelOutput`]). `output_hidden_states` may
+        list the indices to keep (negative ones count from the end); the others are `None`.
 
         The last vision block runs only its value path: `out_proj(v_proj(norm1(x)))` plus the input CLS token as the
         residual, then its MLP; the result goes through `post_layernorm` and `visual_projection` on every token.
@@ -736,25 +757,28 @@ class CatSegModel(CatSegPreTrainedModel):
         *blocks, last_block = vision.encoder.layers
         grid = self.config.feature_resolution
         taps = {}
-        all_hidden_states = [hidden_states] if output_hidden_states else None
+        num_states = len(vision.encoder.layers) + 1
+        if isinstance(output_hidden_states, (list, tuple)):
+            kept = {index % num_states for index in output_hidden_states}
+        else:
+            kept = set(range(num_states)) if output_hidden_states else set()
+        all_hidden_states = [hidden_states if 0 in kept else None]
         attentions = [] if output_attentions else None
         for index, block in enumerate(blocks):
             hidden_states = self._run_vision_block(block, hidden_states, index, attentions)
             if index in self.config.guidance_layers:
                 taps[index] = _patch_tokens_to_map(hidden_states, grid)
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
+            all_hidden_states.append(hidden_states if index + 1 in kept else None)
         attention = last_block.self_attn
         values = attention.out_proj(attention.v_proj(last_block.layer_norm1(hidden_states)))
         hidden_states = values + hidden_states[:, :1]
         hidden_states = hidden_states + last_block.mlp(last_block.layer_norm2(hidden_states))
-        if output_hidden_states:
-            all_hidden_states.append(hidden_states)
+        all_hidden_states.append(hidden_states if num_states - 1 in kept else None)
         dense = self.clip.visual_projection(vision.post_layernorm(hidden_states))
         return (
             _patch_tokens_to_map(dense, grid),
             tuple(taps[index] for index in self.config.guidance_layers),
-            tuple(all_hidden_states) if output_hidden_states else None,
+            tuple(all_hidden_states) if kept else None,
             tuple(attentions) if output_attentions else None,
         )
 
@@ -790,7 +814,7 @@ class CatSegModel(CatSegPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         text_embeds: torch.FloatTensor | None = None,
         class_pooling_size: int | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         output_attentions: bool | None = None,
     ) -> CatSegModelOutput:
         r"""
@@ -808,8 +832,8 @@ class CatSegModel(CatSegPreTrainedModel):
             class_pooling_size (`int`, *optional*):
                 Pooling of the class aggregation; defaults to `config.class_pooling_size` in training mode and
                 `config.eval_class_pooling_size` in evaluation mode (the official protocol).
-            output_hidden_states (`bool`, *optional*):
-                Return the CLIP vision tower's hidden states.
+            output_hidden_states (`bool` or `list[int]`, *optional*):
+                Return the CLIP vision tower's hidden states (a list: only those indices, the others `None`).
             output_attentions (`bool`, *optional*):
                 Return the CLIP vision blocks' attention probabilities (eager attention only).
         """
