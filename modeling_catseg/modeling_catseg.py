@@ -715,6 +715,10 @@ class CatSegModel(CatSegPreTrainedModel):
                 f"input_ids must be (num_classes, sequence_length), one vocabulary shared by the batch; got shape "
                 f"{tuple(input_ids.shape)}."
             )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
         if not torch.compiler.is_compiling():
             length = self._prompt_length(input_ids, attention_mask)
             input_ids = input_ids[:, :length]

@@ -11,6 +11,7 @@ import unittest
 import pytest
 import torch
 from tiny_models import tiny_catseg_config, tiny_clip_config
+from parameterized import parameterized
 from transformers_common import import_common
 
 from modeling_catseg import CatSegConfig, CatSegForSemanticSegmentation, CatSegModel
@@ -76,8 +77,14 @@ class CatSegCommonTests(ModelTesterMixin):
         inputs_dict = dict(inputs_dict)
         if return_labels and model_class is CatSegForSemanticSegmentation:
             size = (self.model_tester.batch_size, self.model_tester.image_size, self.model_tester.image_size)
-            inputs_dict["labels"] = torch.randint(0, self.model_tester.num_classes, size, device=common.torch_device)
+            # The same labels on every call: some tests compare two calls' losses.
+            labels = torch.randint(0, self.model_tester.num_classes, size, generator=torch.Generator().manual_seed(0))
+            inputs_dict["labels"] = labels.to(common.torch_device)
         return inputs_dict
+
+    def _text_features_get_expected_num_attentions(self, model_tester=None):
+        # get_text_features returns CLIP's text tower output, whose depth differs from the vision tower's.
+        return self.model_tester.get_config().clip_config.text_config.num_hidden_layers
 
     def test_config(self):
         self.config_tester.run_common_tests()
@@ -88,6 +95,26 @@ class CatSegCommonTests(ModelTesterMixin):
 
     @unittest.skip("input_ids hold one vocabulary for the whole batch, so the batch cannot be split along them")
     def test_multi_gpu_data_parallel_forward(self):
+        pass
+
+    @parameterized.expand(common.TEST_EAGER_MATCHES_SDPA_INFERENCE_PARAMETERIZATION)
+    def test_eager_matches_sdpa_inference(
+        self, name, dtype, padding_side, use_attention_mask, output_attentions, enable_kernels
+    ):
+        if use_attention_mask:
+            self.skipTest(
+                "the test pads a batch-first text input with a (batch_size, length) attention_mask; CAT-Seg's prompts "
+                "are one (num_classes, length) vocabulary shared by the batch"
+            )
+        common._test_eager_matches_sdpa_inference(
+            self, name, dtype, padding_side, use_attention_mask, output_attentions, enable_kernels
+        )
+
+    @unittest.skip(
+        "the first hidden state is CLIP's embedding output, which the official fine-tuning policies always freeze, so "
+        "it has no gradient to retain; the later ones do (test_training)"
+    )
+    def test_retain_grad_hidden_states_attentions(self):
         pass
 
 
