@@ -596,6 +596,54 @@ class CatSegPreTrainedModel(PreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self._clip().text_model.embeddings.token_embedding = value
 
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """CLIP's text output for tokenised prompts `(num_classes, sequence_length)`, with `pooler_output` the
+        L2-normalised text features `(num_classes, projection_dim)` that CAT-Seg uses.
+
+        Outside `torch.compile`/`torch.export`, prompts are cut after their longest end-of-text token: attention is
+        causal and the feature is read at the end-of-text token, so the padding after it cannot change the result
+        and is not worth computing (the cut length depends on the data, which a traced graph cannot).
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(
+                f"input_ids must be (num_classes, sequence_length), one vocabulary shared by the batch; got shape "
+                f"{tuple(input_ids.shape)}."
+            )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if not torch.compiler.is_compiling():
+            length = self._prompt_length(input_ids, attention_mask)
+            input_ids = input_ids[:, :length]
+            attention_mask = attention_mask[:, :length] if attention_mask is not None else None
+        output = self._clip().get_text_features(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        output.pooler_output = F.normalize(output.pooler_output, dim=-1)
+        return output
+
+    def _prompt_length(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> int:
+        """Tokens up to the last prompt's end-of-text token (all of them when some prompt has none)."""
+        if attention_mask is not None:
+            return int(attention_mask.sum(dim=1).max())
+        eos = self.config.clip_config.text_config.eos_token_id
+        is_eos = input_ids == (eos if eos != 2 else input_ids.max())
+        if not bool(is_eos.any(dim=1).all()):
+            return input_ids.shape[1]
+        return int(is_eos.int().argmax(dim=1).max()) + 1
+
     def apply_clip_finetune_policy(self) -> None:
         """Set `requires_grad` on the CLIP parameters according to `config.clip_finetune` (paper, Table 6).
 
@@ -694,54 +742,6 @@ class CatSegModel(CatSegPreTrainedModel):
         self.layers = nn.ModuleList(CatSegAggregationLayer(config) for _ in range(config.num_layers))
         self.post_init()
         self.apply_clip_finetune_policy()
-
-    @can_return_tuple
-    def get_text_features(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-    ) -> BaseModelOutputWithPooling:
-        """CLIP's text output for tokenised prompts `(num_classes, sequence_length)`, with `pooler_output` the
-        L2-normalised text features `(num_classes, projection_dim)` that CAT-Seg uses.
-
-        Outside `torch.compile`/`torch.export`, prompts are cut after their longest end-of-text token: attention is
-        causal and the feature is read at the end-of-text token, so the padding after it cannot change the result
-        and is not worth computing (the cut length depends on the data, which a traced graph cannot).
-        """
-        if input_ids.ndim != 2:
-            raise ValueError(
-                f"input_ids must be (num_classes, sequence_length), one vocabulary shared by the batch; got shape "
-                f"{tuple(input_ids.shape)}."
-            )
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        if output_attentions is None:
-            output_attentions = self.config.output_attentions
-        if not torch.compiler.is_compiling():
-            length = self._prompt_length(input_ids, attention_mask)
-            input_ids = input_ids[:, :length]
-            attention_mask = attention_mask[:, :length] if attention_mask is not None else None
-        output = self.clip.get_text_features(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        output.pooler_output = F.normalize(output.pooler_output, dim=-1)
-        return output
-
-    def _prompt_length(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> int:
-        """Tokens up to the last prompt's end-of-text token (all of them when some prompt has none)."""
-        if attention_mask is not None:
-            return int(attention_mask.sum(dim=1).max())
-        eos = self.config.clip_config.text_config.eos_token_id
-        is_eos = input_ids == (eos if eos != 2 else input_ids.max())
-        if not bool(is_eos.any(dim=1).all()):
-            return input_ids.shape[1]
-        return int(is_eos.int().argmax(dim=1).max()) + 1
 
     def get_dense_image_features(
         self,
@@ -954,18 +954,6 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         model = cls(config)
         model.catseg.clip.load_state_dict(clip.state_dict())
         return model
-
-    @can_return_tuple
-    def get_text_features(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-    ) -> BaseModelOutputWithPooling:
-        """CLIP's text output with the L2-normalised text features `(num_classes, projection_dim)` as
-        `pooler_output`; see [`CatSegModel.get_text_features`]."""
-        return self.catseg.get_text_features(input_ids, attention_mask, output_hidden_states, output_attentions)
 
     @can_return_tuple
     def forward(
