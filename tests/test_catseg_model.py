@@ -347,3 +347,20 @@ def test_decoder_stage_equals_transposed_convolution_then_conv1(size):
     assert folded.shape == (2, 3, 16, 2 * size, 2 * size)
     torch.testing.assert_close(folded.flatten(0, 1), official, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(stage.upsample.weight.grad, official_gradient, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["qv", "attention", "full", "kv"])
+def test_every_trainable_parameter_gets_a_gradient(policy, tmp_path):
+    """What DDP with find_unused_parameters=False needs; also after from_pretrained + apply_clip_finetune_policy."""
+    torch.manual_seed(0)
+    model = CatSegForSemanticSegmentation(tiny_catseg_config(clip_finetune=policy))
+    last = model.catseg.clip.vision_model.encoder.layers[-1].self_attn
+    assert not last.q_proj.weight.requires_grad and not last.k_proj.weight.requires_grad  # the dense path skips them
+    model.save_pretrained(tmp_path)
+    loaded = CatSegForSemanticSegmentation.from_pretrained(tmp_path)
+    loaded.apply_clip_finetune_policy()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert {name for name, p in loaded.named_parameters() if p.requires_grad} == trainable
+    loaded.train()
+    loaded(pixels(2), input_ids=prompts(3), labels=torch.zeros(2, 16, 16, dtype=torch.long)).loss.backward()
+    assert [name for name, p in loaded.named_parameters() if p.requires_grad and p.grad is None] == []
