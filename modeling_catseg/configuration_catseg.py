@@ -6,6 +6,14 @@ from typing import Any
 
 from transformers import CLIPConfig, PreTrainedConfig
 
+# CAT-Seg exists only as remote code, so every saved folder names its classes, whichever class was saved:
+# `save_pretrained` itself records only the saved class's own Auto entry.
+CATSEG_AUTO_MAP = {
+    "AutoConfig": "configuration_catseg.CatSegConfig",
+    "AutoModel": "modeling_catseg.CatSegForSemanticSegmentation",
+    "AutoModelForSemanticSegmentation": "modeling_catseg.CatSegForSemanticSegmentation",
+}
+
 # Which CLIP parameters train, per row of the paper's Table 6. Each policy is a predicate on the parameter names of
 # `transformers.CLIPModel`; everything outside CLIP always trains.
 CLIP_FINETUNE_POLICIES = ("freeze", "prompt", "full", "attention", "qk", "kv", "qv_image", "qv_text", "qv")
@@ -163,6 +171,7 @@ class CatSegConfig(PreTrainedConfig):
         self.prompt_length = prompt_length
         self.ignore_index = ignore_index
         self.initializer_range = initializer_range
+        kwargs.setdefault("auto_map", dict(CATSEG_AUTO_MAP))
         super().__init__(**kwargs)
         self._check()
 
@@ -205,6 +214,16 @@ class CatSegConfig(PreTrainedConfig):
                 raise ValueError(f"{name}={value!r} must be a positive integer, or None for the default.")
         if self.clip_finetune == "prompt" and not (self.prompt_depth and self.prompt_length):
             raise ValueError('clip_finetune="prompt" needs prompt_depth > 0 and prompt_length > 0.')
+
+    @property
+    def text_config(self):
+        """CLIP's text configuration (for code written against CLIP-like configurations)."""
+        return self.clip_config.text_config
+
+    @property
+    def vision_config(self):
+        """CLIP's vision configuration."""
+        return self.clip_config.vision_config
 
     @property
     def feature_resolution(self) -> int:

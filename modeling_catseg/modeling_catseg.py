@@ -18,7 +18,11 @@ from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.clip.modeling_clip import eager_attention_forward
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_catseg import CatSegConfig
 
@@ -45,6 +49,12 @@ class CatSegModelOutput(ModelOutput):
         selected_classes (`torch.LongTensor` of shape `(batch_size, kept_classes)`, *optional*):
             When the vocabulary is larger than `config.max_classes` (or `config.top_k_classes`), the (sorted)
             indices of the classes kept for each image; `None` otherwise.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The CLIP vision tower's hidden states, each `(batch_size, 1 + grid * grid, vision_hidden_size)`: the
+            embeddings, then the output of every vision block (the last one being its dense value path).
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            Attention probabilities `(batch_size, num_heads, tokens, tokens)` of every CLIP vision block but the
+            last, which attends to nothing (eager attention only).
     """
 
     aggregated_features: torch.FloatTensor | None = None
@@ -53,6 +63,8 @@ class CatSegModelOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     cost_volume: torch.FloatTensor | None = None
     selected_classes: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -79,6 +91,10 @@ class CatSegSemanticSegmenterOutput(ModelOutput):
         selected_classes (`torch.LongTensor` of shape `(batch_size, kept_classes)`, *optional*):
             Returned with `output_hidden_states=True` when the vocabulary exceeded `config.max_classes` (or
             `config.top_k_classes`).
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+            The CLIP vision tower's hidden states; see [`CatSegModelOutput`].
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            The CLIP vision blocks' attention probabilities; see [`CatSegModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -88,6 +104,8 @@ class CatSegSemanticSegmenterOutput(ModelOutput):
     aggregated_features: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
     selected_classes: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def guidance_query_key(q_proj: nn.Linear, k_proj: nn.Linear, guidance: torch.Tensor) -> torch.Tensor:
@@ -99,6 +117,18 @@ def guidance_query_key(q_proj: nn.Linear, k_proj: nn.Linear, guidance: torch.Ten
     """
     start = q_proj.in_features - guidance.shape[-1]
     return F.linear(guidance, torch.cat([q_proj.weight[:, start:], k_proj.weight[:, start:]]))
+
+
+def chunked(function, tensor: torch.Tensor, chunk_size: int, dim: int) -> torch.Tensor:
+    """`function(tensor)` computed on chunks of `chunk_size` along `dim` and concatenated, to bound peak memory.
+
+    Only for functions that treat the slices along `dim` independently, so the result does not depend on the
+    chunking. Under `torch.compile` / `torch.export` it is one call: a traced graph would otherwise hold one copy per
+    chunk, and the chunk count would tie the graph to the number of classes.
+    """
+    if torch.compiler.is_compiling() or chunk_size >= tensor.shape[dim]:
+        return function(tensor)
+    return torch.cat([function(chunk) for chunk in tensor.split(chunk_size, dim=dim)], dim=dim)
 
 
 class CatSegMLP(nn.Module):
@@ -115,9 +145,13 @@ class CatSegMLP(nn.Module):
 class CatSegWindowAttention(nn.Module):
     """Multi-head attention inside Swin windows; queries and keys also see the appearance guidance, values do not."""
 
-    def __init__(self, dim: int, guidance_dim: int, num_heads: int) -> None:
+    def __init__(self, config: CatSegConfig, dim: int, guidance_dim: int, num_heads: int) -> None:
         super().__init__()
+        self.config = config
         self.num_heads = num_heads
+        self.scaling = (dim // num_heads) ** -0.5
+        # Read by the SDPA integration, which otherwise assumes causal attention.
+        self.is_causal = False
         self.q_proj = nn.Linear(dim + guidance_dim, dim)
         self.k_proj = nn.Linear(dim + guidance_dim, dim)
         self.v_proj = nn.Linear(dim, dim)
@@ -147,9 +181,11 @@ class CatSegWindowAttention(nn.Module):
         query, key, value = qkv.reshape(3, batch * classes, windows * heads, area, dim // heads).unbind(0)
         if attention_mask is not None:
             attention_mask = attention_mask.repeat_interleave(heads, dim=0).unsqueeze(0)
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-        context = context.view(batch, classes, windows, heads, area, dim // heads).transpose(3, 4)
-        return self.out_proj(context.reshape(batch, classes, windows, area, dim))
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        context, _ = attention(self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0)
+        # (batch * classes, area, windows * heads, head_dim) -> (batch, classes, windows, area, dim)
+        context = context.reshape(batch, classes, area, windows, dim).transpose(2, 3)
+        return self.out_proj(context)
 
 
 class CatSegSwinBlock(nn.Module):
@@ -168,7 +204,7 @@ class CatSegSwinBlock(nn.Module):
             )
         self.resolution = resolution
         self.norm1 = nn.LayerNorm(dim)
-        self.attention = CatSegWindowAttention(dim, config.appearance_guidance_dim, config.num_heads)
+        self.attention = CatSegWindowAttention(config, dim, config.appearance_guidance_dim, config.num_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, nn.GELU())
 
@@ -350,12 +386,12 @@ class CatSegClassAggregation(nn.Module):
         )
         length = max(classes, self.max_classes)
         guided_query_key = guidance_query_key(attention.q_proj, attention.k_proj, text_guidance.unsqueeze(1))
-        positions = min(pooled.shape[2] * pooled.shape[3], max(1, maps_per_chunk * h * w // (batch * classes)))
-        tokens = torch.cat(
-            [
-                self._aggregate(chunk.transpose(1, 2).contiguous(), guided_query_key, padding, length).transpose(1, 2)
-                for chunk in pooled.flatten(2, 3).split(positions, dim=2)
-            ],
+        tokens = chunked(
+            lambda chunk: self._aggregate(
+                chunk.transpose(1, 2).contiguous(), guided_query_key, padding, length
+            ).transpose(1, 2),
+            pooled.flatten(2, 3),
+            max(1, maps_per_chunk * h * w // (batch * classes)),
             dim=2,
         ).view(pooled.shape)
         if pooling_size > 1:
@@ -394,14 +430,11 @@ class CatSegAggregationLayer(GradientCheckpointingLayer):
         maps_per_chunk: int,
     ) -> torch.Tensor:
         # Each class's map is aggregated on its own, so chunks of classes bound the working set of large vocabularies.
-        batch, classes = hidden_states.shape[:2]
-        classes_per_chunk = min(classes, max(1, maps_per_chunk // batch))
         guidance_terms = self.spatial_aggregation.guidance_terms(appearance_guidance)
-        hidden_states = torch.cat(
-            [
-                self.spatial_aggregation(chunk, guidance_terms)
-                for chunk in hidden_states.split(classes_per_chunk, dim=1)
-            ],
+        hidden_states = chunked(
+            lambda chunk: self.spatial_aggregation(chunk, guidance_terms),
+            hidden_states,
+            max(1, maps_per_chunk // hidden_states.shape[0]),
             dim=1,
         )
         return self.class_aggregation(hidden_states, text_guidance, pooling_size, maps_per_chunk)
@@ -522,15 +555,14 @@ class CatSegUpsamplingDecoder(nn.Module):
                 self.stages, self.guidance_upsamplers, self.guidance_projections, guidance_features
             )
         ]
-        logits = []
-        batch, classes = aggregated_features.shape[:2]
-        classes_per_chunk = min(classes, max(1, maps_per_chunk // batch))
-        for chunk in aggregated_features.split(classes_per_chunk, dim=1):
+
+        def decode(chunk: torch.Tensor) -> torch.Tensor:
             hidden_states = chunk.permute(0, 1, 4, 2, 3)
             for stage, terms in zip(self.stages, shared_terms):
                 hidden_states = stage(hidden_states, terms)
-            logits.append(self.head(hidden_states.flatten(0, 1)).view(*chunk.shape[:2], *hidden_states.shape[-2:]))
-        return torch.cat(logits, dim=1)
+            return self.head(hidden_states.flatten(0, 1)).view(*chunk.shape[:2], *hidden_states.shape[-2:])
+
+        return chunked(decode, aggregated_features, max(1, maps_per_chunk // aggregated_features.shape[0]), dim=1)
 
 
 class CatSegPreTrainedModel(PreTrainedModel):
@@ -540,9 +572,9 @@ class CatSegPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["CatSegAggregationLayer", "CatSegUpsamplingDecoder"]
+    # The shifted-window mask is additive, which flash and flex attention do not take; eager and SDPA both reach the
+    # window attention and the nested CLIP.
     _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
     # The loss is a mean over every pixel and class, so the Trainer must not rescale it by its own token count.
     accepts_loss_kwargs = False
 
@@ -555,24 +587,89 @@ class CatSegPreTrainedModel(PreTrainedModel):
         elif isinstance(module, CatSegModel) and module.visual_prompt_tokens is not None:
             init.xavier_uniform_(module.visual_prompt_tokens)
 
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
-        # Loading materialises fresh parameters, which forgets which CLIP weights are frozen.
-        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_clip_finetune_policy()
-        return loaded
+    def _clip(self) -> CLIPModel:
+        return self.clip if isinstance(self, CatSegModel) else self.catseg.clip
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self._clip().text_model.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self._clip().text_model.embeddings.token_embedding = value
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """CLIP's text output for tokenised prompts `(num_classes, sequence_length)`, with `pooler_output` the
+        L2-normalised text features `(num_classes, projection_dim)` that CAT-Seg uses.
+
+        Outside `torch.compile`/`torch.export`, prompts are cut after their longest end-of-text token: attention is
+        causal and the feature is read at the end-of-text token, so the padding after it cannot change the result
+        and is not worth computing (the cut length depends on the data, which a traced graph cannot).
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(
+                f"input_ids must be (num_classes, sequence_length), one vocabulary shared by the batch; got shape "
+                f"{tuple(input_ids.shape)}."
+            )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if not torch.compiler.is_compiling():
+            length = self._prompt_length(input_ids, attention_mask)
+            input_ids = input_ids[:, :length]
+            attention_mask = attention_mask[:, :length] if attention_mask is not None else None
+        output = self._clip().get_text_features(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        output.pooler_output = F.normalize(output.pooler_output, dim=-1)
+        return output
+
+    def _prompt_length(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> int:
+        """Tokens up to the last prompt's end-of-text token (all of them when some prompt has none)."""
+        if attention_mask is not None:
+            return int(attention_mask.sum(dim=1).max())
+        eos = self.config.clip_config.text_config.eos_token_id
+        is_eos = input_ids == (eos if eos != 2 else input_ids.max())
+        if not bool(is_eos.any(dim=1).all()):
+            return input_ids.shape[1]
+        return int(is_eos.int().argmax(dim=1).max()) + 1
 
     def apply_clip_finetune_policy(self) -> None:
         """Set `requires_grad` on the CLIP parameters according to `config.clip_finetune` (paper, Table 6).
 
-        Everything outside CLIP trains; the visual prompt tokens train only under the `"prompt"` policy.
+        Applied when a model is built. `from_pretrained` loads every parameter as trainable (as for any transformers
+        model), so call this again after loading to fine-tune. Everything outside CLIP trains; the visual prompt
+        tokens train only under the `"prompt"` policy. The query
+        and key projections of the last vision block stay frozen whatever the policy: its dense value path never
+        uses them, so they could get no gradient (and distributed training could not skip the unused-parameter
+        search).
         """
-        keep = _CLIP_FINETUNE_RULES[self.config.clip_finetune]
         for name, parameter in self.named_parameters():
-            if ".clip." in f".{name}":
-                parameter.requires_grad_(keep(name.split("clip.", 1)[1]))
-            elif name.endswith("visual_prompt_tokens"):
-                parameter.requires_grad_(self.config.clip_finetune == "prompt")
+            parameter.requires_grad_(self._learnable_by_policy(name) and not self._unused_by_dense_path(name))
+
+    def _learnable_by_policy(self, name: str) -> bool:
+        """Whether the official fine-tuning rule of `config.clip_finetune` makes parameter `name` trainable."""
+        if ".clip." in f".{name}":
+            return _CLIP_FINETUNE_RULES[self.config.clip_finetune](name.split("clip.", 1)[1])
+        if name.endswith("visual_prompt_tokens"):
+            return self.config.clip_finetune == "prompt"
+        return True
+
+    def _unused_by_dense_path(self, name: str) -> bool:
+        last = self.config.clip_config.vision_config.num_hidden_layers - 1
+        prefix = f"vision_model.encoder.layers.{last}.self_attn."
+        clip_name = name.split("clip.", 1)[1] if ".clip." in f".{name}" else ""
+        return clip_name.startswith((prefix + "q_proj.", prefix + "k_proj."))
 
     def maps_per_chunk(self, device: torch.device) -> int:
         """`config.cost_map_chunk_size`, or when it is `None` the default for `device` (see [`CatSegConfig`])."""
@@ -584,14 +681,17 @@ class CatSegPreTrainedModel(PreTrainedModel):
         return 8 if device.type == "cpu" else 256
 
     def learnable_parameter_counts(self) -> dict[str, int]:
-        """Parameters with `requires_grad`: `{"clip": ..., "cost_aggregation": ..., "total": ...}`.
+        """Learnable parameters as the official code counts them: `{"clip": ..., "cost_aggregation": ..., "total": ...}`.
 
         `"clip"` counts CLIP and its visual prompt tokens, `"cost_aggregation"` the aggregator and the decoder. With
-        the ViT-L/14@336 preset the totals are the paper's Table 6 (`"qv"`: 70.27M).
+        the ViT-L/14@336 preset the totals are the paper's Table 6 (`"qv"`: 70.27M). A parameter counts when the
+        official rule of `config.clip_finetune` makes it trainable, even if it receives no gradient: the query (and,
+        for some policies, key) projections of the last vision block are counted, as the official code marks them
+        trainable, although here they are frozen because its dense value path never uses them.
         """
         counts = {"clip": 0, "cost_aggregation": 0}
         for name, parameter in self.named_parameters():
-            if parameter.requires_grad:
+            if self._learnable_by_policy(name):
                 in_clip = ".clip." in f".{name}" or name.endswith("visual_prompt_tokens")
                 counts["clip" if in_clip else "cost_aggregation"] += parameter.numel()
         counts["total"] = counts["clip"] + counts["cost_aggregation"]
@@ -643,34 +743,15 @@ class CatSegModel(CatSegPreTrainedModel):
         self.post_init()
         self.apply_clip_finetune_policy()
 
-    def get_text_features(
-        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """L2-normalised CLIP text features `(num_classes, projection_dim)` of tokenised prompts `(num_classes, len)`.
-
-        Prompts are cut after their longest end-of-text token: attention is causal and the feature is read at the
-        end-of-text token, so the padding after it cannot change the result and is not worth computing.
-        """
-        if input_ids.ndim != 2:
-            raise ValueError(
-                f"input_ids must be (num_classes, sequence_length), one vocabulary shared by the batch; got shape "
-                f"{tuple(input_ids.shape)}."
-            )
-        if attention_mask is not None:
-            length = int(attention_mask.sum(dim=1).max())
-        else:
-            eos = self.config.clip_config.text_config.eos_token_id
-            is_eos = input_ids == (eos if eos != 2 else input_ids.max())
-            length = int(is_eos.int().argmax(dim=1).max()) + 1 if bool(is_eos.any(dim=1).all()) else input_ids.shape[1]
-        input_ids = input_ids[:, :length]
-        attention_mask = attention_mask[:, :length] if attention_mask is not None else None
-        text_embeds = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-        return F.normalize(text_embeds, dim=-1)
-
     def get_dense_image_features(
-        self, pixel_values: torch.FloatTensor
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """Dense CLIP features `(batch, projection_dim, grid, grid)` and the guidance layers' patch tokens.
+        self,
+        pixel_values: torch.FloatTensor,
+        output_hidden_states: bool | list[int] = False,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple | None, tuple | None]:
+        """Dense CLIP features `(batch, projection_dim, grid, grid)`, the guidance layers' patch tokens, and the vision
+        tower's hidden states and attentions when asked for (see [`CatSegModelOutput`]). `output_hidden_states` may
+        list the indices to keep (negative ones count from the end); the others are `None`.
 
         The last vision block runs only its value path: `out_proj(v_proj(norm1(x)))` plus the input CLS token as the
         residual, then its MLP; the result goes through `post_layernorm` and `visual_projection` on every token.
@@ -680,25 +761,56 @@ class CatSegModel(CatSegPreTrainedModel):
         *blocks, last_block = vision.encoder.layers
         grid = self.config.feature_resolution
         taps = {}
+        num_states = len(vision.encoder.layers) + 1
+        if isinstance(output_hidden_states, (list, tuple)):
+            kept = {index % num_states for index in output_hidden_states}
+        else:
+            kept = set(range(num_states)) if output_hidden_states else set()
+        all_hidden_states = [hidden_states if 0 in kept else None]
+        attentions = [] if output_attentions else None
         for index, block in enumerate(blocks):
-            hidden_states = self._run_vision_block(block, hidden_states, index)
+            hidden_states = self._run_vision_block(block, hidden_states, index, attentions)
             if index in self.config.guidance_layers:
                 taps[index] = _patch_tokens_to_map(hidden_states, grid)
+            all_hidden_states.append(hidden_states if index + 1 in kept else None)
         attention = last_block.self_attn
         values = attention.out_proj(attention.v_proj(last_block.layer_norm1(hidden_states)))
         hidden_states = values + hidden_states[:, :1]
         hidden_states = hidden_states + last_block.mlp(last_block.layer_norm2(hidden_states))
+        all_hidden_states.append(hidden_states if num_states - 1 in kept else None)
         dense = self.clip.visual_projection(vision.post_layernorm(hidden_states))
-        return _patch_tokens_to_map(dense, grid), tuple(taps[index] for index in self.config.guidance_layers)
+        return (
+            _patch_tokens_to_map(dense, grid),
+            tuple(taps[index] for index in self.config.guidance_layers),
+            tuple(all_hidden_states) if kept else None,
+            tuple(attentions) if output_attentions else None,
+        )
 
-    def _run_vision_block(self, block: nn.Module, hidden_states: torch.Tensor, index: int) -> torch.Tensor:
-        """A regular CLIP block; with deep visual prompt tuning, fresh prompt tokens ride along after the CLS token."""
-        if self.visual_prompt_tokens is None or index >= self.config.prompt_depth:
-            return block(hidden_states, None)
-        prompts = self.visual_prompt_tokens[index].expand(hidden_states.shape[0], -1, -1)
-        hidden_states = block(torch.cat([hidden_states[:, :1], prompts, hidden_states[:, 1:]], dim=1), None)
+    def _run_vision_block(
+        self, block: nn.Module, hidden_states: torch.Tensor, index: int, attentions: list | None
+    ) -> torch.Tensor:
+        """A regular CLIP block; with deep visual prompt tuning, fresh prompt tokens ride along after the CLS token.
+
+        With `attentions` (a list), the block's attention probabilities are appended to it.
+        """
+        prompts = None
+        if self.visual_prompt_tokens is not None and index < self.config.prompt_depth:
+            prompts = self.visual_prompt_tokens[index].expand(hidden_states.shape[0], -1, -1)
+            hidden_states = torch.cat([hidden_states[:, :1], prompts, hidden_states[:, 1:]], dim=1)
+        hook = None
+        if attentions is not None:
+            # CLIP's layer returns only its hidden states; its attention module also returns the probabilities.
+            hook = block.self_attn.register_forward_hook(lambda module, args, output: attentions.append(output[1]))
+        try:
+            hidden_states = block(hidden_states, None)
+        finally:
+            if hook is not None:
+                hook.remove()
+        if prompts is None:
+            return hidden_states
         return torch.cat([hidden_states[:, :1], hidden_states[:, 1 + prompts.shape[1] :]], dim=1)
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
@@ -706,13 +818,14 @@ class CatSegModel(CatSegPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         text_embeds: torch.FloatTensor | None = None,
         class_pooling_size: int | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> CatSegModelOutput | tuple:
+        output_hidden_states: bool | list[int] | None = None,
+        output_attentions: bool | None = None,
+    ) -> CatSegModelOutput:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`):
-                Images normalised with the CLIP mean and std, at `config.image_size` (use the processor).
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                Images normalised with the CLIP mean and std (use the processor). Other sizes than
+                `config.image_size` are resized to it bilinearly, as the official model does.
             input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)`, *optional*):
                 The tokenised class prompts, one vocabulary shared by the whole batch.
             attention_mask (`torch.Tensor` of shape `(num_classes, sequence_length)`, *optional*):
@@ -723,16 +836,23 @@ class CatSegModel(CatSegPreTrainedModel):
             class_pooling_size (`int`, *optional*):
                 Pooling of the class aggregation; defaults to `config.class_pooling_size` in training mode and
                 `config.eval_class_pooling_size` in evaluation mode (the official protocol).
+            output_hidden_states (`bool` or `list[int]`, *optional*):
+                Return the CLIP vision tower's hidden states (a list: only those indices, the others `None`).
+            output_attentions (`bool`, *optional*):
+                Return the CLIP vision blocks' attention probabilities (eager attention only).
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_pixel_values(pixel_values)
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        pixel_values = self._clip_input(pixel_values)
         if (input_ids is None) == (text_embeds is None):
             raise ValueError(
                 "Give the class vocabulary exactly once: either input_ids (num_classes, sequence_length) from the "
                 "processor, or text_embeds (num_classes, projection_dim) from get_text_features()."
             )
         if text_embeds is None:
-            text_embeds = self.get_text_features(input_ids, attention_mask)
+            text_embeds = self.get_text_features(input_ids, attention_mask).pooler_output
         elif text_embeds.shape[-1] != self.config.clip_config.projection_dim or text_embeds.ndim not in (2, 3):
             raise ValueError(
                 f"text_embeds must be (num_classes, {self.config.clip_config.projection_dim}) or (batch_size, "
@@ -745,7 +865,9 @@ class CatSegModel(CatSegPreTrainedModel):
                 self.config.class_pooling_size if self.training else self.config.eval_class_pooling_size
             )
 
-        dense_image_features, guidance_features = self.get_dense_image_features(pixel_values)
+        dense_image_features, guidance_features, vision_hidden_states, attentions = self.get_dense_image_features(
+            pixel_values, output_hidden_states, output_attentions
+        )
         batch = pixel_values.shape[0]
         class_features = F.normalize(text_embeds, dim=-1).to(dense_image_features.dtype)
         if class_features.ndim == 2:
@@ -777,24 +899,29 @@ class CatSegModel(CatSegPreTrainedModel):
                 self.maps_per_chunk(pixel_values.device),
             )
 
-        output = CatSegModelOutput(
+        return CatSegModelOutput(
             aggregated_features=hidden_states.permute(0, 4, 1, 2, 3),
             guidance_features=guidance_features,
             dense_image_features=dense_image_features,
             text_embeds=text_embeds,
             cost_volume=cost_volume,
             selected_classes=selected_classes,
+            hidden_states=vision_hidden_states,
+            attentions=attentions,
         )
-        return output if return_dict else output.to_tuple()
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
-        size = self.config.image_size
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[2:]) != (size, size):
+    def _clip_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`pixel_values` at CLIP's resolution: other sizes are resized bilinearly (no antialiasing), as the official
+        model does (the ViT-L/14@336 model takes 384 crops and resizes them to 336)."""
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(
-                f"pixel_values must be (batch_size, 3, {size}, {size}) CLIP-normalised images; got shape "
-                f"{tuple(pixel_values.shape)}. Prepare images with the CAT-Seg processor, which resizes them to "
-                f"config.image_size={size}."
+                f"pixel_values must be (batch_size, 3, height, width) CLIP-normalised images; got shape "
+                f"{tuple(pixel_values.shape)}. Prepare images with the CAT-Seg processor."
             )
+        size = self.config.image_size
+        if tuple(pixel_values.shape[2:]) != (size, size):
+            pixel_values = F.interpolate(pixel_values, size=(size, size), mode="bilinear", align_corners=False)
+        return pixel_values
 
 
 class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
@@ -804,11 +931,6 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         super().__init__(config)
         self.catseg = CatSegModel(config)
         self.upsampling_decoder = CatSegUpsamplingDecoder(config)
-        # `AutoModel.from_pretrained(folder, trust_remote_code=True)` should give the full model, as users expect.
-        config.auto_map = {
-            **(getattr(config, "auto_map", None) or {}),
-            "AutoModel": f"modeling_catseg.{type(self).__name__}",
-        }
         self.post_init()
 
     @classmethod
@@ -833,12 +955,7 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         model.catseg.clip.load_state_dict(clip.state_dict())
         return model
 
-    def get_text_features(
-        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """L2-normalised text features `(num_classes, projection_dim)`; see [`CatSegModel.get_text_features`]."""
-        return self.catseg.get_text_features(input_ids, attention_mask)
-
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor,
@@ -848,13 +965,13 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         labels: torch.LongTensor | None = None,
         class_pooling_size: int | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> CatSegSemanticSegmenterOutput | tuple:
+        output_attentions: bool | None = None,
+    ) -> CatSegSemanticSegmenterOutput:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`):
-                Images normalised with the CLIP mean and std, at `config.image_size` (use the processor).
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+                Images normalised with the CLIP mean and std (use the processor). Other sizes than
+                `config.image_size` are resized to it bilinearly, as the official model does.
             input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)`, *optional*):
                 The tokenised class prompts, one vocabulary shared by the whole batch.
             attention_mask (`torch.Tensor` of shape `(num_classes, sequence_length)`, *optional*):
@@ -866,7 +983,10 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
             class_pooling_size (`int`, *optional*):
                 Pooling of the class aggregation; defaults to the official 2 in training and 1 in evaluation.
             output_hidden_states (`bool`, *optional*):
-                Also return the dense CLIP features, the cost volume, the aggregated features and the text features.
+                Also return the CLIP vision hidden states, the dense CLIP features, the cost volume, the aggregated
+                features and the text features.
+            output_attentions (`bool`, *optional*):
+                Return the CLIP vision blocks' attention probabilities (eager attention only).
 
         Example:
 
@@ -878,7 +998,6 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         >>> logits = model(**inputs).logits  # (1, 3, 96, 96)
         ```
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -888,6 +1007,8 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
             attention_mask=attention_mask,
             text_embeds=text_embeds,
             class_pooling_size=class_pooling_size,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             return_dict=True,
         )
         aggregated = base.aggregated_features.permute(0, 2, 3, 4, 1)
@@ -907,9 +1028,9 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
                 "aggregated_features": base.aggregated_features,
                 "text_embeds": base.text_embeds,
                 "selected_classes": base.selected_classes,
+                "hidden_states": base.hidden_states,
             }
-        output = CatSegSemanticSegmenterOutput(loss=loss, logits=logits, **hidden)
-        return output if return_dict else output.to_tuple()
+        return CatSegSemanticSegmenterOutput(loss=loss, logits=logits, attentions=base.attentions, **hidden)
 
     def segmentation_loss(self, logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
         """Binary cross-entropy on one-hot targets at the label resolution; ignored pixels are all-zero targets."""

@@ -3,11 +3,10 @@ scores back to a label map at the original image size.
 
 The two models differ only in settings, saved with each model (``preprocessor_config.json``):
 
-- CAT-Seg (official): bilinear resize to 384x384 (ViT-B/16) or 336x336 (ViT-L/14@336); rescale to [0, 1]; OpenAI
-  CLIP mean/std. Scores are sigmoids, resized as probabilities (the official post-processing). Sliding window: the
+- CAT-Seg (official model): rescale to [0, 1] and normalise with the OpenAI CLIP mean/std, zero-pad bottom/right to
+  a multiple of 32, then a bilinear resize of the float image (no antialiasing) to 384x384 (ViT-B/16) or 336x336
+  (ViT-L/14@336). Scores are sigmoids, resized as probabilities (the official post-processing). Sliding window: the
   evaluation's short-side-640 resize, then a 640x640 resize cut into 384 crops at stride 256, plus a global view.
-  (The official whole-image path also zero-pads the normalised image to a multiple of 32 before resizing, which
-  shifts its predictions for other sizes; we resize without padding, identical for multiples of 32.)
 - LSeg (official): bilinear resize to 480x480 (the model takes any size); ``(x / 255 - 0.5) / 0.5``. Scores are a
   softmax over classes of logits resized with ``align_corners=True`` (the official evaluator). No sliding window.
 
@@ -50,6 +49,12 @@ class OVSegImageProcessorKwargs(ImagesKwargs, total=False):
         Resize probabilities (CAT-Seg's official post-processing) rather than logits (LSeg's evaluator).
     resize_align_corners (`bool`, *optional*, defaults to `False`):
         `align_corners` of the bilinear resize of class scores to the output size.
+    resize_normalized (`bool`, *optional*, defaults to `True`):
+        Resize the normalised float image bilinearly without antialiasing (`align_corners=False`), as CAT-Seg's
+        official model does, instead of the uint8 image with PIL (antialiased when shrinking).
+    size_divisibility (`int`, *optional*, defaults to 32):
+        With `resize_normalized`, zero-pad the normalised image bottom/right to a multiple of this before the resize
+        (CAT-Seg's official whole-image path); `None` or 0 for no padding. Label maps are padded with `ignore_index`.
     sliding_window (`dict`, *optional*):
         CAT-Seg's evaluation protocol: `{"shortest_edge": 640, "max_size": 2560, "image_size": 640, "crop_size": 384,
         "stride": 256}` (`shortest_edge`/`max_size`: the evaluation's first resize, optional); `None` when the model
@@ -63,6 +68,8 @@ class OVSegImageProcessorKwargs(ImagesKwargs, total=False):
     score_activation: str
     activate_before_resize: bool
     resize_align_corners: bool
+    resize_normalized: bool
+    size_divisibility: int | None
     sliding_window: dict | None
 
 
@@ -96,6 +103,8 @@ class OVSegImageProcessor(PilBackend):
     score_activation = "sigmoid"
     activate_before_resize = True
     resize_align_corners = False
+    resize_normalized = True
+    size_divisibility = 32
     sliding_window = None
 
     def __init__(self, **kwargs: Unpack[OVSegImageProcessorKwargs]):
@@ -163,18 +172,30 @@ class OVSegImageProcessor(PilBackend):
         do_normalize: bool,
         image_mean: tuple[float, ...],
         image_std: tuple[float, ...],
+        resize_normalized: bool,
+        size_divisibility: int | None,
         **kwargs,
     ) -> list[np.ndarray]:
-        """Resize (uint8, PIL), rescale and normalise ``(3, H, W)`` images; returns float32 ``(3, h, w)`` arrays."""
+        """Resize, rescale and normalise ``(3, H, W)`` images; returns float32 ``(3, h, w)`` arrays.
+
+        The resize comes first on the uint8 image (PIL), or with ``resize_normalized`` last on the normalised and
+        padded float image (CAT-Seg's official model).
+        """
         processed = []
         for image, (height, width) in zip(images, target_sizes):
-            if image.shape[1:] != (height, width):
+            resize = image.shape[1:] != (height, width)
+            if resize and not resize_normalized:
                 image = self.resize(image, SizeDict(height=height, width=width), resample)
             image = image.astype(np.float32)
             if do_rescale:
                 image = self.rescale(image, rescale_factor)
             if do_normalize:
                 image = self.normalize(image, image_mean, image_std)
+            if resize and resize_normalized:
+                pixels = _pad_to_multiple(torch.from_numpy(np.ascontiguousarray(image)), size_divisibility, 0.0)
+                if tuple(pixels.shape[1:]) != (height, width):
+                    pixels = F.interpolate(pixels[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+                image = pixels.numpy()
             processed.append(image.astype(np.float32))
         return processed
 
@@ -186,6 +207,8 @@ class OVSegImageProcessor(PilBackend):
         do_reduce_labels: bool,
         ignore_index: int,
         num_labels: int | None,
+        resize_normalized: bool,
+        size_divisibility: int | None,
         **kwargs,
     ) -> list[np.ndarray]:
         """Validate label maps against their images and the classes, then resize them (nearest) like the images."""
@@ -204,6 +227,9 @@ class OVSegImageProcessor(PilBackend):
             if do_reduce_labels:
                 label = self.reduce_label(label, ignore_index)
             self._check_label_values(label, index, ignore_index, num_labels, do_reduce_labels)
+            if label.shape != (height, width) and resize_normalized:
+                # Padded like the image, so every label stays on its pixel.
+                label = _pad_to_multiple(torch.from_numpy(label), size_divisibility, ignore_index).numpy()
             if label.shape != (height, width):
                 # PIL's 32-bit integer mode keeps 16-bit ignore values such as 65535 exact.
                 resized = PIL.Image.fromarray(label.astype(np.int32)).resize((width, height), PIL.Image.NEAREST)
@@ -344,3 +370,11 @@ class OVSegImageProcessor(PilBackend):
                 )
             )
         return results
+
+
+def _pad_to_multiple(array: torch.Tensor, multiple: int | None, value: float) -> torch.Tensor:
+    """Pad the last two axes bottom/right with ``value`` up to a multiple of ``multiple`` (detectron2's ImageList)."""
+    if not multiple:
+        return array
+    height, width = array.shape[-2:]
+    return F.pad(array, (0, -width % multiple, 0, -height % multiple), value=value)

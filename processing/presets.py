@@ -21,8 +21,9 @@ LSEG_IMAGE_SIZE = 480  # LSeg's training crops and zero-shot evaluation size
 def catseg_processor(
     image_size: int = 384, patch_size: int = 16, prompt_template: str = CATSEG_TEMPLATE
 ) -> OVSegProcessor:
-    """CAT-Seg's official preprocessing: bilinear resize to ``image_size`` (384 for ViT-B/16, 336 for ViT-L/14@336),
-    rescale to [0, 1], OpenAI CLIP mean/std; sigmoid scores resized as probabilities; the sliding window."""
+    """CAT-Seg's official preprocessing: rescale to [0, 1], OpenAI CLIP mean/std, zero-pad to a multiple of 32, then
+    a bilinear resize of the float image to ``image_size`` (384 for ViT-B/16, 336 for ViT-L/14@336); sigmoid scores
+    resized as probabilities; the sliding window."""
     image_processor = OVSegImageProcessor(
         size={"height": image_size, "width": image_size},
         image_mean=list(OPENAI_CLIP_MEAN),
@@ -31,6 +32,8 @@ def catseg_processor(
         score_activation="sigmoid",
         activate_before_resize=True,
         resize_align_corners=False,
+        resize_normalized=True,
+        size_divisibility=32,
         sliding_window=dict(CATSEG_SLIDING_WINDOW),
     )
     return OVSegProcessor(image_processor, build_clip_tokenizer(), prompt_templates=prompt_template, synonyms="first")
@@ -47,6 +50,8 @@ def lseg_processor(image_size: int = LSEG_IMAGE_SIZE, patch_size: int = 16) -> O
         score_activation="softmax",
         activate_before_resize=False,
         resize_align_corners=True,
+        resize_normalized=False,
+        size_divisibility=None,
     )
     return OVSegProcessor(
         image_processor, build_clip_tokenizer(), prompt_templates=RAW_NAME_TEMPLATE, synonyms="first"

@@ -112,7 +112,7 @@ def test_forward_shapes_and_default_outputs(model):
 @torch.no_grad()
 def test_precomputed_text_embeds_give_identical_logits(model):
     ids = prompts(4)
-    text_embeds = model.get_text_features(ids)
+    text_embeds = model.get_text_features(ids).pooler_output
     torch.testing.assert_close(text_embeds.norm(dim=-1), torch.ones(4))
     expected = model(pixels(), input_ids=ids).logits
     assert torch.equal(model(pixels(), text_embeds=text_embeds).logits, expected)
@@ -124,14 +124,14 @@ def test_precomputed_text_embeds_give_identical_logits(model):
 def test_text_encoding_stops_at_the_end_token_without_changing_features(model):
     ids = F.pad(prompts(3), (0, 69))  # official zero padding to 77
     full = model.catseg.clip.get_text_features(input_ids=ids).pooler_output
-    torch.testing.assert_close(model.get_text_features(ids), F.normalize(full, dim=-1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(model.get_text_features(ids).pooler_output, F.normalize(full, dim=-1), atol=1e-6, rtol=1e-5)
     # The transformers tokenizer pads with the end token and gives a mask instead: same features.
     hf_ids = ids.masked_fill(ids == 0, 49407)
     mask = torch.zeros_like(ids)
     for row in range(3):
         mask[row, : int((ids[row] == 49407).nonzero()[0]) + 1] = 1
     torch.testing.assert_close(
-        model.get_text_features(hf_ids, mask), model.get_text_features(ids), atol=1e-6, rtol=1e-5
+        model.get_text_features(hf_ids, mask).pooler_output, model.get_text_features(ids).pooler_output, atol=1e-6, rtol=1e-5
     )
 
 
@@ -220,8 +220,8 @@ def test_loss_keeps_ignored_pixels_as_all_zero_targets(model):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda m: m(torch.randn(1, 3, 32, 32), input_ids=prompts(2)), r"must be \(batch_size, 3, 64, 64\)"),
-        (lambda m: m(torch.randn(1, 1, 64, 64), input_ids=prompts(2)), r"must be \(batch_size, 3, 64, 64\)"),
+        (lambda m: m(torch.randn(1, 1, 64, 64), input_ids=prompts(2)), r"must be \(batch_size, 3, height, width\)"),
+        (lambda m: m(torch.randn(3, 64, 64), input_ids=prompts(2)), r"must be \(batch_size, 3, height, width\)"),
         (lambda m: m(pixels()), "exactly once"),
         (lambda m: m(pixels(), input_ids=prompts(2), text_embeds=torch.randn(2, 16)), "exactly once"),
         (lambda m: m(pixels(), input_ids=prompts(2)[None]), "one vocabulary shared by the batch"),
@@ -347,3 +347,20 @@ def test_decoder_stage_equals_transposed_convolution_then_conv1(size):
     assert folded.shape == (2, 3, 16, 2 * size, 2 * size)
     torch.testing.assert_close(folded.flatten(0, 1), official, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(stage.upsample.weight.grad, official_gradient, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["qv", "attention", "full", "kv"])
+def test_every_trainable_parameter_gets_a_gradient(policy, tmp_path):
+    """What DDP with find_unused_parameters=False needs; also after from_pretrained + apply_clip_finetune_policy."""
+    torch.manual_seed(0)
+    model = CatSegForSemanticSegmentation(tiny_catseg_config(clip_finetune=policy))
+    last = model.catseg.clip.vision_model.encoder.layers[-1].self_attn
+    assert not last.q_proj.weight.requires_grad and not last.k_proj.weight.requires_grad  # the dense path skips them
+    model.save_pretrained(tmp_path)
+    loaded = CatSegForSemanticSegmentation.from_pretrained(tmp_path)
+    loaded.apply_clip_finetune_policy()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert {name for name, p in loaded.named_parameters() if p.requires_grad} == trainable
+    loaded.train()
+    loaded(pixels(2), input_ids=prompts(3), labels=torch.zeros(2, 16, 16, dtype=torch.long)).loss.backward()
+    assert [name for name, p in loaded.named_parameters() if p.requires_grad and p.grad is None] == []

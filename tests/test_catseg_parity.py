@@ -52,7 +52,7 @@ def test_inferred_config_is_the_official_tiny_architecture(model):
 @torch.no_grad()
 def test_text_features_and_intermediates(model, fixture):
     _, io = fixture
-    text_embeds = model.get_text_features(io["input_ids"])
+    text_embeds = model.get_text_features(io["input_ids"]).pooler_output
     torch.testing.assert_close(text_embeds, io["text_embeds"], **FEATURES)
 
     out = model(clip_pixels(io["image"]), input_ids=io["input_ids"], class_pooling_size=2, output_hidden_states=True)
@@ -66,7 +66,7 @@ def test_text_features_and_intermediates(model, fixture):
     text_guidance = F.relu(catseg.text_guidance_projection(out.text_embeds))
     torch.testing.assert_close(text_guidance, io["text_guidance_proj"][0], **FEATURES)
 
-    _, taps = catseg.get_dense_image_features(clip_pixels(io["image"]))
+    taps = catseg(clip_pixels(io["image"]), input_ids=io["input_ids"]).guidance_features
     for index, name in enumerate(["visual_resblock3_out_LND", "visual_resblock7_out_LND"]):
         torch.testing.assert_close(taps[index], io[name][1:, 0].T.reshape(1, -1, 24, 24), **FEATURES)
     stage0 = F.relu(decoder.guidance_projections[0](decoder.guidance_upsamplers[0](taps[0])))

@@ -124,10 +124,11 @@ def test_unreadable_file(catseg, tmp_path):
 
 
 def test_labels_are_resized_nearest_and_keep_the_ignore_index(catseg):
-    label = np.zeros((40, 60), dtype=np.uint8)
-    label[:, 30:] = 2
-    label[:10] = 255
-    out = catseg(random_image(), segmentation_maps=label, num_labels=3, return_tensors="pt")
+    # Multiples of 32, so CAT-Seg's official padding before the resize adds nothing (test_catseg_preprocessing.py).
+    label = np.zeros((64, 96), dtype=np.uint8)
+    label[:, 48:] = 2
+    label[:16] = 255
+    out = catseg(random_image(64, 96), segmentation_maps=label, num_labels=3, return_tensors="pt")
     labels = out["labels"]
     assert labels.shape == (1, 384, 384) and labels.dtype == torch.int64
     assert set(labels.unique().tolist()) == {0, 2, 255}

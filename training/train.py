@@ -71,7 +71,9 @@ def build_model(config: TrainConfig):
         from modeling_catseg import CatSegConfig, CatSegForSemanticSegmentation
 
         if config.pretrained_model:
-            return CatSegForSemanticSegmentation.from_pretrained(config.pretrained_model, **overrides)
+            model = CatSegForSemanticSegmentation.from_pretrained(config.pretrained_model, **overrides)
+            model.apply_clip_finetune_policy()  # loading makes every parameter trainable again
+            return model
         if config.clip_model:
             return CatSegForSemanticSegmentation.from_clip(config.clip_model, **overrides)
         if config.model_preset:
@@ -290,7 +292,7 @@ def run_evaluation(accelerator, model, processor, data: SegmentationData, config
 def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResult:
     """Run training as configured. `stop_after_steps` ends the run early after that many steps (as a kill would,
     but cleanly), leaving the checkpoints; a later call resumes."""
-    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=False)]
     accelerator = build_accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
