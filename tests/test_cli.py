@@ -11,11 +11,12 @@ import torch
 from conftest import shared_path
 from tiny_models import tiny_catseg_config, tiny_clip_config
 
-import processing.cli as cli
+import training.cli as cli
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
-from processing import catseg_processor, lseg_processor, save_for_hub
-from processing.visualization import label_map_image, overlay_image, palette
+from training.presets import catseg_processor, lseg_processor
+from training.remote_code import save_for_hub
+from training.visualization import label_map_image, overlay_image, palette
 
 LABELS = "person, sky, building, grass, road"
 
@@ -210,7 +211,7 @@ def test_ovseg_convert_writes_a_complete_hub_folder(tmp_path):
     from conftest import shared_path
     from transformers import AutoProcessor
 
-    from processing.cli import convert_main
+    from training.cli import convert_main
 
     checkpoint = shared_path("fixtures", "catseg_tiny_b", "original_checkpoint.pth")
     # An existing folder is never replaced without --overwrite...

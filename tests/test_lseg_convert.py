@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from test_lseg_parity import LOGITS, converted_model, fixture_config, pixel_values
 
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
-from modeling_lseg import convert_lseg
-from modeling_lseg.convert_lseg import (
+from training import convert_lseg
+from training.convert_lseg import (
     LSegConversionError,
     convert_lseg_checkpoint,
     convert_state_dict,

@@ -157,7 +157,7 @@ def load_model_and_processor(name: str, accelerator=None):
     """A saved folder or hub id through the Auto classes (remote code), its processor or the official preset."""
     from transformers import AutoModelForSemanticSegmentation, AutoProcessor
 
-    from processing import processor_for_config
+    from .presets import processor_for_config
 
     model = AutoModelForSemanticSegmentation.from_pretrained(name, trust_remote_code=True)
     try:

@@ -35,14 +35,14 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation, AutoProcessor
 from transformers.utils import logging as transformers_logging
 
-from modeling_catseg.convert_catseg import CheckpointConversionError, convert_catseg_checkpoint
-from modeling_lseg.convert_lseg import LSegConversionError, convert_lseg_checkpoint
+from processing.image_utils_ovseg import InvalidImageError, open_image, to_rgb_array
+from processing.inference_ovseg import SegmentationResult, TextFeatureCache, segment
+from processing.text_prompts_ovseg import VocabularyError, resolve_templates, validate_vocabulary
 
-from .hub import save_for_hub
-from .image_utils_ovseg import InvalidImageError, open_image, to_rgb_array
-from .inference_ovseg import SegmentationResult, TextFeatureCache, segment
+from .convert_catseg import CheckpointConversionError, convert_catseg_checkpoint
+from .convert_lseg import LSegConversionError, convert_lseg_checkpoint
 from .presets import processor_for_config
-from .text_prompts_ovseg import VocabularyError, resolve_templates, validate_vocabulary
+from .remote_code import register_local_classes, save_for_hub
 from .visualization import label_map_image, overlay_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -157,8 +157,8 @@ def _convert_official_checkpoint(checkpoint: Path, output_dir: Path) -> None:
         except LSegConversionError as lseg_error:
             raise UsageError(
                 f"--model {checkpoint} could not be converted. As a CAT-Seg checkpoint: {catseg_error} As an LSeg "
-                f"checkpoint: {lseg_error} (Convert unusual checkpoints with python -m modeling_catseg.convert_catseg "
-                "or python -m modeling_lseg.convert_lseg, and pass the folder to --model.)"
+                f"checkpoint: {lseg_error} (Convert unusual checkpoints with python -m training.convert_catseg "
+                "or python -m training.convert_lseg, and pass the folder to --model.)"
             ) from None
 
 

@@ -1,7 +1,7 @@
 """Convert the official CAT-Seg checkpoints (`model_base.pth`, `model_large.pth`) to a transformers folder.
 
-    python -m modeling_catseg.convert_catseg --checkpoint model_base.pth --output catseg-vit-base
-    python -m modeling_catseg.convert_catseg --checkpoint base --output catseg-vit-base   # downloads it
+    python -m training.convert_catseg --checkpoint model_base.pth --output catseg-vit-base
+    python -m training.convert_catseg --checkpoint base --output catseg-vit-base   # downloads it
 
 The folder carries the remote code, so `AutoModelForSemanticSegmentation.from_pretrained(folder,
 trust_remote_code=True)` loads it anywhere. Every official key is mapped and loaded strictly.
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from .configuration_catseg import CatSegConfig
-from .modeling_catseg import CatSegForSemanticSegmentation
+from modeling_catseg.configuration_catseg import CatSegConfig
+from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation
 
 OFFICIAL_CHECKPOINTS = {
     "base": "https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth",

@@ -1,6 +1,6 @@
 """Convert an official LSeg checkpoint (isl-org/lang-seg) into a transformers folder that carries its own code.
 
-    python -m modeling_lseg.convert_lseg --checkpoint demo_e200.ckpt --output lseg-demo
+    python -m training.convert_lseg --checkpoint demo_e200.ckpt --output lseg-demo
 
 `--checkpoint` is a local file, a URL, or the name of a released checkpoint (`demo_e200`, `fss_l16`), which is
 downloaded from the authors' Google Drive. The folder loads anywhere with
@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from transformers import initialization as init
 
-from .configuration_lseg import LSegConfig
-from .modeling_lseg import LSegForSemanticSegmentation, load_state_dict_strictly
+from modeling_lseg.configuration_lseg import LSegConfig
+from modeling_lseg.modeling_lseg import LSegForSemanticSegmentation, load_state_dict_strictly
 
 # The released checkpoints with the ViT-L/16 image encoder (the README's model zoo). The other zero-shot
 # checkpoints (pascal_fold*, coco_fold*, fss_rn101) use a ResNet-101 image encoder, which this port does not have.

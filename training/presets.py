@@ -7,9 +7,9 @@ from transformers import PretrainedConfig
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .clip_tokenizer import build_clip_tokenizer
-from .image_processing_ovseg import OVSegImageProcessor
-from .processing_ovseg import OVSegProcessor
-from .text_prompts_ovseg import CATSEG_TEMPLATE, RAW_NAME_TEMPLATE
+from processing.image_processing_ovseg import OVSegImageProcessor
+from processing.processing_ovseg import OVSegProcessor
+from processing.text_prompts_ovseg import CATSEG_TEMPLATE, RAW_NAME_TEMPLATE
 
 # CAT-Seg's official evaluation: the test data mapper resizes the short side to 640 (long side at most 2560); the
 # sliding window then resizes to 640x640 and takes 384x384 crops at stride int(384 * (1 - 0.333)) = 256, plus a

@@ -109,7 +109,7 @@ def pretrain_tiny_clip(folder: Path, class_names: tuple[str, ...], steps: int, s
     """
     from transformers import CLIPConfig, CLIPModel
 
-    from processing import catseg_processor
+    from .presets import catseg_processor
 
     torch.manual_seed(seed)
     clip = CLIPModel(CLIPConfig(**TINY_CLIP))
@@ -255,7 +255,7 @@ def write_overlay(
 
     The original is shown too because the legend's colours are the palette's, not the colours the classes name.
     """
-    from processing.visualization import overlay_image
+    from .visualization import overlay_image
 
     height, width = image.shape[:2]
     big_image = np.asarray(PIL.Image.fromarray(image).resize((width * scale, height * scale), PIL.Image.NEAREST))

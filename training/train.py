@@ -90,7 +90,7 @@ def build_model(config: TrainConfig):
 
 def build_processor(model, config: TrainConfig):
     """The processor saved with a pretrained model, else the official one for the model's config."""
-    from processing import processor_for_config
+    from .presets import processor_for_config
 
     if config.pretrained_model and Path(config.pretrained_model, "processor_config.json").is_file():
         from transformers import AutoProcessor
@@ -405,7 +405,7 @@ def save_final_model(
     accelerator, model, processor, config: TrainConfig, train_data, eval_data, metrics, steps: int
 ) -> Path | None:
     """Write `output_dir/model` (Hub-ready, with a model card of the measured results) and push it if asked."""
-    from processing import save_for_hub
+    from .remote_code import save_for_hub
 
     from .hub import push_folder_to_hub
     from .model_card import training_card
