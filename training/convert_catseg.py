@@ -13,9 +13,6 @@ import argparse
 import math
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,8 @@ import torch
 
 from modeling_catseg.configuration_catseg import CatSegConfig
 from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation
+
+from .atomic import write_folder_atomic
 
 OFFICIAL_CHECKPOINTS = {
     "base": "https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth",
@@ -105,6 +104,12 @@ def load_official_state_dict(checkpoint: str | os.PathLike) -> dict[str, torch.T
     try:
         container = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsupported:  # torch's own text would suggest allow-listing the object: never relay that
+            raise CheckpointConversionError(
+                f"{path} holds Python objects beyond tensors ({unsupported.group(1)}), which safe loading refuses; "
+                "the official CAT-Seg checkpoints hold only tensors. Refusing to load it."
+            ) from None
         raise CheckpointConversionError(
             f"{path} could not be read as a PyTorch checkpoint ({type(error).__name__}: {error}). Is the file "
             "complete? Download it again if it was cut short."
@@ -132,7 +137,14 @@ def _resolve_checkpoint(checkpoint: str) -> str:
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
-        torch.hub.download_url_to_file(url, str(partial), progress=True)
+        try:
+            torch.hub.download_url_to_file(url, str(partial), progress=True)
+        except OSError as error:  # URLError, timeouts, refused connections
+            reason = getattr(error, "reason", None) or error
+            raise CheckpointConversionError(
+                f"could not download {url} ({reason}); download it by hand (e.g. `curl -L -o {target.name} {url}`) "
+                f"and pass --checkpoint /path/to/{target.name}"
+            ) from None
         os.replace(partial, target)
     return str(target)
 
@@ -342,30 +354,8 @@ def convert_catseg_checkpoint(
             raise CheckpointConversionError(f"The checkpoint lacks the key {error} that CAT-Seg needs.") from error
     model = CatSegForSemanticSegmentation(config).eval()
     load_official_weights(model, state_dict)
-    write_atomically(output_dir, model.save_pretrained)
+    write_folder_atomic(output_dir, model.save_pretrained)
     return output_dir
-
-
-def write_atomically(output_dir: Path, write: Callable[[str], Any]) -> None:
-    """Let `write(folder)` fill a temporary folder beside `output_dir`, then move it into place."""
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        write(str(staging))
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        staging.chmod(0o755)
-        if output_dir.exists():
-            retired = output_dir.with_name(f".{output_dir.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(output_dir, retired)
-            os.replace(staging, output_dir)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

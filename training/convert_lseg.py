@@ -27,6 +27,8 @@ from transformers import initialization as init
 from modeling_lseg.configuration_lseg import LSegConfig
 from modeling_lseg.modeling_lseg import LSegForSemanticSegmentation, load_state_dict_strictly
 
+from .atomic import write_folder_atomic
+
 # The released checkpoints with the ViT-L/16 image encoder (the README's model zoo). The other zero-shot
 # checkpoints (pascal_fold*, coco_fold*, fss_rn101) use a ResNet-101 image encoder, which this port does not have.
 OFFICIAL_CHECKPOINTS = {
@@ -116,7 +118,9 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, download_dir: Path) -> Pat
         with urllib.request.urlopen(source, timeout=60) as response, open(target, "wb") as file:
             shutil.copyfileobj(response, file, length=1 << 20)
     except OSError as error:
-        raise LSegConversionError(f"Could not download {source}: {error}") from error
+        raise LSegConversionError(
+            f"Could not download {source}: {error}. Download it by hand (in a browser) and pass its path to --checkpoint."
+        ) from None
     with open(target, "rb") as file:
         head = file.read(64).lstrip()
     if head.startswith(b"<"):
@@ -303,7 +307,7 @@ def convert_lseg_checkpoint(
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
-        raise LSegConversionError(f"{output_dir} already exists; choose another output or pass overwrite.")
+        raise LSegConversionError(f"{output_dir} already exists; choose another --output or pass --overwrite.")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lseg-download-") as download_dir:
         state_dict = load_original_state_dict(resolve_checkpoint(checkpoint, Path(download_dir)), trust_checkpoint)
@@ -318,18 +322,7 @@ def convert_lseg_checkpoint(
         raise LSegConversionError(f"{error}. Pass the right config if the inferred one is wrong.") from error
     model.eval()
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        model.save_pretrained(staging)
-        if output_dir.exists():
-            previous = staging.with_name(staging.name + ".previous")
-            output_dir.rename(previous)
-            staging.rename(output_dir)
-            shutil.rmtree(previous)
-        else:
-            staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    write_folder_atomic(output_dir, model.save_pretrained)
     return model
 
 
