@@ -133,7 +133,7 @@ def test_official_checkpoints_are_converted_once_and_cached(photos, tmp_path, ca
         assert (out / "food_overlay.png").is_file()
     converted = sorted(p for p in (cache / "converted").iterdir())
     assert len(converted) == 2 and all((p / "processor_config.json").is_file() for p in converted)
-    monkeypatch.setattr(cli, "_convert_official_checkpoint", lambda *args: pytest.fail("converted again"))
+    monkeypatch.setattr(cli, "build_converted_folder", lambda *args: pytest.fail("converted again"))
     model, processor = cli.load_model(str(checkpoint), cache, torch.device("cpu"))
     assert model.config.model_type == "lseg" and processor.prompt_templates == ["{}"]
 
@@ -187,7 +187,7 @@ def test_bad_inputs_stop_before_any_output(photos, catseg_folder, lseg_folder, t
     cache = tmp_path / "cache"
     error = run(photos / "food.jpg", "--labels", "cat", "--model", foreign, "--out", out, "--cache-dir", cache,
                 expect=2, capsys=capsys)  # fmt: skip
-    assert "other.pth could not be converted. As a CAT-Seg checkpoint:" in error and "As an LSeg checkpoint:" in error
+    assert "other.pth could not be converted: " in error and "is neither an official CAT-Seg checkpoint" in error
     assert not out.exists() and list((cache / "converted").iterdir()) == []  # no half-converted cache entry
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import shared_path
 
-from training import cli, convert_catseg, convert_lseg
+from training import cli, convert_catseg, convert_lseg, converters
 from training.atomic import write_file_atomic, write_folder_atomic
 from training.checkpoints import publish_folder, write_text_atomic
 
@@ -140,3 +140,24 @@ def test_ovseg_convert_creates_missing_parent_folders(tmp_path, capsys, umask_02
     (tmp_path / "file").write_text("")
     code, err = exit_and_error(cli.convert_main, [checkpoint, tmp_path / "file" / "out"], capsys)
     assert code == 2 and err.endswith(f"{tmp_path / 'file'} is a file, so the folder cannot be created")
+
+
+def test_converters_are_registered_by_model_type_with_one_signature(tmp_path):
+    import inspect
+    from pathlib import Path
+
+    assert set(converters.CONVERTERS) == {"catseg", "lseg"}
+    signatures = {name: inspect.signature(convert) for name, convert in converters.CONVERTERS.items()}
+    for signature in signatures.values():
+        parameters = list(signature.parameters.values())
+        assert [p.name for p in parameters[:4]] == ["checkpoint", "output_dir", "config", "overwrite"]
+        assert parameters[2].kind is parameters[3].kind is inspect.Parameter.KEYWORD_ONLY
+        assert signature.return_annotation in (Path, "Path")
+    catseg = shared_path("fixtures", "catseg_tiny_b", "original_checkpoint.pth")
+    lseg = shared_path("fixtures", "lseg_tiny", "original_checkpoint.ckpt")
+    assert converters.detect_model_type(catseg) == "catseg" and converters.detect_model_type(lseg) == "lseg"
+    out = converters.convert_checkpoint(lseg, tmp_path / "lseg", vit_heads=2, text_heads=2)
+    assert out == tmp_path / "lseg" and (out / "model.safetensors").is_file()
+    torch.save({"model": {"backbone.weight": torch.zeros(2)}}, tmp_path / "other.pth")
+    with pytest.raises(converters.ConversionError, match="is neither an official CAT-Seg checkpoint"):
+        converters.convert_checkpoint(tmp_path / "other.pth", tmp_path / "out")

@@ -38,8 +38,7 @@ from processing.inference_ovseg import SegmentationResult, TextFeatureCache, seg
 from processing.text_prompts_ovseg import VocabularyError, resolve_templates, validate_vocabulary
 
 from .atomic import write_files_atomic, write_folder_atomic
-from .convert_catseg import CheckpointConversionError, convert_catseg_checkpoint
-from .convert_lseg import LSegConversionError, convert_lseg_checkpoint
+from .converters import ConversionError, convert_checkpoint
 from .presets import processor_for_config
 from .remote_code import register_local_classes, save_for_hub
 from .visualization import label_map_image, overlay_image
@@ -145,25 +144,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ovseg-hf"
 
 
-def _convert_official_checkpoint(checkpoint: Path, output_dir: Path) -> None:
-    """Write the model of a CAT-Seg (``model_base.pth`` / ``model_large.pth``) or LSeg (Lightning ``.ckpt``)
-    checkpoint to ``output_dir`` with that model's converter; which one is found by trying CAT-Seg first."""
-    try:
-        convert_catseg_checkpoint(checkpoint, output_dir)
-    except CheckpointConversionError as catseg_error:
-        try:
-            convert_lseg_checkpoint(checkpoint, output_dir)
-        except LSegConversionError as lseg_error:
-            raise UsageError(
-                f"--model {checkpoint} could not be converted. As a CAT-Seg checkpoint: {catseg_error} As an LSeg "
-                f"checkpoint: {lseg_error} (Convert unusual checkpoints with python -m training.convert_catseg "
-                "or python -m training.convert_lseg, and pass the folder to --model.)"
-            ) from None
-
-
 def build_converted_folder(checkpoint: Path, folder: Path) -> None:
-    """Fill `folder` with the converted model, its official processor and the pipeline."""
-    _convert_official_checkpoint(checkpoint, folder)
+    """Fill `folder` with the converted model, its official processor and the pipeline (the model's converter is
+    chosen from the checkpoint's keys)."""
+    try:
+        convert_checkpoint(checkpoint, folder, overwrite=True)  # `folder` is our own empty staging folder
+    except ConversionError as error:
+        raise UsageError(
+            f"--model {checkpoint} could not be converted: {error} (convert unusual checkpoints with catseg-convert "
+            "or lseg-convert, and pass the folder to --model)"
+        ) from None
     model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
     save_for_hub(model, processor_for_config(model.config), folder)  # adds the processor and the pipeline
 

@@ -329,6 +329,7 @@ def load_official_weights(model: CatSegForSemanticSegmentation, state_dict: dict
 def convert_catseg_checkpoint(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
+    *,
     config: CatSegConfig | None = None,
     overwrite: bool = False,
     **config_kwargs: Any,

@@ -295,12 +295,13 @@ def _split_qkv(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
 def convert_lseg_checkpoint(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
+    *,
     config: LSegConfig | None = None,
     overwrite: bool = False,
     trust_checkpoint: bool = False,
     **infer_kwargs,
-) -> LSegForSemanticSegmentation:
-    """Convert `checkpoint` (path, URL or released name) and save it, with its code, to `output_dir`.
+) -> Path:
+    """Convert `checkpoint` (path, URL or released name) and save it, with its code, to `output_dir`; returns it.
 
     The config is inferred from the checkpoint (see [`infer_config`], which takes `infer_kwargs`) unless given. The
     folder appears complete or not at all: it is written beside its final place and renamed.
@@ -323,7 +324,7 @@ def convert_lseg_checkpoint(
     model.eval()
 
     write_folder_atomic(output_dir, model.save_pretrained)
-    return model
+    return output_dir
 
 
 def main(argv: list[str] | None = None) -> None:
