@@ -161,3 +161,18 @@ def test_converters_are_registered_by_model_type_with_one_signature(tmp_path):
     torch.save({"model": {"backbone.weight": torch.zeros(2)}}, tmp_path / "other.pth")
     with pytest.raises(converters.ConversionError, match="is neither an official CAT-Seg checkpoint"):
         converters.convert_checkpoint(tmp_path / "other.pth", tmp_path / "out")
+
+
+def test_both_converters_map_openai_clip_with_the_one_key_map():
+    from training import openai_clip_keys
+
+    assert convert_catseg.map_openai_clip_key is convert_lseg.map_openai_clip_key is openai_clip_keys.map_openai_clip_key
+    assert not [name for name in vars(convert_lseg) if "CLIP_BLOCK" in name or name == "_map_clip_key"]
+    assert not [name for name in vars(convert_catseg) if "CLIP_BLOCK" in name or name == "_map_clip_key"]
+    fused = torch.arange(12.0).reshape(6, 2)
+    mapped = openai_clip_keys.map_openai_clip_key("visual.transformer.resblocks.3.attn.in_proj_weight", fused)
+    assert list(mapped) == [f"vision_model.encoder.layers.3.self_attn.{p}_proj.weight" for p in "qkv"]
+    assert torch.equal(torch.cat(list(mapped.values())), fused)
+    projection = torch.arange(6.0).reshape(2, 3)
+    assert torch.equal(openai_clip_keys.map_openai_clip_key("text_projection", projection)["text_projection.weight"], projection.t())
+    assert openai_clip_keys.map_openai_clip_key("visual.unknown", projection) is None

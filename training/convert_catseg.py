@@ -22,6 +22,7 @@ from modeling_catseg.configuration_catseg import CatSegConfig
 from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation
 
 from .atomic import write_folder_atomic
+from .openai_clip_keys import map_openai_clip_key
 
 OFFICIAL_CHECKPOINTS = {
     "base": "https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth",
@@ -30,38 +31,6 @@ OFFICIAL_CHECKPOINTS = {
 
 CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
 AGGREGATOR_PREFIX = "sem_seg_head.predictor.transformer."
-
-# CLIP block internals, official -> transformers (applied inside `...resblocks.{i}.`).
-_CLIP_BLOCK = {
-    "attn.q_proj_weight": "self_attn.q_proj.weight",
-    "attn.k_proj_weight": "self_attn.k_proj.weight",
-    "attn.v_proj_weight": "self_attn.v_proj.weight",
-    "attn.out_proj.weight": "self_attn.out_proj.weight",
-    "attn.out_proj.bias": "self_attn.out_proj.bias",
-    "ln_1.weight": "layer_norm1.weight",
-    "ln_1.bias": "layer_norm1.bias",
-    "ln_2.weight": "layer_norm2.weight",
-    "ln_2.bias": "layer_norm2.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight",
-    "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight",
-    "mlp.c_proj.bias": "mlp.fc2.bias",
-}
-
-_CLIP_SINGLE = {
-    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-    "visual.class_embedding": "vision_model.embeddings.class_embedding",
-    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
-    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
-    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
-    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
-    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
-    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-    "positional_embedding": "text_model.embeddings.position_embedding.weight",
-    "ln_final.weight": "text_model.final_layer_norm.weight",
-    "ln_final.bias": "text_model.final_layer_norm.bias",
-    "logit_scale": "logit_scale",
-}
 
 # Aggregator and decoder, official regex -> our name (applied after the prefix is stripped).
 _AGGREGATOR_RULES = [
@@ -247,7 +216,8 @@ def _map_key(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
         match = re.fullmatch(r"upsample(\d)\.(weight|bias)", key)
         return {f"upsampling_decoder.guidance_upsamplers.{int(match[1]) - 1}.{match[2]}": tensor} if match else None
     if key.startswith(CLIP_PREFIX):
-        return _map_clip_key(key[len(CLIP_PREFIX) :], tensor)
+        mapped = map_openai_clip_key(key[len(CLIP_PREFIX) :], tensor)
+        return {f"catseg.clip.{name}": value for name, value in mapped.items()} if mapped is not None else None
     if key.startswith(AGGREGATOR_PREFIX):
         name = key[len(AGGREGATOR_PREFIX) :]
         for pattern, replacement in _AGGREGATOR_RULES:
@@ -270,31 +240,6 @@ def _aggregator_name(match: re.Match, replacement: str | None) -> str:
         return f"upsampling_decoder.stages.{int(groups[0]) - 1}.upsample.{groups[1]}"
     stage, index, kind = groups
     return f"upsampling_decoder.stages.{int(stage) - 1}.{_DOUBLE_CONV_NAMES[index]}.{kind}"
-
-
-def _map_clip_key(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    prefix = "catseg.clip."
-    if name in _CLIP_SINGLE:
-        return {prefix + _CLIP_SINGLE[name]: tensor}
-    if name == "visual.proj":
-        return {prefix + "visual_projection.weight": tensor.t().contiguous()}
-    if name == "text_projection":
-        return {prefix + "text_projection.weight": tensor.t().contiguous()}
-    match = re.fullmatch(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.+)", name)
-    if match is None:
-        return None
-    tower = "vision_model" if match[1] else "text_model"
-    block = f"{prefix}{tower}.encoder.layers.{match[2]}."
-    part = match[3]
-    if part in _CLIP_BLOCK:
-        return {block + _CLIP_BLOCK[part]: tensor}
-    if part in ("attn.in_proj_bias", "attn.in_proj_weight"):
-        kind = part.rsplit("_", 1)[1]
-        return {
-            f"{block}self_attn.{projection}.{kind}": chunk.contiguous()
-            for projection, chunk in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0))
-        }
-    return None
 
 
 def load_official_weights(model: CatSegForSemanticSegmentation, state_dict: dict[str, torch.Tensor]) -> None:

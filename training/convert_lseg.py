@@ -28,6 +28,7 @@ from modeling_lseg.configuration_lseg import LSegConfig
 from modeling_lseg.modeling_lseg import LSegForSemanticSegmentation, load_state_dict_strictly
 
 from .atomic import write_folder_atomic
+from .openai_clip_keys import map_openai_clip_key
 
 # The released checkpoints with the ViT-L/16 image encoder (the README's model zoo). The other zero-shot
 # checkpoints (pascal_fold*, coco_fold*, fss_rn101) use a ResNet-101 image encoder, which this port does not have.
@@ -35,6 +36,9 @@ OFFICIAL_CHECKPOINTS = {
     "demo_e200": "https://drive.google.com/file/d/1FTuHY1xPUkM-5gaDtMfgCl3D0gR89WV7/view?usp=sharing",
     "fss_l16": "https://drive.google.com/file/d/1Nplkc_JsHIS55d--K2vonOOC3HrppzYy/view?usp=sharing",
 }
+
+# LSeg's OpenAI CLIP, mapped by the key map shared with CAT-Seg (`training.openai_clip_keys`).
+CLIP_PREFIX = "clip_pretrained."
 
 # Unused by LSeg's forward pass, so the port does not keep them.
 DROPPED_KEYS = re.compile(r"pretrained\.model\.head\.(weight|bias)|clip_pretrained\.(visual\..+|logit_scale)")
@@ -76,18 +80,6 @@ _RULES_BY_PREFIX = {
         (r"head1\.(\w+)", r"pixel_embeddings.projection.\1"),
     ],
     ("scratch.head_block.depthwise.depthwise.", "spatial_regularization."): [(r"(weight|bias)", r"\1")],
-    ("clip_pretrained.", "lseg.text_encoder."): [
-        (r"token_embedding\.weight", "text_model.embeddings.token_embedding.weight"),
-        (r"positional_embedding", "text_model.embeddings.position_embedding.weight"),
-        (r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(\w+)", r"text_model.encoder.layers.\1.self_attn.QKV.\2"),
-        (r"transformer\.resblocks\.(\d+)\.attn\.out_proj\.(\w+)", r"text_model.encoder.layers.\1.self_attn.out_proj.\2"),
-        (r"transformer\.resblocks\.(\d+)\.ln_1\.(\w+)", r"text_model.encoder.layers.\1.layer_norm1.\2"),
-        (r"transformer\.resblocks\.(\d+)\.ln_2\.(\w+)", r"text_model.encoder.layers.\1.layer_norm2.\2"),
-        (r"transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(\w+)", r"text_model.encoder.layers.\1.mlp.fc1.\2"),
-        (r"transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(\w+)", r"text_model.encoder.layers.\1.mlp.fc2.\2"),
-        (r"ln_final\.(\w+)", r"text_model.final_layer_norm.\1"),
-        (r"text_projection", "text_projection.weight"),
-    ],
 }  # fmt: skip
 KEY_RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(re.escape(original) + pattern), converted + template)
@@ -96,7 +88,7 @@ KEY_RULES: list[tuple[re.Pattern, str]] = [
 ]
 
 # transformers' names of the query, key and value projections that a fused "QKV" key splits into.
-_QKV_NAMES = {"attention.attention.QKV": ("query", "key", "value"), "self_attn.QKV": ("q_proj", "k_proj", "v_proj")}
+_QKV_NAMES = {"attention.attention.QKV": ("query", "key", "value")}
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike, download_dir: Path) -> Path:
@@ -260,12 +252,16 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
         if DROPPED_KEYS.fullmatch(key):
             continue
         matches = ((match, template) for pattern, template in KEY_RULES if (match := pattern.fullmatch(key)))
+        if key.startswith(CLIP_PREFIX):
+            mapped = map_openai_clip_key(key[len(CLIP_PREFIX) :], tensor)
+            if mapped is None:
+                unknown.append(key)
+            else:
+                converted.update({f"lseg.text_encoder.{name}": value for name, value in mapped.items()})
+            continue
         rename = next((_rename(match, template) for match, template in matches), None)
         if rename is None:
             unknown.append(key)
-        elif key == "clip_pretrained.text_projection":
-            # OpenAI CLIP multiplies by it from the right; a Linear layer stores the transpose.
-            converted[rename] = tensor.t().contiguous()
         elif ".QKV." in rename:
             converted.update(_split_qkv(rename, tensor))
         else:
