@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="ovseg-fss", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a saved model folder or hub id (LSeg; any model works)")
-    parser.add_argument("--data", required=True, help="the FSS-1000 root: one folder per class")
+    parser.add_argument(
+        "--data", required=True, help="the FSS-1000 root: one folder per class, <root>/<class>/<n>.jpg with masks <n>.png"
+    )
     parser.add_argument("--classes-file", help="HSNet's splits/fss/test.txt (240 classes); default: every folder")
     parser.add_argument("--output-dir", default="outputs/fss")
     args = parser.parse_args(argv)
