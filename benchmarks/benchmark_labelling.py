@@ -61,7 +61,8 @@ def build_model(name: str, folder: Path) -> Path:
     import torch
 
     from modeling_catseg import CatSegConfig, CatSegForSemanticSegmentation
-    from processing import catseg_processor, processor_for_config, save_for_hub
+    from training.presets import catseg_processor, processor_for_config
+    from training.remote_code import save_for_hub
 
     torch.manual_seed(0)
     if name == "tiny":

@@ -15,9 +15,10 @@ from tiny_models import tiny_catseg_config, tiny_lseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegForSemanticSegmentation
-from processing import catseg_processor, lseg_processor, save_for_hub
 from processing.inference_ovseg import SegmentationResult
 from training import benchmark, fss
+from training.presets import catseg_processor, lseg_processor
+from training.remote_code import save_for_hub
 from training.protocols import BENCHMARKS, DATASET_PRESETS
 
 

@@ -6,7 +6,7 @@ from conftest import shared_path
 from safetensors.torch import load_file
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from modeling_catseg.convert_catseg import (
+from training.convert_catseg import (
     CheckpointConversionError,
     convert_catseg_checkpoint,
     infer_catseg_config,

@@ -11,11 +11,12 @@ import torch
 from conftest import shared_path
 from tiny_models import tiny_catseg_config, tiny_clip_config
 
-import processing.cli as cli
+import training.cli as cli
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
-from processing import catseg_processor, lseg_processor, save_for_hub
-from processing.visualization import label_map_image, overlay_image, palette
+from training.presets import catseg_processor, lseg_processor
+from training.remote_code import save_for_hub
+from training.visualization import label_map_image, overlay_image, palette
 
 LABELS = "person, sky, building, grass, road"
 
@@ -132,7 +133,7 @@ def test_official_checkpoints_are_converted_once_and_cached(photos, tmp_path, ca
         assert (out / "food_overlay.png").is_file()
     converted = sorted(p for p in (cache / "converted").iterdir())
     assert len(converted) == 2 and all((p / "processor_config.json").is_file() for p in converted)
-    monkeypatch.setattr(cli, "_convert_official_checkpoint", lambda *args: pytest.fail("converted again"))
+    monkeypatch.setattr(cli, "build_converted_folder", lambda *args: pytest.fail("converted again"))
     model, processor = cli.load_model(str(checkpoint), cache, torch.device("cpu"))
     assert model.config.model_type == "lseg" and processor.prompt_templates == ["{}"]
 
@@ -186,7 +187,7 @@ def test_bad_inputs_stop_before_any_output(photos, catseg_folder, lseg_folder, t
     cache = tmp_path / "cache"
     error = run(photos / "food.jpg", "--labels", "cat", "--model", foreign, "--out", out, "--cache-dir", cache,
                 expect=2, capsys=capsys)  # fmt: skip
-    assert "other.pth could not be converted. As a CAT-Seg checkpoint:" in error and "As an LSeg checkpoint:" in error
+    assert "other.pth could not be converted: " in error and "is neither an official CAT-Seg checkpoint" in error
     assert not out.exists() and list((cache / "converted").iterdir()) == []  # no half-converted cache entry
 
 
@@ -211,7 +212,7 @@ def test_ovseg_convert_writes_a_complete_hub_folder(tmp_path):
     from conftest import shared_path
     from transformers import AutoProcessor
 
-    from processing.cli import convert_main
+    from training.cli import convert_main
 
     checkpoint = shared_path("fixtures", "catseg_tiny_b", "original_checkpoint.pth")
     # An existing folder is never replaced without --overwrite...

@@ -10,8 +10,8 @@ import torch
 from tiny_models import tiny_catseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from processing import catseg_processor
-from processing.hub import save_for_hub
+from training.presets import catseg_processor
+from training.remote_code import save_for_hub
 from processing.inference_ovseg import TextFeatureCache
 from training import demo  # Gradio itself is imported only to build the app
 

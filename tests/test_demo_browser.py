@@ -35,8 +35,8 @@ def server(tmp_path_factory):
     from tiny_models import tiny_catseg_config
 
     from modeling_catseg import CatSegForSemanticSegmentation
-    from processing import catseg_processor
-    from processing.hub import save_for_hub
+    from training.presets import catseg_processor
+    from training.remote_code import save_for_hub
 
     folder = tmp_path_factory.mktemp("demo")
     torch.manual_seed(0)

@@ -15,7 +15,8 @@ from tiny_models import tiny_catseg_config, tiny_lseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegForSemanticSegmentation
-from processing import catseg_processor, lseg_processor, save_for_hub
+from training.presets import catseg_processor, lseg_processor
+from training.remote_code import save_for_hub
 from training.protocols import BENCHMARKS, PUBLISHED_CATSEG
 
 CARDS = Path(__file__).resolve().parent.parent / "model_cards"

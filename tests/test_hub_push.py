@@ -12,7 +12,8 @@ from test_training_resume import one_thread, shapes_dir, tiny_train_config  # no
 from tiny_models import tiny_catseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from processing import catseg_processor, save_for_hub
+from training.presets import catseg_processor
+from training.remote_code import save_for_hub
 from training import hub
 from training.train import train
 

@@ -15,7 +15,8 @@ from test_training_resume import one_thread  # noqa: F401  (a fixture)
 from tiny_models import tiny_catseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from processing import catseg_processor, save_for_hub
+from training.presets import catseg_processor
+from training.remote_code import save_for_hub
 from processing.inference_ovseg import segment
 from training.data import DataError, load_segmentation_data
 from training.label_dataset import label_dataset
@@ -124,7 +125,7 @@ def test_two_processes_killed_mid_run_resume_to_the_uninterrupted_result(tmp_pat
     assert not (tmp_path / "out").exists()
     done = sorted(p.name for p in (tmp_path / "out.partial").glob("shard-*.arrow"))
     assert {"shard-00001.arrow", "shard-00003.arrow"} <= set(done) and "shard-00005.arrow" not in done
-    resumed = torchrun(["-m", "processing.cli", *args], tmp_path)  # the ovseg-segment --dataset command
+    resumed = torchrun(["-m", "training.cli", *args], tmp_path)  # the ovseg-segment --dataset command
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Wrote" in resumed.stdout and not (tmp_path / "out.partial").exists()
     result = Dataset.load_from_disk(str(tmp_path / "out"))

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from test_lseg_parity import LOGITS, converted_model, fixture_config, pixel_values
 
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
-from modeling_lseg import convert_lseg
-from modeling_lseg.convert_lseg import (
+from training import convert_lseg
+from training.convert_lseg import (
     LSegConversionError,
     convert_lseg_checkpoint,
     convert_state_dict,
@@ -120,7 +120,9 @@ def test_the_weights_are_float32_and_the_unused_tensors_dropped(folder, original
         for key, value in original["state_dict"].items()
     }
     checkpoint = save_variant(tmp_path, {**original, "state_dict": half})
-    model = convert_lseg_checkpoint(checkpoint, tmp_path / "out", config=fixture_config(folder))
+    model = LSegForSemanticSegmentation.from_pretrained(
+        convert_lseg_checkpoint(checkpoint, tmp_path / "out", config=fixture_config(folder))
+    )
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     saved = load_file(tmp_path / "out" / "model.safetensors")
     assert not [key for key in saved if "vision" in key or "logit_scale" in key or ".head." in key]

@@ -13,7 +13,9 @@ from transformers import pipeline
 
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegForSemanticSegmentation
-from processing import TASK, VocabularyError, catseg_processor, lseg_processor, save_for_hub, segment
+from processing import TASK, VocabularyError, segment
+from training.presets import catseg_processor, lseg_processor
+from training.remote_code import save_for_hub
 
 LABELS = ["cat", "sofa, couch", "floor"]
 

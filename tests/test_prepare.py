@@ -15,7 +15,8 @@ from conftest import shared_path
 from tiny_models import tiny_catseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from processing import catseg_processor, save_for_hub
+from training.presets import catseg_processor
+from training.remote_code import save_for_hub
 from training import benchmark, prepare
 from training.data import load_segmentation_data
 from training.protocols import DATASET_PRESETS

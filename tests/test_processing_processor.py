@@ -10,7 +10,8 @@ from conftest import shared_path
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
-from processing import IMAGENET_TEMPLATES, OVSegProcessor, VocabularyError, catseg_processor, lseg_processor
+from processing import IMAGENET_TEMPLATES, OVSegProcessor, VocabularyError
+from training.presets import catseg_processor, lseg_processor
 from processing.text_prompts_ovseg import average_prompt_embeds
 
 

@@ -7,7 +7,7 @@ from conftest import shared_path
 from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
-from processing.clip_tokenizer import build_clip_tokenizer
+from training.clip_tokenizer import build_clip_tokenizer
 
 HARD_STRINGS = [
     "a photo of a cat.",

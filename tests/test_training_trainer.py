@@ -9,7 +9,7 @@ from trainer_helpers import tiny_training_arguments
 from transformers import Trainer
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from processing import catseg_processor
+from training.presets import catseg_processor
 from training.data import load_segmentation_data
 from training.trainer_example import SegmentationCollator, make_compute_metrics, make_preprocess, reduce_logits
 

@@ -12,7 +12,9 @@ Protocol (CAT-Seg's `eval.sh`): every dataset is segmented with its full class-n
 official sliding window (640x640 resize, four 384 crops and a global view) and class-aggregation pooling 1; the
 ignore values are those of the detectron2-prepared annotations (255; 65535 for A-847; 459 for PC-459); for PAS-20b
 the 39 context names act as background: predictions 20..58 become class 20. `--data` takes any source that
-`training.data.load_segmentation_data` reads, including `IMAGES_DIR,MASKS_DIR`.
+`training.data.load_segmentation_data` reads, including `IMAGES_DIR,MASKS_DIR`. Before the model loads, the first
+masks of each set are checked against the protocol's label convention: masks that use 0 for "other" (raw ADE20K
+SceneParsing files) need `--reduce-labels a150`, another unlabelled value `--ignore-index KEY=VALUE`.
 
 Writes per dataset `<key>_per_class.csv` (IoU per class under both definitions, accuracy, pixel counts) and
 `summary.json`/`summary.md` with detectron2's mIoU (the published tables' definition), `evaluate`'s mIoU and the
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, load_segmentation_data
+from .data import DataError, SegmentationData, load_segmentation_data
 from .distributed import build_accelerator
 from .evaluation import evaluate_split, remap_to_background, summarise
 from .mean_iou import StreamingMeanIoU
@@ -119,9 +121,11 @@ def run_benchmark(
     results = {}
     for key in (k for k in BENCHMARKS if k in sources):
         protocol = BENCHMARKS[key]
-        data = load_segmentation_data(
-            sources[key], split=split, dataset_preset=protocol.dataset_preset, class_names_dir=class_names_dir
-        )
+        data = sources[key]
+        if not isinstance(data, SegmentationData):
+            data = load_segmentation_data(
+                data, split=split, dataset_preset=protocol.dataset_preset, class_names_dir=class_names_dir
+            )
         remap = remap_to_background(protocol.background_from) if protocol.background_from is not None else None
         metric = evaluate_split(
             model,
@@ -153,11 +157,63 @@ def run_benchmark(
     return results
 
 
+def check_masks_against_protocol(key: str, data: SegmentationData, samples: int) -> None:
+    """Decode the first `samples` examples of `data` and refuse, with the fix, masks that do not follow the
+    protocol's label convention: values outside the classes and the ignore value, or masks that use 0 for "other"
+    (raw SceneParsing-style files) where the protocol expects 0 to be the first class."""
+    if samples <= 0:
+        return
+    seen = [np.unique(label) for _, _, label in data.examples(limit=samples)]  # decode() checks the value range
+    if not seen or data.reduce_labels:
+        return
+    protocol = BENCHMARKS[key]
+    if all(0 in values for values in seen) and not any(data.ignore_index in values for values in seen):
+        raise DataError(
+            f"{key}: none of the first {len(seen)} masks has the ignore value {data.ignore_index} and every one "
+            f"contains 0: they look like masks that use 0 for 'other' and 1..{len(data.class_names)} for the "
+            f"classes (e.g. raw ADE20K SceneParsing files), which {protocol.title} would score as class 0 "
+            f"({data.class_names[0]!r}); pass --reduce-labels {key}, or --ignore-index {key}=VALUE if unlabelled "
+            "pixels have another value, or --mask-check-samples 0 if 0 really is the first class"
+        )
+
+
+def load_benchmark_data(
+    sources: dict[str, str],
+    *,
+    class_names_dir: str | Path | None = None,
+    split: str = "validation",
+    reduce_labels: set[str] = frozenset(),
+    ignore_index: dict[str, int] | None = None,
+    mask_check_samples: int = 8,
+) -> dict[str, SegmentationData]:
+    """Load every benchmark's data with its protocol's conventions (overridable per key) and check a sample of its
+    masks, before any model is loaded."""
+    unknown = sorted((set(sources) | set(reduce_labels) | set(ignore_index or {})) - set(BENCHMARKS))
+    if unknown:
+        raise DataError(f"unknown benchmark {unknown}; known: {', '.join(BENCHMARKS)}")
+    missing = sorted((set(reduce_labels) | set(ignore_index or {})) - set(sources))
+    if missing:
+        raise DataError(f"--reduce-labels / --ignore-index name {missing}, which have no --data")
+    datasets = {}
+    for key in (k for k in BENCHMARKS if k in sources):
+        data = load_segmentation_data(
+            sources[key],
+            split=split,
+            dataset_preset=BENCHMARKS[key].dataset_preset,
+            class_names_dir=class_names_dir,
+            reduce_labels=True if key in reduce_labels else None,
+            ignore_index=(ignore_index or {}).get(key),
+        )
+        check_masks_against_protocol(key, data, mask_check_samples)
+        datasets[key] = data
+    return datasets
+
+
 def load_model_and_processor(name: str, accelerator=None):
     """A saved folder or hub id through the Auto classes (remote code), its processor or the official preset."""
     from transformers import AutoModelForSemanticSegmentation, AutoProcessor
 
-    from processing import processor_for_config
+    from .presets import processor_for_config
 
     model = AutoModelForSemanticSegmentation.from_pretrained(name, trust_remote_code=True)
     try:
@@ -178,6 +234,27 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="KEY=SOURCE",
         help=f"dataset of a benchmark ({', '.join(BENCHMARKS)}); repeat for several",
+    )
+    parser.add_argument(
+        "--reduce-labels",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="the masks of benchmark KEY use 0 for 'other' and 1..N for the classes (raw ADE20K SceneParsing): "
+        "0 becomes the ignore value and k+1 class k; repeat for several",
+    )
+    parser.add_argument(
+        "--ignore-index",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="mask value of unlabelled pixels for benchmark KEY (default: the protocol's, e.g. 255; 65535 for a847)",
+    )
+    parser.add_argument(
+        "--mask-check-samples",
+        type=int,
+        default=8,
+        help="masks per benchmark checked against the protocol's label convention before the model loads (0: off)",
     )
     parser.add_argument("--class-names-dir", help="folder with the class-name lists (ade847.json, pc459.json, ...)")
     parser.add_argument(
@@ -201,6 +278,24 @@ def main(argv: list[str] | None = None) -> int:
         sources[key] = source
     if not sources:
         parser.error("give at least one --data KEY=SOURCE")
+    ignore_index = {}
+    for entry in args.ignore_index:
+        key, _, value = entry.partition("=")
+        if not value.lstrip("-").isdigit():
+            parser.error(f"--ignore-index expects KEY=INTEGER, got {entry!r}")
+        ignore_index[key] = int(value)
+    try:
+        datasets = load_benchmark_data(
+            sources,
+            class_names_dir=args.class_names_dir,
+            split=args.split,
+            reduce_labels=set(args.reduce_labels),
+            ignore_index=ignore_index,
+            mask_check_samples=args.mask_check_samples,
+        )
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     accelerator = build_accelerator(mixed_precision=args.mixed_precision)
     with accelerator.main_process_first():
         model, processor = load_model_and_processor(args.model, accelerator)
@@ -213,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             results = run_benchmark(
                 model,
                 processor,
-                sources,
+                datasets,
                 class_names_dir=args.class_names_dir,
                 output_dir=args.output_dir,
                 mode=mode,

@@ -13,27 +13,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_folder_atomic, write_text_atomic
+
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "training_state.json"
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a file through a temporary sibling and a rename, so readers never see it half-written."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -93,27 +79,9 @@ def save_checkpoint(
 
 
 def publish_folder(build, destination: str | os.PathLike, keep_previous: bool = True) -> Path:
-    """Create a folder atomically: `build(temporary_path)` fills a sibling temporary folder, which then takes the
-    destination's name. An existing destination is kept as `<name>.previous-<n>`, or with `keep_previous=False`
-    removed once the new folder is in place."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp"))
-    backup = None
-    try:
-        build(temporary)
-        if destination.exists():
-            number = 1
-            while (backup := destination.with_name(f"{destination.name}.previous-{number}")).exists():
-                number += 1
-            os.replace(destination, backup)
-        os.replace(temporary, destination)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    if not keep_previous and backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-    return destination
+    """Create a folder atomically (`build(temporary_path)` fills it). An existing destination is kept as
+    `<name>.previous-<n>`, or with `keep_previous=False` removed once the new folder is in place."""
+    return write_folder_atomic(destination, build, keep_previous=keep_previous)
 
 
 __all__ = [

@@ -55,12 +55,13 @@ class TrainConfig:
 
     # --- data ---
     dataset: str | None = None
-    """Hub dataset id, local folder (`save_to_disk` copy, parquet or image folder) or parquet file."""
+    """Hub dataset id, local folder (`save_to_disk` copy, parquet or image folder), parquet file, or
+    `IMAGES_DIR,MASKS_DIR`: two folders whose images and masks pair up by file name (without suffix)."""
     dataset_config: str | None = None
     """Configuration name of a hub dataset."""
     dataset_preset: str | None = None
     """Label conventions of a known dataset (`training.protocols.DATASET_PRESETS`): ignore value, reduce-labels and
-    class-name file; explicit settings win."""
+    class-name file; explicit settings win. `null` drops a recipe's preset, for your own data."""
     train_split: str = "train"
     eval_dataset: str | None = None
     """Evaluation data when it is not a split of `dataset`."""
@@ -103,6 +104,7 @@ class TrainConfig:
     base_size: int = 520
     """LSeg: the long side is drawn from `scale_range` times this."""
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    """LSeg: `[low, high]` bounds of the random scale of `base_size`."""
 
     # --- optimisation ---
     optimizer: str = "adamw"
@@ -276,12 +278,33 @@ def _parser_for(annotation: Any):
     return parse
 
 
+def _field_help() -> dict[str, str]:
+    """Each setting's docstring (the string under its field in `TrainConfig`) and its default, for `--help`."""
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(TrainConfig)).body[0].body
+    docs = {
+        node.target.id: " ".join(following.value.value.split())
+        for node, following in zip(body, body[1:])
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+    }
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    return {
+        name: (docs.get(name, "") + (f" (default: {defaults[name]})" if name in defaults else "")).replace("%", "%%")
+        for name in _field_types()
+    }
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """`--config` plus one `--field-name` flag per setting (default: not given, so the recipe's value stays)."""
     parser.add_argument("--config", help=f"recipe file or shipped recipe name ({', '.join(list_recipes())})")
+    helps = _field_help()
     for name, annotation in _field_types().items():
         flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, dest=name, type=_parser_for(annotation), default=argparse.SUPPRESS, metavar="VALUE")
+        parser.add_argument(
+            flag, dest=name, type=_parser_for(annotation), default=argparse.SUPPRESS, metavar="VALUE", help=helps[name]
+        )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

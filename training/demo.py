@@ -38,11 +38,11 @@ import numpy as np
 import PIL.Image
 import torch
 
-from processing.cli import UsageError, load_model, resolve_device
+from .cli import UsageError, load_model, resolve_device
 from processing.image_utils_ovseg import InvalidImageError, open_image, to_rgb_array
 from processing.inference_ovseg import MODES, TextFeatureCache, segment
 from processing.text_prompts_ovseg import VocabularyError, resolve_templates, validate_vocabulary
-from processing.visualization import class_colours, label_map_image, overlay_image
+from .visualization import class_colours, label_map_image, overlay_image
 
 from .protocols import DATASET_PRESETS
 

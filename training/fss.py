@@ -85,6 +85,10 @@ def fss_episodes(root: str | Path, classes: list[str] | None = None) -> list[tup
     if not root.is_dir():
         raise FileNotFoundError(f"the FSS-1000 folder {root} does not exist")
     classes = classes if classes is not None else sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise FileNotFoundError(
+            f"the FSS-1000 folder {root} has no class folders: expected {root}/<class>/<n>.jpg with masks <n>.png"
+        )
     episodes = []
     for name in classes:
         folder = root / name
@@ -130,16 +134,20 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="ovseg-fss", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a saved model folder or hub id (LSeg; any model works)")
-    parser.add_argument("--data", required=True, help="the FSS-1000 root: one folder per class")
+    parser.add_argument(
+        "--data", required=True, help="the FSS-1000 root: one folder per class, <root>/<class>/<n>.jpg with masks <n>.png"
+    )
     parser.add_argument("--classes-file", help="HSNet's splits/fss/test.txt (240 classes); default: every folder")
     parser.add_argument("--output-dir", default="outputs/fss")
     args = parser.parse_args(argv)
     classes = None
-    if args.classes_file:
-        classes = [line.strip() for line in Path(args.classes_file).read_text().splitlines() if line.strip()]
     try:
+        if args.classes_file:
+            classes = [line.strip() for line in Path(args.classes_file).read_text().splitlines() if line.strip()]
+            if not classes:
+                raise FileNotFoundError(f"the classes file {args.classes_file} lists no class")
         episodes = fss_episodes(args.data, classes)
-    except FileNotFoundError as error:
+    except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     accelerator = build_accelerator()

@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from processing.cli import UsageError, default_cache_dir, load_model, parse_labels
+    from .cli import UsageError, default_cache_dir, load_model, parse_labels
     from processing.text_prompts_ovseg import resolve_templates
 
     from .distributed import build_accelerator

@@ -116,7 +116,7 @@ def pretrain_tiny_clip(folder: Path, class_names: tuple[str, ...], steps: int, s
     """
     from transformers import CLIPConfig, CLIPModel
 
-    from processing import catseg_processor
+    from .presets import catseg_processor
 
     torch.manual_seed(seed)
     clip = CLIPModel(CLIPConfig(**TINY_CLIP))
@@ -294,7 +294,7 @@ def write_overlay(
 
     The original is shown beside it, so the tinted regions can be compared with the shapes they cover.
     """
-    from processing.visualization import overlay_image
+    from .visualization import overlay_image
 
     height, width = image.shape[:2]
     big_image = np.asarray(PIL.Image.fromarray(image).resize((width * scale, height * scale), PIL.Image.NEAREST))

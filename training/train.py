@@ -94,7 +94,7 @@ def build_model(config: TrainConfig):
 
 def build_processor(model, config: TrainConfig):
     """The processor saved with a pretrained model, else the official one for the model's config."""
-    from processing import processor_for_config
+    from .presets import processor_for_config
 
     if config.pretrained_model and Path(config.pretrained_model, "processor_config.json").is_file():
         from transformers import AutoProcessor
@@ -483,7 +483,7 @@ def write_model_folder(
 ) -> Path | None:
     """Write `output_dir/<name>` (Hub-ready, with a model card of the measured results); every process must call
     this, the main process writes and returns the folder."""
-    from processing import save_for_hub
+    from .remote_code import save_for_hub
 
     from .model_card import training_card
 

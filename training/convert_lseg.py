@@ -1,6 +1,6 @@
 """Convert an official LSeg checkpoint (isl-org/lang-seg) into a transformers folder that carries its own code.
 
-    python -m modeling_lseg.convert_lseg --checkpoint demo_e200.ckpt --output lseg-demo
+    python -m training.convert_lseg --checkpoint demo_e200.ckpt --output lseg-demo
 
 `--checkpoint` is a local file, a URL, or the name of a released checkpoint (`demo_e200`, `fss_l16`), which is
 downloaded from the authors' Google Drive. The folder loads anywhere with
@@ -24,8 +24,11 @@ from pathlib import Path
 import torch
 from transformers import initialization as init
 
-from .configuration_lseg import LSegConfig
-from .modeling_lseg import LSegForSemanticSegmentation, load_state_dict_strictly
+from modeling_lseg.configuration_lseg import LSegConfig
+from modeling_lseg.modeling_lseg import LSegForSemanticSegmentation, load_state_dict_strictly
+
+from .atomic import write_folder_atomic
+from .openai_clip_keys import map_openai_clip_key
 
 # The released checkpoints with the ViT-L/16 image encoder (the README's model zoo). The other zero-shot
 # checkpoints (pascal_fold*, coco_fold*, fss_rn101) use a ResNet-101 image encoder, which this port does not have.
@@ -33,6 +36,9 @@ OFFICIAL_CHECKPOINTS = {
     "demo_e200": "https://drive.google.com/file/d/1FTuHY1xPUkM-5gaDtMfgCl3D0gR89WV7/view?usp=sharing",
     "fss_l16": "https://drive.google.com/file/d/1Nplkc_JsHIS55d--K2vonOOC3HrppzYy/view?usp=sharing",
 }
+
+# LSeg's OpenAI CLIP, mapped by the key map shared with CAT-Seg (`training.openai_clip_keys`).
+CLIP_PREFIX = "clip_pretrained."
 
 # Unused by LSeg's forward pass, so the port does not keep them.
 DROPPED_KEYS = re.compile(r"pretrained\.model\.head\.(weight|bias)|clip_pretrained\.(visual\..+|logit_scale)")
@@ -74,18 +80,6 @@ _RULES_BY_PREFIX = {
         (r"head1\.(\w+)", r"pixel_embeddings.projection.\1"),
     ],
     ("scratch.head_block.depthwise.depthwise.", "spatial_regularization."): [(r"(weight|bias)", r"\1")],
-    ("clip_pretrained.", "lseg.text_encoder."): [
-        (r"token_embedding\.weight", "text_model.embeddings.token_embedding.weight"),
-        (r"positional_embedding", "text_model.embeddings.position_embedding.weight"),
-        (r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(\w+)", r"text_model.encoder.layers.\1.self_attn.QKV.\2"),
-        (r"transformer\.resblocks\.(\d+)\.attn\.out_proj\.(\w+)", r"text_model.encoder.layers.\1.self_attn.out_proj.\2"),
-        (r"transformer\.resblocks\.(\d+)\.ln_1\.(\w+)", r"text_model.encoder.layers.\1.layer_norm1.\2"),
-        (r"transformer\.resblocks\.(\d+)\.ln_2\.(\w+)", r"text_model.encoder.layers.\1.layer_norm2.\2"),
-        (r"transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(\w+)", r"text_model.encoder.layers.\1.mlp.fc1.\2"),
-        (r"transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(\w+)", r"text_model.encoder.layers.\1.mlp.fc2.\2"),
-        (r"ln_final\.(\w+)", r"text_model.final_layer_norm.\1"),
-        (r"text_projection", "text_projection.weight"),
-    ],
 }  # fmt: skip
 KEY_RULES: list[tuple[re.Pattern, str]] = [
     (re.compile(re.escape(original) + pattern), converted + template)
@@ -94,7 +88,7 @@ KEY_RULES: list[tuple[re.Pattern, str]] = [
 ]
 
 # transformers' names of the query, key and value projections that a fused "QKV" key splits into.
-_QKV_NAMES = {"attention.attention.QKV": ("query", "key", "value"), "self_attn.QKV": ("q_proj", "k_proj", "v_proj")}
+_QKV_NAMES = {"attention.attention.QKV": ("query", "key", "value")}
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike, download_dir: Path) -> Path:
@@ -116,7 +110,9 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, download_dir: Path) -> Pat
         with urllib.request.urlopen(source, timeout=60) as response, open(target, "wb") as file:
             shutil.copyfileobj(response, file, length=1 << 20)
     except OSError as error:
-        raise LSegConversionError(f"Could not download {source}: {error}") from error
+        raise LSegConversionError(
+            f"Could not download {source}: {error}. Download it by hand (in a browser) and pass its path to --checkpoint."
+        ) from None
     with open(target, "rb") as file:
         head = file.read(64).lstrip()
     if head.startswith(b"<"):
@@ -256,12 +252,16 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
         if DROPPED_KEYS.fullmatch(key):
             continue
         matches = ((match, template) for pattern, template in KEY_RULES if (match := pattern.fullmatch(key)))
+        if key.startswith(CLIP_PREFIX):
+            mapped = map_openai_clip_key(key[len(CLIP_PREFIX) :], tensor)
+            if mapped is None:
+                unknown.append(key)
+            else:
+                converted.update({f"lseg.text_encoder.{name}": value for name, value in mapped.items()})
+            continue
         rename = next((_rename(match, template) for match, template in matches), None)
         if rename is None:
             unknown.append(key)
-        elif key == "clip_pretrained.text_projection":
-            # OpenAI CLIP multiplies by it from the right; a Linear layer stores the transpose.
-            converted[rename] = tensor.t().contiguous()
         elif ".QKV." in rename:
             converted.update(_split_qkv(rename, tensor))
         else:
@@ -291,19 +291,20 @@ def _split_qkv(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
 def convert_lseg_checkpoint(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
+    *,
     config: LSegConfig | None = None,
     overwrite: bool = False,
     trust_checkpoint: bool = False,
     **infer_kwargs,
-) -> LSegForSemanticSegmentation:
-    """Convert `checkpoint` (path, URL or released name) and save it, with its code, to `output_dir`.
+) -> Path:
+    """Convert `checkpoint` (path, URL or released name) and save it, with its code, to `output_dir`; returns it.
 
     The config is inferred from the checkpoint (see [`infer_config`], which takes `infer_kwargs`) unless given. The
     folder appears complete or not at all: it is written beside its final place and renamed.
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
-        raise LSegConversionError(f"{output_dir} already exists; choose another output or pass overwrite.")
+        raise LSegConversionError(f"{output_dir} already exists; choose another --output or pass --overwrite.")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lseg-download-") as download_dir:
         state_dict = load_original_state_dict(resolve_checkpoint(checkpoint, Path(download_dir)), trust_checkpoint)
@@ -318,19 +319,8 @@ def convert_lseg_checkpoint(
         raise LSegConversionError(f"{error}. Pass the right config if the inferred one is wrong.") from error
     model.eval()
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        model.save_pretrained(staging)
-        if output_dir.exists():
-            previous = staging.with_name(staging.name + ".previous")
-            output_dir.rename(previous)
-            staging.rename(output_dir)
-            shutil.rmtree(previous)
-        else:
-            staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return model
+    write_folder_atomic(output_dir, model.save_pretrained)
+    return output_dir
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """The exact OpenAI CLIP tokenizer, built offline from the BPE merges file shipped in this package.
 
 This module is not part of the Hub code: a saved processor folder carries ``tokenizer.json``, so a remote load never
-needs the ``.gz`` file. Use it to build a processor from scratch (see ``processing.presets``).
+needs the ``.gz`` file. Use it to build a processor from scratch (see ``training.presets``).
 """
 
 import gzip

@@ -6,16 +6,21 @@ Not part of the Hub code: a saved folder carries the processor's configuration a
 from transformers import PretrainedConfig
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from processing.image_processing_ovseg import OVSegImageProcessor
+from processing.processing_ovseg import OVSegProcessor
+from processing.text_prompts_ovseg import CATSEG_TEMPLATE, RAW_NAME_TEMPLATE
+
 from .clip_tokenizer import build_clip_tokenizer
-from .image_processing_ovseg import OVSegImageProcessor
-from .processing_ovseg import OVSegProcessor
-from .text_prompts_ovseg import CATSEG_TEMPLATE, RAW_NAME_TEMPLATE
+from .remote_code import register_local_classes
 
 # CAT-Seg's official evaluation: the test data mapper resizes the short side to 640 (long side at most 2560); the
 # sliding window then resizes to 640x640 and takes 384x384 crops at stride int(384 * (1 - 0.333)) = 256, plus a
 # global view. The crops are 384 for ViT-L/14@336 too, and resized to its 336 input.
 CATSEG_SLIDING_WINDOW = {"shortest_edge": 640, "max_size": 2560, "image_size": 640, "crop_size": 384, "stride": 256}
 LSEG_IMAGE_SIZE = 480  # LSeg's training crops and zero-shot evaluation size
+
+# So that a folder saved from these processors loads back with `AutoProcessor.from_pretrained(folder)` here.
+register_local_classes()
 
 
 def catseg_processor(

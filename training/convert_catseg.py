@@ -1,7 +1,7 @@
 """Convert the official CAT-Seg checkpoints (`model_base.pth`, `model_large.pth`) to a transformers folder.
 
-    python -m modeling_catseg.convert_catseg --checkpoint model_base.pth --output catseg-vit-base
-    python -m modeling_catseg.convert_catseg --checkpoint base --output catseg-vit-base   # downloads it
+    python -m training.convert_catseg --checkpoint model_base.pth --output catseg-vit-base
+    python -m training.convert_catseg --checkpoint base --output catseg-vit-base   # downloads it
 
 The folder carries the remote code, so `AutoModelForSemanticSegmentation.from_pretrained(folder,
 trust_remote_code=True)` loads it anywhere. Every official key is mapped and loaded strictly.
@@ -13,16 +13,16 @@ import argparse
 import math
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .configuration_catseg import CatSegConfig
-from .modeling_catseg import CatSegForSemanticSegmentation
+from modeling_catseg.configuration_catseg import CatSegConfig
+from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation
+
+from .atomic import write_folder_atomic
+from .openai_clip_keys import map_openai_clip_key
 
 OFFICIAL_CHECKPOINTS = {
     "base": "https://huggingface.co/spaces/hamacojr/CAT-Seg-weights/resolve/main/model_base.pth",
@@ -31,38 +31,6 @@ OFFICIAL_CHECKPOINTS = {
 
 CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
 AGGREGATOR_PREFIX = "sem_seg_head.predictor.transformer."
-
-# CLIP block internals, official -> transformers (applied inside `...resblocks.{i}.`).
-_CLIP_BLOCK = {
-    "attn.q_proj_weight": "self_attn.q_proj.weight",
-    "attn.k_proj_weight": "self_attn.k_proj.weight",
-    "attn.v_proj_weight": "self_attn.v_proj.weight",
-    "attn.out_proj.weight": "self_attn.out_proj.weight",
-    "attn.out_proj.bias": "self_attn.out_proj.bias",
-    "ln_1.weight": "layer_norm1.weight",
-    "ln_1.bias": "layer_norm1.bias",
-    "ln_2.weight": "layer_norm2.weight",
-    "ln_2.bias": "layer_norm2.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight",
-    "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight",
-    "mlp.c_proj.bias": "mlp.fc2.bias",
-}
-
-_CLIP_SINGLE = {
-    "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
-    "visual.class_embedding": "vision_model.embeddings.class_embedding",
-    "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
-    "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
-    "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
-    "visual.ln_post.weight": "vision_model.post_layernorm.weight",
-    "visual.ln_post.bias": "vision_model.post_layernorm.bias",
-    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
-    "positional_embedding": "text_model.embeddings.position_embedding.weight",
-    "ln_final.weight": "text_model.final_layer_norm.weight",
-    "ln_final.bias": "text_model.final_layer_norm.bias",
-    "logit_scale": "logit_scale",
-}
 
 # Aggregator and decoder, official regex -> our name (applied after the prefix is stripped).
 _AGGREGATOR_RULES = [
@@ -105,6 +73,12 @@ def load_official_state_dict(checkpoint: str | os.PathLike) -> dict[str, torch.T
     try:
         container = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsupported:  # torch's own text would suggest allow-listing the object: never relay that
+            raise CheckpointConversionError(
+                f"{path} holds Python objects beyond tensors ({unsupported.group(1)}), which safe loading refuses; "
+                "the official CAT-Seg checkpoints hold only tensors. Refusing to load it."
+            ) from None
         raise CheckpointConversionError(
             f"{path} could not be read as a PyTorch checkpoint ({type(error).__name__}: {error}). Is the file "
             "complete? Download it again if it was cut short."
@@ -132,7 +106,14 @@ def _resolve_checkpoint(checkpoint: str) -> str:
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
-        torch.hub.download_url_to_file(url, str(partial), progress=True)
+        try:
+            torch.hub.download_url_to_file(url, str(partial), progress=True)
+        except OSError as error:  # URLError, timeouts, refused connections
+            reason = getattr(error, "reason", None) or error
+            raise CheckpointConversionError(
+                f"could not download {url} ({reason}); download it by hand (e.g. `curl -L -o {target.name} {url}`) "
+                f"and pass --checkpoint /path/to/{target.name}"
+            ) from None
         os.replace(partial, target)
     return str(target)
 
@@ -235,7 +216,8 @@ def _map_key(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
         match = re.fullmatch(r"upsample(\d)\.(weight|bias)", key)
         return {f"upsampling_decoder.guidance_upsamplers.{int(match[1]) - 1}.{match[2]}": tensor} if match else None
     if key.startswith(CLIP_PREFIX):
-        return _map_clip_key(key[len(CLIP_PREFIX) :], tensor)
+        mapped = map_openai_clip_key(key[len(CLIP_PREFIX) :], tensor)
+        return {f"catseg.clip.{name}": value for name, value in mapped.items()} if mapped is not None else None
     if key.startswith(AGGREGATOR_PREFIX):
         name = key[len(AGGREGATOR_PREFIX) :]
         for pattern, replacement in _AGGREGATOR_RULES:
@@ -258,31 +240,6 @@ def _aggregator_name(match: re.Match, replacement: str | None) -> str:
         return f"upsampling_decoder.stages.{int(groups[0]) - 1}.upsample.{groups[1]}"
     stage, index, kind = groups
     return f"upsampling_decoder.stages.{int(stage) - 1}.{_DOUBLE_CONV_NAMES[index]}.{kind}"
-
-
-def _map_clip_key(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    prefix = "catseg.clip."
-    if name in _CLIP_SINGLE:
-        return {prefix + _CLIP_SINGLE[name]: tensor}
-    if name == "visual.proj":
-        return {prefix + "visual_projection.weight": tensor.t().contiguous()}
-    if name == "text_projection":
-        return {prefix + "text_projection.weight": tensor.t().contiguous()}
-    match = re.fullmatch(r"(visual\.)?transformer\.resblocks\.(\d+)\.(.+)", name)
-    if match is None:
-        return None
-    tower = "vision_model" if match[1] else "text_model"
-    block = f"{prefix}{tower}.encoder.layers.{match[2]}."
-    part = match[3]
-    if part in _CLIP_BLOCK:
-        return {block + _CLIP_BLOCK[part]: tensor}
-    if part in ("attn.in_proj_bias", "attn.in_proj_weight"):
-        kind = part.rsplit("_", 1)[1]
-        return {
-            f"{block}self_attn.{projection}.{kind}": chunk.contiguous()
-            for projection, chunk in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0))
-        }
-    return None
 
 
 def load_official_weights(model: CatSegForSemanticSegmentation, state_dict: dict[str, torch.Tensor]) -> None:
@@ -317,6 +274,7 @@ def load_official_weights(model: CatSegForSemanticSegmentation, state_dict: dict
 def convert_catseg_checkpoint(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
+    *,
     config: CatSegConfig | None = None,
     overwrite: bool = False,
     **config_kwargs: Any,
@@ -342,30 +300,8 @@ def convert_catseg_checkpoint(
             raise CheckpointConversionError(f"The checkpoint lacks the key {error} that CAT-Seg needs.") from error
     model = CatSegForSemanticSegmentation(config).eval()
     load_official_weights(model, state_dict)
-    write_atomically(output_dir, model.save_pretrained)
+    write_folder_atomic(output_dir, model.save_pretrained)
     return output_dir
-
-
-def write_atomically(output_dir: Path, write: Callable[[str], Any]) -> None:
-    """Let `write(folder)` fill a temporary folder beside `output_dir`, then move it into place."""
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        write(str(staging))
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        staging.chmod(0o755)
-        if output_dir.exists():
-            retired = output_dir.with_name(f".{output_dir.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(output_dir, retired)
-            os.replace(staging, output_dir)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,9 +23,7 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +33,14 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation, AutoProcessor
 from transformers.utils import logging as transformers_logging
 
-from modeling_catseg.convert_catseg import CheckpointConversionError, convert_catseg_checkpoint
-from modeling_lseg.convert_lseg import LSegConversionError, convert_lseg_checkpoint
+from processing.image_utils_ovseg import InvalidImageError, open_image, to_rgb_array
+from processing.inference_ovseg import SegmentationResult, TextFeatureCache, segment
+from processing.text_prompts_ovseg import VocabularyError, resolve_templates, validate_vocabulary
 
-from .hub import save_for_hub
-from .image_utils_ovseg import InvalidImageError, open_image, to_rgb_array
-from .inference_ovseg import SegmentationResult, TextFeatureCache, segment
+from .atomic import write_files_atomic, write_folder_atomic
+from .converters import ConversionError, convert_checkpoint
 from .presets import processor_for_config
-from .text_prompts_ovseg import VocabularyError, resolve_templates, validate_vocabulary
+from .remote_code import register_local_classes, save_for_hub
 from .visualization import label_map_image, overlay_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -146,20 +144,29 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ovseg-hf"
 
 
-def _convert_official_checkpoint(checkpoint: Path, output_dir: Path) -> None:
-    """Write the model of a CAT-Seg (``model_base.pth`` / ``model_large.pth``) or LSeg (Lightning ``.ckpt``)
-    checkpoint to ``output_dir`` with that model's converter; which one is found by trying CAT-Seg first."""
+def build_converted_folder(checkpoint: Path, folder: Path) -> None:
+    """Fill `folder` with the converted model, its official processor and the pipeline (the model's converter is
+    chosen from the checkpoint's keys)."""
     try:
-        convert_catseg_checkpoint(checkpoint, output_dir)
-    except CheckpointConversionError as catseg_error:
-        try:
-            convert_lseg_checkpoint(checkpoint, output_dir)
-        except LSegConversionError as lseg_error:
-            raise UsageError(
-                f"--model {checkpoint} could not be converted. As a CAT-Seg checkpoint: {catseg_error} As an LSeg "
-                f"checkpoint: {lseg_error} (Convert unusual checkpoints with python -m modeling_catseg.convert_catseg "
-                "or python -m modeling_lseg.convert_lseg, and pass the folder to --model.)"
-            ) from None
+        convert_checkpoint(checkpoint, folder, overwrite=True)  # `folder` is our own empty staging folder
+    except ConversionError as error:
+        raise UsageError(
+            f"--model {checkpoint} could not be converted: {error} (convert unusual checkpoints with catseg-convert "
+            "or lseg-convert, and pass the folder to --model)"
+        ) from None
+    model = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
+    save_for_hub(model, processor_for_config(model.config), folder)  # adds the processor and the pipeline
+
+
+def check_writable_folder(folder: Path, option: str) -> None:
+    """Refuse, before any work, an output that is a file or that could not be created or written."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder} is a file, not a folder: pass a folder (it is created if missing)")
+    existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{option} {folder}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {folder}: {existing} is not writable; choose a folder you can write to")
 
 
 def convert_official_checkpoint(checkpoint: Path, cache_dir: Path) -> Path:
@@ -173,15 +180,7 @@ def convert_official_checkpoint(checkpoint: Path, cache_dir: Path) -> Path:
     target = cache_dir / "converted" / hashlib.sha256(key.encode()).hexdigest()[:20]
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent)) / "model"
-    try:
-        _convert_official_checkpoint(checkpoint, staging)
-        model = AutoModelForSemanticSegmentation.from_pretrained(staging).eval()
-        save_for_hub(model, processor_for_config(model.config), staging)  # adds the processor and the pipeline
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging.parent, ignore_errors=True)
+    write_folder_atomic(target, lambda staging: build_converted_folder(checkpoint, staging))
     return target
 
 
@@ -200,13 +199,10 @@ def convert_main(argv: list[str] | None = None) -> int:
     try:
         if not args.checkpoint.is_file():
             raise UsageError(f"{args.checkpoint} is not a file")
+        check_writable_folder(args.output, "output")
         if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
             raise UsageError(f"{args.output} exists and is not empty; pass --overwrite to replace it")
-        with tempfile.TemporaryDirectory(prefix=".ovseg-convert-", dir=args.output.parent.resolve()) as cache:
-            converted = convert_official_checkpoint(args.checkpoint, Path(cache))
-            if args.output.exists():
-                shutil.rmtree(args.output)
-            os.replace(converted, args.output)
+        write_folder_atomic(args.output, lambda staging: build_converted_folder(args.checkpoint, staging))
     except UsageError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     print(f"Wrote {args.output}")
@@ -265,22 +261,9 @@ def write_outputs(
     writers = {
         "label_map": lambda file: label_png.save(file, format="PNG"),
         "overlay": lambda file: overlay.save(file, format="PNG"),
-        "summary": lambda file: Path(file).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8"),
+        "summary": lambda file: file.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8"),
     }
-    base.parent.mkdir(parents=True, exist_ok=True)
-    temporaries = {}
-    try:
-        for kind, write in writers.items():
-            handle, temporaries[kind] = tempfile.mkstemp(prefix=f".{paths[kind].name}.", dir=base.parent)
-            os.close(handle)
-            write(temporaries[kind])
-            os.chmod(temporaries[kind], 0o644)
-        for kind, temporary in temporaries.items():
-            os.replace(temporary, paths[kind])
-    finally:
-        for temporary in temporaries.values():
-            if os.path.exists(temporary):
-                os.remove(temporary)
+    write_files_atomic({paths[kind]: write for kind, write in writers.items()})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
     templates = resolve_templates(args.templates) if args.templates is not None else None
     images = collect_images(args.inputs)
     check_images(images)
+    check_writable_folder(Path(args.out), "--out")
     device = resolve_device(args.device)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     model, processor = load_model(args.model, cache_dir, device)
@@ -357,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(arg == "--dataset" or arg.startswith("--dataset=") for arg in argv):  # a whole dataset: its own command
-        from training.label_dataset import main as label_dataset_main
+        from .label_dataset import main as label_dataset_main
 
         return label_dataset_main(argv)
     parser = build_parser()

@@ -1,4 +1,5 @@
-"""Saving a model with its processor and pipeline as one Hub-ready folder of remote code.
+"""Registering the local classes with transformers, and saving a model with its processor and pipeline as one
+Hub-ready folder of remote code.
 
 After ``save_for_hub(model, processor, folder)``, a fresh process with neither this package nor network access can
 run::
@@ -7,20 +8,33 @@ run::
     AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     pipeline(model=folder, trust_remote_code=True)      # zero-shot-semantic-segmentation
 
-Not part of the Hub code.
+Not part of the Hub code: the copied modules (``processing/*_ovseg.py``, ``modeling_*/configuration_*.py`` and
+``modeling_*.py``) import no package of this project, so the registration that ties them together lives here.
 """
 
 import os
 from pathlib import Path
 
-from transformers import AutoModelForSemanticSegmentation, pipeline
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, AutoProcessor, pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .pipeline_ovseg import TASK, ZeroShotSemanticSegmentationPipeline
+from modeling_catseg import CatSegConfig
+from modeling_lseg import LSegConfig
+from processing.image_processing_ovseg import OVSegImageProcessor
+from processing.pipeline_ovseg import TASK, ZeroShotSemanticSegmentationPipeline
+from processing.processing_ovseg import OVSegProcessor
 
 
-def register_pipeline() -> None:
-    """Make ``pipeline("zero-shot-semantic-segmentation", model=..., processor=...)`` available in this process."""
+def register_local_classes() -> None:
+    """Register the processor with the Auto classes of both model types and the
+    ``zero-shot-semantic-segmentation`` pipeline task, in this process (the models register themselves on import).
+
+    After it, ``AutoProcessor.from_pretrained(folder)`` and ``pipeline(TASK, model=..., processor=...)`` work with the
+    local classes; a process without this project uses the folder's remote code instead.
+    """
+    for config_class in (CatSegConfig, LSegConfig):
+        AutoImageProcessor.register(config_class, slow_image_processor_class=OVSegImageProcessor, exist_ok=True)
+        AutoProcessor.register(config_class, OVSegProcessor, exist_ok=True)
     if PIPELINE_REGISTRY.supported_tasks.get(TASK, {}).get("impl") is ZeroShotSemanticSegmentationPipeline:
         return
     PIPELINE_REGISTRY.register_pipeline(
@@ -38,7 +52,7 @@ def save_for_hub(model, processor, folder: str | os.PathLike) -> Path:
     ``processor_config.json``).
     """
     folder = Path(folder)
-    register_pipeline()
+    register_local_classes()
     processor.register_for_auto_class()
     processor.image_processor.register_for_auto_class()
     type(model).register_for_auto_class("AutoModelForSemanticSegmentation")
@@ -54,3 +68,6 @@ def save_for_hub(model, processor, folder: str | os.PathLike) -> Path:
     segmenter.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+register_local_classes()
