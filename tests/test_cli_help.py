@@ -23,7 +23,7 @@ def test_every_ovseg_train_flag_has_a_description(capsys):
     train.add_config_arguments(parser)
     assert undocumented_flags(parser) == []
     text = " ".join(help_text(train.main, capsys).split())
-    assert "IMAGES_DIR,MASKS_DIR: two folders whose images and masks pair up by file name" in text
+    assert "`IMAGES_DIR,MASKS_DIR`: two folders whose images and masks pair up by file name" in text
     assert "`null` drops a recipe's preset, for your own data" in text
     assert "--learning-rate VALUE" in text and "(default: " in text
 

@@ -5,7 +5,7 @@ python -m training.hub runs/catseg-b/model your-name/catseg-vit-b16-finetuned   
 python -m training.hub runs/catseg-b/model your-name/catseg-vit-b16-finetuned --public
 ```
 
-The folder must be what `training.train` (or `processing.save_for_hub`) wrote: `config.json` with an `auto_map`, the
+The folder must be what `training.train` (or `training.remote_code.save_for_hub`) wrote: `config.json` with an `auto_map`, the
 weights, the modelling code, `processor_config.json` and the tokenizer. A folder without a `README.md` gets a
 minimal card written from its config before the upload.
 """
@@ -40,7 +40,7 @@ def check_hub_folder(folder: str | os.PathLike) -> dict:
         missing.append("model.safetensors")
     if missing:
         raise HubFolderError(
-            f"{folder} lacks {missing}: save it with training.train or processing.save_for_hub(model, processor, folder)"
+            f"{folder} lacks {missing}: save it with training.train or training.remote_code.save_for_hub(model, processor, folder)"
         )
     config = json.loads((folder / "config.json").read_text())
     code = {reference.split(".")[0] + ".py" for reference in (config.get("auto_map") or {}).values()}
@@ -48,7 +48,7 @@ def check_hub_folder(folder: str | os.PathLike) -> dict:
     if not code or absent:
         raise HubFolderError(
             f"{folder} does not carry its modelling code ({absent or 'no auto_map in config.json'}): users could not "
-            "load it with trust_remote_code=True; save it with processing.save_for_hub"
+            "load it with trust_remote_code=True; save it with training.remote_code.save_for_hub"
         )
     return config
 
@@ -83,7 +83,7 @@ def push_folder_to_hub(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ovseg-push", description="Upload a saved model folder to the Hub.")
-    parser.add_argument("folder", help="a folder written by training.train or processing.save_for_hub")
+    parser.add_argument("folder", help="a folder written by training.train or training.remote_code.save_for_hub")
     parser.add_argument("repo_id", help="the Hub repository, e.g. your-name/catseg-vit-b16")
     parser.add_argument("--public", action="store_true", help="create a public repository (default: private)")
     parser.add_argument("--token", default=None, help="a Hub token (default: the logged-in one, HF_TOKEN)")
