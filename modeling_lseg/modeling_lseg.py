@@ -308,7 +308,8 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
     """LSeg with its spatial regularisation and upsampling: per-label logits at the input resolution for any labels.
 
     Zero-shot and FSS-style binary segmentation use the same weights with the labels `["others", name]`:
-    `logits.argmax(1)` is then the mask of `name`.
+    `logits.argmax(1)` is then the mask of `name`. The official zero-shot network never applies the spatial
+    regularisation block; `config.zero_shot=True` does the same here.
     """
 
     def __init__(self, config: LSegConfig) -> None:
@@ -425,7 +426,7 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
             return_dict=True,
         )
         logits = outputs.correlation
-        if self.spatial_regularization is not None:
+        if self.spatial_regularization is not None and not self.config.zero_shot:
             logits = self.spatial_regularization(logits)
         # For an even side this is the original's exact x2 upsampling (align_corners ignores the scale factor).
         logits = F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=True)

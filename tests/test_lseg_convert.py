@@ -189,6 +189,15 @@ def test_a_regularisation_block_needs_its_variant(tmp_path, capsys):
     assert_nothing_written(tmp_path, tmp_path / "out")
 
 
+def test_arch_option_0_drops_the_block_as_the_official_zero_shot_network(tmp_path):
+    folder = shared_path("fixtures", "lseg_tiny", "arch_option2")
+    main(["--checkpoint", str(folder / "original_checkpoint.ckpt"), "--output", str(tmp_path / "out"), *HEADS,
+          "--arch-option", "0"])  # fmt: skip
+    model = LSegForSemanticSegmentation.from_pretrained(tmp_path / "out")
+    assert model.config.arch_option == 0 and model.spatial_regularization is None
+    assert_holds_the_parity_tested_weights(tmp_path / "out", folder.parent)
+
+
 def test_pickled_objects_need_explicit_trust(folder, original, tmp_path):
     # Real Lightning checkpoints may pickle more than tensors; safe loading refuses them until told otherwise.
     checkpoint = save_variant(tmp_path, original, hyper_parameters=argparse.Namespace(arch_option=0))
