@@ -6,8 +6,8 @@
 downloaded from the authors' Google Drive. The folder loads anywhere with
 `AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True)`.
 
-Every key of the checkpoint is mapped or deliberately dropped (timm's unused ImageNet classifier and CLIP's unused
-image tower and logit scale), and the model is loaded strictly: anything else is an error that names the keys.
+Every key of the checkpoint is mapped or deliberately dropped (timm's unused final norm and ImageNet classifier and
+CLIP's unused image tower and logit scale), and the model is loaded strictly: anything else is an error that names the keys.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ OFFICIAL_CHECKPOINTS = {
 }
 
 # Unused by LSeg's forward pass, so the port does not keep them.
-DROPPED_KEYS = re.compile(r"pretrained\.model\.head\.(weight|bias)|clip_pretrained\.(visual\..+|logit_scale)")
+DROPPED_KEYS = re.compile(
+    r"pretrained\.model\.(head|norm)\.(weight|bias)|clip_pretrained\.(visual\..+|logit_scale)"
+)
 
 
 class LSegConversionError(ValueError):
@@ -57,7 +59,6 @@ _RULES_BY_PREFIX = {
         (r"blocks\.(\d+)\.attn\.proj\.(\w+)", r"encoder.layer.\1.attention.output.dense.\2"),
         (r"blocks\.(\d+)\.mlp\.fc1\.(\w+)", r"encoder.layer.\1.intermediate.dense.\2"),
         (r"blocks\.(\d+)\.mlp\.fc2\.(\w+)", r"encoder.layer.\1.output.dense.\2"),
-        (r"norm\.(\w+)", r"layernorm.\1"),
     ],
     ("pretrained.", "lseg.neck.reassemble_stage."): [
         (r"act_postprocess(\d)\.0\.project\.0\.(\w+)", r"readout_projects.{stage}.0.\2"),
