@@ -197,6 +197,10 @@ class LSegModel(LSegPreTrainedModel):
         # stay only because the official checkpoints hold them.
         self.neck.fusion_stage.layers[0].residual_layer1.requires_grad_(False)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The ViT's patch embedding, as for transformers' DPT and ViT."""
+        return self.dpt.get_input_embeddings()
+
     @can_return_tuple
     def get_text_features(
         self,

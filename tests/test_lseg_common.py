@@ -1,0 +1,97 @@
+"""transformers' own common model and config tests (`ModelTesterMixin`, `ConfigTester`) on a tiny LSeg.
+
+Structured like transformers' `tests/models/clipseg/test_modeling_clipseg.py`. The mixins come from the sdist of the
+installed release (`tests/transformers_common.py`). Every skipped common test says why it cannot apply.
+"""
+
+import unittest
+
+import torch
+from tiny_models import tiny_lseg_config
+from transformers_common import import_common
+
+from modeling_lseg import LSegConfig, LSegForSemanticSegmentation, LSegModel
+
+modeling_common = import_common("test_modeling_common")
+configuration_common = import_common("test_configuration_common")
+
+
+class LSegModelTester:
+    """Builds the tiny config and inputs that the common tests run on: 2 images of 64x64 and 3 labels."""
+
+    def __init__(self, parent, batch_size=2, num_labels=3, image_size=64, sequence_length=7):
+        self.parent = parent
+        self.batch_size = batch_size
+        self.num_labels = num_labels
+        self.image_size = image_size
+        self.sequence_length = sequence_length
+        # The common hidden-state and attention checks read these.
+        self.num_hidden_layers = 2
+        self.hidden_size = 32
+        self.num_attention_heads = 2
+        self.seq_length = 1 + (image_size // 16) ** 2
+        self.is_training = True
+        self.text_model_tester = LSegTextModelTester(self)
+
+    def get_config(self) -> LSegConfig:
+        # Smaller than tiny_lseg_config so that the common size limits hold: 2 ViT blocks (hooks may repeat one) and
+        # a 1,000-token vocabulary whose last id ends the text.
+        config = tiny_lseg_config()
+        dpt_config = {**config.dpt_config.to_dict(), "num_hidden_layers": 2, "backbone_out_indices": [0, 0, 1, 1]}
+        clip_config = config.clip_config.to_dict()
+        clip_config["text_config"].update(vocab_size=1000, eos_token_id=999)
+        return LSegConfig(dpt_config=dpt_config, clip_config=clip_config)
+
+    def prepare_config_and_inputs(self):
+        generator = torch.Generator().manual_seed(0)
+        pixel_values = torch.rand(self.batch_size, 3, self.image_size, self.image_size, generator=generator) * 2 - 1
+        # Official-style label ids: start, two random tokens, end of text, then padding.
+        input_ids = torch.randint(1, 998, (self.num_labels, self.sequence_length), generator=generator)
+        input_ids[:, 0], input_ids[:, 3], input_ids[:, 4:] = 998, 999, 999
+        attention_mask = torch.ones_like(input_ids)
+        attention_mask[:, 4:] = 0
+        return self.get_config(), pixel_values, input_ids, attention_mask
+
+    def prepare_config_and_inputs_for_common(self):
+        config, pixel_values, input_ids, attention_mask = self.prepare_config_and_inputs()
+        return config, {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class LSegTextModelTester:
+    """The text inputs of `get_text_features`: the CLIP text tower has 2 layers."""
+
+    num_hidden_layers = 2
+
+    def __init__(self, parent: LSegModelTester):
+        self.parent = parent
+
+    def prepare_config_and_inputs_for_common(self):
+        config, _, input_ids, attention_mask = self.parent.prepare_config_and_inputs()
+        return config, {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+class LSegModelTest(modeling_common.ModelTesterMixin, unittest.TestCase):
+    all_model_classes = (LSegModel, LSegForSemanticSegmentation)
+    pipeline_model_mapping = {}
+    # The text tower's token embeddings belong to a frozen CLIP; LSeg never resizes them.
+    test_resize_embeddings = False
+    test_torch_exportable = False  # export from text_embeds is tested in tests/test_export.py
+    _is_composite = True
+    # The labels are a second input beside the images, which every forward needs.
+    additional_model_inputs = ["input_ids"]
+
+    def setUp(self):
+        self.model_tester = LSegModelTester(self)
+        self.config_tester = configuration_common.ConfigTester(
+            self, config_class=LSegConfig, has_text_modality=False, common_properties=[]
+        )
+
+    def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
+        inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=False)
+        if return_labels and model_class is LSegForSemanticSegmentation:
+            tester = self.model_tester
+            inputs_dict["labels"] = torch.zeros(tester.batch_size, tester.image_size, tester.image_size, dtype=torch.long)
+        return inputs_dict
+
+    def test_config(self):
+        self.config_tester.run_common_tests()
