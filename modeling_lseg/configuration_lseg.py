@@ -152,6 +152,11 @@ class LSegConfig(PreTrainedConfig):
             )
 
     @property
+    def text_config(self) -> PreTrainedConfig:
+        """The config of the text tower that encodes the labels (`clip_config.text_config`)."""
+        return self.clip_config.text_config
+
+    @property
     def input_size_multiple(self) -> int:
         """Input sides that the encoder takes without padding: the patch size times the deepest downsampling."""
         return round(self.dpt_config.patch_size / min(1, *self.dpt_config.reassemble_factors))

@@ -226,6 +226,9 @@ class LSegModel(LSegPreTrainedModel):
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}."
             )
+        # The flags of this config govern the outputs; the nested text config's own are not the user's.
+        kwargs.setdefault("output_hidden_states", self.config.output_hidden_states)
+        kwargs.setdefault("output_attentions", self.config.output_attentions)
         with torch.no_grad():
             outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         return BaseModelOutputWithPooling(

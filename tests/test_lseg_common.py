@@ -93,5 +93,49 @@ class LSegModelTest(modeling_common.ModelTesterMixin, unittest.TestCase):
             inputs_dict["labels"] = torch.zeros(tester.batch_size, tester.image_size, tester.image_size, dtype=torch.long)
         return inputs_dict
 
+    def test_model_get_set_embeddings(self):
+        # An image model: as for transformers' DPT and ViT, the input embedding is the patch embedding, not a
+        # token embedding, and there is no output embedding.
+        config, _ = self.model_tester.prepare_config_and_inputs_for_common()
+        for model_class in self.all_model_classes:
+            model = model_class(config)
+            self.assertIs(model.get_input_embeddings(), model.base_model.dpt.embeddings.patch_embeddings)
+            self.assertIsNone(model.get_output_embeddings())
+
+    def _for_classes(self, test, model_classes, **tester_attributes):
+        """Run a common test on some of the model classes, with extra attributes on the model tester."""
+        all_model_classes = self.all_model_classes
+        self.all_model_classes = model_classes
+        for name, value in tester_attributes.items():
+            setattr(self.model_tester, name, value)
+        try:
+            test()
+        finally:
+            self.all_model_classes = all_model_classes
+            for name in tester_attributes:
+                delattr(self.model_tester, name)
+
+    def test_attention_outputs(self):
+        # With output_hidden_states, the segmentation model returns two kinds: the ViT states and the pixel embeddings.
+        self._for_classes(super().test_attention_outputs, (LSegModel,), num_hidden_states_types=1)
+        self._for_classes(super().test_attention_outputs, (LSegForSemanticSegmentation,), num_hidden_states_types=2)
+
+    # Only the segmentation model has a loss to train on.
+    def test_training(self):
+        self._for_classes(super().test_training, (LSegForSemanticSegmentation,))
+
+    def test_training_gradient_checkpointing(self):
+        self._for_classes(super().test_training_gradient_checkpointing, (LSegForSemanticSegmentation,))
+
+    def test_training_gradient_checkpointing_use_reentrant_false(self):
+        self._for_classes(
+            super().test_training_gradient_checkpointing_use_reentrant_false, (LSegForSemanticSegmentation,)
+        )
+
+    def test_training_gradient_checkpointing_use_reentrant_true(self):
+        self._for_classes(
+            super().test_training_gradient_checkpointing_use_reentrant_true, (LSegForSemanticSegmentation,)
+        )
+
     def test_config(self):
         self.config_tester.run_common_tests()
