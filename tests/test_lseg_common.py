@@ -75,7 +75,6 @@ class LSegModelTest(modeling_common.ModelTesterMixin, unittest.TestCase):
     pipeline_model_mapping = {}
     # The text tower's token embeddings belong to a frozen CLIP; LSeg never resizes them.
     test_resize_embeddings = False
-    test_torch_exportable = False  # export from text_embeds is tested in tests/test_export.py
     _is_composite = True
     # The labels are a second input beside the images, which every forward needs.
     additional_model_inputs = ["input_ids"]
