@@ -67,6 +67,11 @@ class LSegConfig(PreTrainedConfig):
             are followed by `activation`. Values below 1 apply it once.
         activation (`str`, *optional*, defaults to `"lrelu"`):
             Activation between regularisation blocks: `"relu"`, `"lrelu"` (LeakyReLU, slope 0.01) or `"tanh"`.
+        zero_shot (`bool`, *optional*, defaults to `False`):
+            Behave as the official zero-shot network (`LSegNetZS`), which never applies the spatial regularisation
+            block: a model with `arch_option` 1 or 2 keeps the block's weights (its checkpoint loads as is) but
+            skips it. No effect with `arch_option=0`. Load a checkpoint that way with
+            `from_pretrained(folder, zero_shot=True)`.
         correlation_temperature (`float`, *optional*, defaults to 0.07):
             The word-pixel correlation is the cosine similarity divided by this fixed temperature (x 14.29). It is
             not learned and is not CLIP's `logit_scale`. (`temperature` itself is reserved for generation.)
@@ -94,6 +99,7 @@ class LSegConfig(PreTrainedConfig):
         arch_option: int = 0,
         block_depth: int = 0,
         activation: str = "lrelu",
+        zero_shot: bool = False,
         correlation_temperature: float = 0.07,
         ignore_index: int = 255,
         initializer_range: float = 0.02,
@@ -112,6 +118,7 @@ class LSegConfig(PreTrainedConfig):
         self.arch_option = arch_option
         self.block_depth = block_depth
         self.activation = activation
+        self.zero_shot = zero_shot
         self.correlation_temperature = correlation_temperature
         self.ignore_index = ignore_index
         self.initializer_range = initializer_range
@@ -143,6 +150,11 @@ class LSegConfig(PreTrainedConfig):
                 f"dpt_config.backbone_out_indices {dpt.backbone_out_indices} must be ViT blocks "
                 f"0..{dpt.num_hidden_layers - 1}."
             )
+
+    @property
+    def text_config(self) -> PreTrainedConfig:
+        """The config of the text tower that encodes the labels (`clip_config.text_config`)."""
+        return self.clip_config.text_config
 
     @property
     def input_size_multiple(self) -> int:

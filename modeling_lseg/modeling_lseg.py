@@ -17,9 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, CLIPModel, CLIPTextModelWithProjection, DPTModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.dpt.modeling_dpt import DPTNeck
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import resolve_hidden_states_indices, selected_hidden_states
 
 from .configuration_lseg import LSegConfig
 
@@ -44,15 +47,19 @@ class LSegModelOutput(ModelOutput):
         text_embeds (`torch.FloatTensor` of shape `(num_labels, projection_dim)` or `(batch_size, num_labels,
         projection_dim)`):
             L2-normalised label embeddings.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states`):
             The ViT embeddings and the output of every ViT block, each `(batch_size, 1 + num_patches, hidden_size)`,
-            computed on the input padded to a multiple of `config.input_size_multiple`.
+            computed on the input padded to a multiple of `config.input_size_multiple`. With a list of indices,
+            the entries not selected are `None`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            The attention weights of every ViT block, each `(batch_size, num_heads, 1 + num_patches, 1 + num_patches)`.
     """
 
     correlation: torch.FloatTensor | None = None
     pixel_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -66,17 +73,19 @@ class LSegSemanticSegmenterOutput(ModelOutput):
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`):
             Per-label scores at the input resolution; `logits.argmax(1)` is the segmentation.
         pixel_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim, ceil(height / 2), ceil(width / 2))`,
-        *optional*, returned with `output_hidden_states=True`):
+        *optional*, returned with `output_hidden_states`):
             L2-normalised pixel embeddings in the CLIP text space.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states=True`):
-            The ViT embeddings and the output of every ViT block, each `(batch_size, 1 + num_patches, hidden_size)`,
-            computed on the input padded to a multiple of `config.input_size_multiple`.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned with `output_hidden_states`):
+            The ViT hidden states, as in [`LSegModelOutput`].
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned with `output_attentions=True`):
+            The attention weights of every ViT block, as in [`LSegModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     pixel_embeds: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class LSegPixelEmbeddings(nn.Module):
@@ -154,6 +163,8 @@ class LSegPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     # The loss is a mean over the labelled pixels, so the Trainer must not rescale it by its own token count.
     accepts_loss_kwargs = False
+    # Folders saved before the unused final ViT LayerNorm was dropped still hold it.
+    _keys_to_ignore_on_load_unexpected = [r"dpt\.layernorm\."]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -167,27 +178,43 @@ class LSegPreTrainedModel(PreTrainedModel):
 class LSegModel(LSegPreTrainedModel):
     """The DPT image encoder, the CLIP text encoder and their word-pixel correlation.
 
-    The CLIP text encoder stays frozen, as in the original training, which never gave it to the optimiser: it runs
-    without autograd, so its parameters get no gradient (under DDP, set `requires_grad_(False)` on
-    `text_encoder` or let DDP find unused parameters).
+    The CLIP text encoder stays frozen, as in the original training, which never gave it to the optimiser: its
+    parameters have `requires_grad=False` and it runs without autograd, so DDP needs no `find_unused_parameters`.
     """
 
     def __init__(self, config: LSegConfig) -> None:
         super().__init__(config)
         self.dpt = DPTModel._from_config(config.dpt_config, add_pooling_layer=False)
+        # LSeg reads the ViT blocks' outputs and discards the final LayerNorm's, so the model does not have it.
+        self.dpt.layernorm = nn.Identity()
         self.neck = DPTNeck(config.dpt_config)
         self.pixel_embeddings = LSegPixelEmbeddings(config)
         self.text_encoder = CLIPTextModelWithProjection._from_config(config.clip_config.text_config)
         self.word_pixel_correlation = LSegWordPixelCorrelation(config)
         self.post_init()
+        self.text_encoder.requires_grad_(False)
+        # The deepest fusion stage has no coarser input to merge, so its first residual unit never runs; its weights
+        # stay only because the official checkpoints hold them.
+        self.neck.fusion_stage.layers[0].residual_layer1.requires_grad_(False)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The ViT's patch embedding, as for transformers' DPT and ViT."""
+        return self.dpt.get_input_embeddings()
+
+    @can_return_tuple
     def get_text_features(
-        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """L2-normalised label embeddings `(num_labels, projection_dim)` of tokenised labels `(num_labels, length)`.
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """The label embeddings of tokenised labels `(num_labels, length)`, as CLIP's `get_text_features` returns them.
 
-        LSeg encodes the raw label strings, without a prompt template. The CLIP tokenizer's output works as is: the
-        feature is read at the first end-of-text token, and causal attention keeps the padding after it out.
+        `pooler_output` holds the L2-normalised label embeddings `(num_labels, projection_dim)`; `last_hidden_state`,
+        `hidden_states` (with `output_hidden_states`) and `attentions` (with `output_attentions`) are the CLIP text
+        encoder's. LSeg encodes the raw label strings, without a prompt template. The CLIP tokenizer's output works
+        as is: the feature is read at the first end-of-text token, and causal attention keeps the padding after it
+        out.
         """
         if input_ids.ndim != 2:
             raise ValueError(
@@ -199,9 +226,17 @@ class LSegModel(LSegPreTrainedModel):
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}."
             )
+        # The flags of this config govern the outputs; the nested text config's own are not the user's.
+        kwargs.setdefault("output_hidden_states", self.config.output_hidden_states)
+        kwargs.setdefault("output_attentions", self.config.output_attentions)
         with torch.no_grad():
-            outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        return F.normalize(outputs.text_embeds, dim=-1)
+            outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=F.normalize(outputs.text_embeds, dim=-1),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     @can_return_tuple
     def forward(
@@ -210,7 +245,8 @@ class LSegModel(LSegPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         text_embeds: torch.FloatTensor | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LSegModelOutput:
         r"""
         Args:
@@ -227,8 +263,8 @@ class LSegModel(LSegPreTrainedModel):
                 Precomputed label embeddings (from [`~LSegModel.get_text_features`]) instead of `input_ids`, so a
                 vocabulary is encoded once; a batched tensor gives every image its own vocabulary. They are
                 L2-normalised here.
-            output_hidden_states (`bool`, *optional*):
-                Also return the ViT hidden states.
+            output_hidden_states (`bool` or `list[int]`, *optional*):
+                Also return the ViT hidden states: all of them, or those at the given indices.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -244,8 +280,10 @@ class LSegModel(LSegPreTrainedModel):
         if pad_height or pad_width:
             pixel_values = F.pad(pixel_values, (0, pad_width, 0, pad_height), value=PADDING_VALUE)
         dpt_config = self.config.dpt_config
-        encoder_outputs = self.dpt(pixel_values, output_hidden_states=True, return_dict=True)
-        hooked = [encoder_outputs.hidden_states[index + 1] for index in dpt_config.backbone_out_indices]
+        # The hooks need the hidden states, whatever the caller asked for.
+        encoder_outputs = self.dpt(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
+        hidden_states = encoder_outputs.hidden_states
+        hooked = [hidden_states[index + 1] for index in dpt_config.backbone_out_indices]
         fused = self.neck(
             hooked,
             patch_height=pixel_values.shape[-2] // dpt_config.patch_size,
@@ -256,11 +294,17 @@ class LSegModel(LSegPreTrainedModel):
         pixel_embeds = pixel_embeds[..., : -(-height // stride), : -(-width // stride)]
 
         correlation = self.word_pixel_correlation(pixel_embeds, text_embeds.to(pixel_embeds.dtype))
+        if not output_hidden_states:
+            hidden_states = None
+        elif (selected := selected_hidden_states(output_hidden_states)) is not None:
+            selected = resolve_hidden_states_indices(self, selected, num_hidden_states=len(hidden_states))
+            hidden_states = tuple(state if index in selected else None for index, state in enumerate(hidden_states))
         return LSegModelOutput(
             correlation=correlation,
             pixel_embeds=pixel_embeds,
             text_embeds=text_embeds,
-            hidden_states=encoder_outputs.hidden_states if output_hidden_states else None,
+            hidden_states=hidden_states,
+            attentions=encoder_outputs.attentions,
         )
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
@@ -289,7 +333,7 @@ class LSegModel(LSegPreTrainedModel):
                 "tokenizer, or text_embeds (num_labels, projection_dim) from get_text_features()."
             )
         if text_embeds is None:
-            text_embeds = self.get_text_features(input_ids, attention_mask)
+            text_embeds = self.get_text_features(input_ids, attention_mask).pooler_output
         else:
             dim = self.config.clip_config.projection_dim
             batched = text_embeds.ndim == 3 and text_embeds.shape[0] == batch_size
@@ -308,7 +352,8 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
     """LSeg with its spatial regularisation and upsampling: per-label logits at the input resolution for any labels.
 
     Zero-shot and FSS-style binary segmentation use the same weights with the labels `["others", name]`:
-    `logits.argmax(1)` is then the mask of `name`.
+    `logits.argmax(1)` is then the mask of `name`. The official zero-shot network never applies the spatial
+    regularisation block; `config.zero_shot=True` does the same here.
     """
 
     def __init__(self, config: LSegConfig) -> None:
@@ -327,8 +372,7 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
     ) -> LSegForSemanticSegmentation:
         """A new LSeg, ready to train, whose ViT comes from a DPT or ViT checkpoint and whose text encoder from CLIP.
 
-        `image_encoder` is a `DPTModel`, `ViTModel` (or any model with their `embeddings`/`encoder`/`layernorm`
-        layout), a hub id such as `"Intel/dpt-large"` or `"google/vit-large-patch16-384"`, or a local folder; only
+        `image_encoder` is a `DPTModel`, `ViTModel` (or any model with their `embeddings`/`encoder` layout), a hub id such as `"Intel/dpt-large"` or `"google/vit-large-patch16-384"`, or a local folder; only
         its ViT is used (LSeg's neck, with BatchNorm in the fusion units, starts fresh, as in the original
         training). `text_encoder` is a `CLIPModel`, hub id or folder, e.g. `"openai/clip-vit-base-patch32"`.
 
@@ -358,7 +402,7 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
         vit_state = {}
         for name, tensor in image_encoder.state_dict().items():
             name = next((pattern.sub(new, name) for pattern, new in _VIT_TO_DPT_KEYS if pattern.match(name)), name)
-            if name.split(".", 1)[0] in ("embeddings", "encoder", "layernorm"):
+            if name.split(".", 1)[0] in ("embeddings", "encoder"):
                 vit_state[name] = tensor
         load_state_dict_strictly(model.lseg.dpt, vit_state, "The image_encoder checkpoint")
         clip_state = {
@@ -369,11 +413,15 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
         load_state_dict_strictly(model.lseg.text_encoder, clip_state, "The text_encoder checkpoint")
         return model
 
+    @can_return_tuple
     def get_text_features(
-        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """L2-normalised label embeddings `(num_labels, projection_dim)`; see [`LSegModel.get_text_features`]."""
-        return self.lseg.get_text_features(input_ids, attention_mask)
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        """The label embeddings in `pooler_output`, L2-normalised; see [`LSegModel.get_text_features`]."""
+        return self.lseg.get_text_features(input_ids, attention_mask, **kwargs)
 
     @can_return_tuple
     def forward(
@@ -383,7 +431,8 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         text_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LSegSemanticSegmenterOutput:
         r"""
         Args:
@@ -399,8 +448,8 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
             labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
                 Indices into the vocabulary, or `config.ignore_index`; gives the cross-entropy loss. Labels of
                 another size are compared with bilinearly resized logits.
-            output_hidden_states (`bool`, *optional*):
-                Also return the pixel embeddings and the ViT hidden states.
+            output_hidden_states (`bool` or `list[int]`, *optional*):
+                Also return the pixel embeddings and the ViT hidden states (all, or those at the given indices).
 
         Example:
 
@@ -423,9 +472,10 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
             text_embeds=text_embeds,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
         logits = outputs.correlation
-        if self.spatial_regularization is not None:
+        if self.spatial_regularization is not None and not self.config.zero_shot:
             logits = self.spatial_regularization(logits)
         # For an even side this is the original's exact x2 upsampling (align_corners ignores the scale factor).
         logits = F.interpolate(logits, size=pixel_values.shape[-2:], mode="bilinear", align_corners=True)
@@ -439,6 +489,7 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
             logits=logits,
             pixel_embeds=outputs.pixel_embeds if output_hidden_states else None,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
     def _check_labels(self, labels: torch.Tensor, logits: torch.Tensor) -> None:

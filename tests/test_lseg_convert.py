@@ -126,9 +126,10 @@ def test_the_weights_are_float32_and_the_unused_tensors_dropped(folder, original
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     saved = load_file(tmp_path / "out" / "model.safetensors")
     assert not [key for key in saved if "vision" in key or "logit_scale" in key or ".head." in key]
-    # 490 official tensors less the timm classifier (2), CLIP's image tower (20) and logit scale (1), plus the
-    # three q/k/v tensors that every fused projection (24 ViT + 3 text blocks, weight and bias) splits into.
-    assert len(saved) == 490 - 2 - 20 - 1 + 2 * 27 * 2
+    assert not [key for key in saved if "dpt.layernorm" in key]
+    # 490 official tensors less the timm classifier (2) and final norm (2), CLIP's image tower (20) and logit scale
+    # (1), plus the three q/k/v tensors that every fused projection (24 ViT + 3 text blocks, weight and bias) splits into.
+    assert len(saved) == 490 - 2 - 2 - 20 - 1 + 2 * 27 * 2
 
 
 @pytest.mark.parametrize(
@@ -189,6 +190,15 @@ def test_a_regularisation_block_needs_its_variant(tmp_path, capsys):
     assert exit_info.value.code == 1
     assert "error: The checkpoint has a spatial regularisation block" in capsys.readouterr().err
     assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_arch_option_0_drops_the_block_as_the_official_zero_shot_network(tmp_path):
+    folder = shared_path("fixtures", "lseg_tiny", "arch_option2")
+    main(["--checkpoint", str(folder / "original_checkpoint.ckpt"), "--output", str(tmp_path / "out"), *HEADS,
+          "--arch-option", "0"])  # fmt: skip
+    model = LSegForSemanticSegmentation.from_pretrained(tmp_path / "out")
+    assert model.config.arch_option == 0 and model.spatial_regularization is None
+    assert_holds_the_parity_tested_weights(tmp_path / "out", folder.parent)
 
 
 def test_pickled_objects_need_explicit_trust(folder, original, tmp_path):

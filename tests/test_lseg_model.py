@@ -44,9 +44,10 @@ def test_defaults_are_the_released_demo_model_with_its_parameter_count():
     with torch.device("meta"):
         demo = LSegForSemanticSegmentation(config)
         regularised = LSegForSemanticSegmentation(LSegConfig(arch_option=2))
-    # The spec's count for DPTModel + DPTNeck + head1 + CLIPTextModelWithProjection; the block adds a 3x3 kernel.
-    assert sum(p.numel() for p in demo.parameters()) == 406_262_272
-    assert sum(p.numel() for p in regularised.parameters()) == 406_262_272 + 10
+    # The spec's count for DPTModel + DPTNeck + head1 + CLIPTextModelWithProjection, less the final ViT LayerNorm
+    # that LSeg discards (2 x 1024); the block adds a 3x3 kernel.
+    assert sum(p.numel() for p in demo.parameters()) == 406_262_272 - 2 * 1024
+    assert sum(p.numel() for p in regularised.parameters()) == 406_262_272 - 2 * 1024 + 10
 
 
 def test_config_round_trips_and_names_the_remote_code(tmp_path):
@@ -109,7 +110,7 @@ def test_a_half_precision_model_takes_float32_images():
 def test_precomputed_text_embeds_give_the_same_logits(model):
     with torch.no_grad():
         expected = model(pixels(), input_ids=label_ids(4)).logits
-        text_embeds = model.get_text_features(label_ids(4))
+        text_embeds = model.get_text_features(label_ids(4)).pooler_output
         assert text_embeds.shape == (4, 16)
         torch.testing.assert_close(text_embeds.norm(dim=-1), torch.ones(4))
         torch.testing.assert_close(model(pixels(), text_embeds=text_embeds).logits, expected, atol=0, rtol=0)
@@ -121,7 +122,7 @@ def test_each_image_can_have_its_own_vocabulary(model):
     # The zero-shot protocol pairs every image with ["others", its class].
     images = pixels(2)
     with torch.no_grad():
-        vocabularies = [model.get_text_features(label_ids(4)[[0, 1]]), model.get_text_features(label_ids(4)[[0, 3]])]
+        vocabularies = [model.get_text_features(label_ids(4)[rows]).pooler_output for rows in ([0, 1], [0, 3])]
         batched = model(images, text_embeds=torch.stack(vocabularies)).logits
         for index, vocabulary in enumerate(vocabularies):
             alone = model(images[index : index + 1], text_embeds=vocabulary).logits
@@ -136,7 +137,9 @@ def test_tokenizer_style_padding_and_attention_mask_do_not_change_the_text_featu
     mask = torch.ones_like(official)
     for row in range(3):
         mask[row, int((official[row] == 49407).nonzero()[0]) + 1 :] = 0
-    torch.testing.assert_close(model.get_text_features(hf, mask), model.get_text_features(official))
+    torch.testing.assert_close(
+        model.get_text_features(hf, mask).pooler_output, model.get_text_features(official).pooler_output
+    )
 
 
 def test_the_text_encoder_stays_frozen_and_the_image_side_trains():
@@ -144,6 +147,9 @@ def test_the_text_encoder_stays_frozen_and_the_image_side_trains():
     labels = torch.randint(0, 3, (2, 64, 64), generator=torch.Generator().manual_seed(0))
     model(pixels(2), input_ids=label_ids(3), labels=labels).loss.backward()
     assert all(p.grad is None for p in model.lseg.text_encoder.parameters())
+    # Frozen as DDP sees it: every trainable parameter gets a gradient, so find_unused_parameters is not needed.
+    assert not any(p.requires_grad for p in model.lseg.text_encoder.parameters())
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
     assert all(p.grad is not None for p in model.lseg.dpt.encoder.parameters())
     assert model.lseg.neck.reassemble_stage.readout_projects[0][0].weight.grad.abs().sum() > 0
     assert model.lseg.pixel_embeddings.projection.weight.grad.abs().sum() > 0
@@ -279,9 +285,9 @@ def test_from_pretrained_parts_starts_from_a_vit_or_dpt_and_a_clip_checkpoint(im
     assert dpt.backbone_out_indices == [1, 3, 5, 7] and dpt.use_batch_norm_in_fusion_residual
     assert model.config.arch_option == 2 and model.config.clip_config.projection_dim == 16
     image = pixels(2, 32, 32)
-    with torch.no_grad():  # the same ViT, whatever its parameter names
-        expected = image_encoder.eval()(image).last_hidden_state
-        torch.testing.assert_close(model.lseg.dpt.eval()(image).last_hidden_state, expected)
+    with torch.no_grad():  # the same ViT blocks, whatever their parameter names (LSeg has no final LayerNorm)
+        expected = image_encoder.eval()(image, output_hidden_states=True).hidden_states
+        torch.testing.assert_close(model.lseg.dpt.eval()(image, output_hidden_states=True).hidden_states, expected)
     clip_state = clip.state_dict()
     for name, tensor in model.lseg.text_encoder.state_dict().items():
         torch.testing.assert_close(tensor, clip_state[name], atol=0, rtol=0)
@@ -294,3 +300,44 @@ def test_from_pretrained_parts_names_what_does_not_fit_a_given_config():
     clip = CLIPModel(CLIPConfig(**tiny_clip_config(vision_layers=1)))
     with pytest.raises(ValueError, match=r"image_encoder checkpoint does not fit .*encoder\.layer\.2\."):
         LSegForSemanticSegmentation.from_pretrained_parts(image_encoder, clip, config=tiny_lseg_config())
+
+
+def test_a_list_of_hidden_state_indices_selects_those_states(model):
+    with torch.no_grad():
+        every = model(pixels(), input_ids=label_ids(3), output_hidden_states=True).hidden_states
+        chosen = model(pixels(), input_ids=label_ids(3), output_hidden_states=[0, 2, -1]).hidden_states
+    assert len(chosen) == len(every) == 5
+    assert [index for index, state in enumerate(chosen) if state is not None] == [0, 2, 4]
+    torch.testing.assert_close(chosen[2], every[2])
+
+
+def test_attentions_are_returned_on_request():
+    model = LSegForSemanticSegmentation(tiny_lseg_config(attn_implementation="eager")).eval()
+    with torch.no_grad():
+        outputs = model(pixels(2), input_ids=label_ids(3), output_attentions=True)
+        plain = model(pixels(2), input_ids=label_ids(3))
+    assert len(outputs.attentions) == 4 and outputs.attentions[0].shape == (2, 2, 17, 17)
+    torch.testing.assert_close(outputs.attentions[0].sum(-1), torch.ones(2, 2, 17))
+    assert plain.attentions is None
+    torch.testing.assert_close(outputs.logits, plain.logits)
+
+
+def test_get_text_features_returns_clip_style_outputs(model):
+    with torch.no_grad():
+        outputs = model.get_text_features(label_ids(3), output_hidden_states=True)
+        raw = model.lseg.text_encoder(input_ids=label_ids(3)).text_embeds
+    torch.testing.assert_close(outputs.pooler_output, F.normalize(raw, dim=-1))
+    assert len(outputs.hidden_states) == 3 and outputs.last_hidden_state.shape[:2] == label_ids(3).shape
+
+
+def test_the_unused_final_vit_layernorm_is_not_part_of_the_model(tmp_path, model):
+    assert not any(".dpt.layernorm." in name for name in model.state_dict())
+    # Folders saved while the model still had it load without complaint.
+    model.save_pretrained(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "model.safetensors")
+    state["lseg.dpt.layernorm.weight"] = torch.ones(32)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = LSegForSemanticSegmentation.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.state_dict()["lseg.neck.convs.0.weight"], model.state_dict()["lseg.neck.convs.0.weight"])

@@ -170,4 +170,29 @@ def test_transformers_clip_tokenizer_gives_the_official_text_embeddings(plain):
     for ids, official in zip(text["input_ids"], io["input_ids"]):
         end = int((official == 49407).nonzero()[0]) + 1
         assert ids[:end].tolist() == official[:end].tolist()
-    torch.testing.assert_close(model.get_text_features(**text), io["text_embeds"], **MEANS)
+    torch.testing.assert_close(model.get_text_features(**text).pooler_output, io["text_embeds"], **MEANS)
+
+
+@pytest.mark.parametrize("zero_shot", [True, False])
+def test_zero_shot_option_skips_the_regularisation_block_as_the_official_zero_shot_network(zero_shot):
+    # LSegNetZS loaded from the arch_option=2 checkpoint never applies its head block; the weights are shared.
+    folder = shared_path("fixtures", "lseg_tiny", "arch_option2")
+    io = load_file(shared_path("fixtures", "lseg_tiny", "io.safetensors"))
+    model = converted_model(folder)
+    model.config.zero_shot = zero_shot
+    with torch.no_grad():
+        logits = model(pixel_values(io["image"]), input_ids=io["zs_input_ids"][0]).logits
+    expected = upsampled(io["zs_logits_lowres"])
+    if zero_shot:
+        torch.testing.assert_close(logits, expected, **LOGITS)
+        torch.testing.assert_close(logits.mean(dim=(2, 3)), io["zs_logits_mean"], **MEANS)
+    else:  # the standard network applies the block, so the option is what makes the difference
+        assert (logits - expected).abs().max() > 1e-2
+
+
+def test_zero_shot_is_a_loading_option(tmp_path):
+    model = converted_model(shared_path("fixtures", "lseg_tiny", "arch_option2"))
+    model.save_pretrained(tmp_path)
+    loaded = LSegForSemanticSegmentation.from_pretrained(tmp_path, zero_shot=True)
+    assert loaded.config.zero_shot and loaded.spatial_regularization is not None
+    torch.testing.assert_close(loaded.spatial_regularization.weight, model.spatial_regularization.weight)

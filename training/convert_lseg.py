@@ -6,8 +6,8 @@
 downloaded from the authors' Google Drive. The folder loads anywhere with
 `AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True)`.
 
-Every key of the checkpoint is mapped or deliberately dropped (timm's unused ImageNet classifier and CLIP's unused
-image tower and logit scale), and the model is loaded strictly: anything else is an error that names the keys.
+Every key of the checkpoint is mapped or deliberately dropped (timm's unused final norm and ImageNet classifier and
+CLIP's unused image tower and logit scale), and the model is loaded strictly: anything else is an error that names the keys.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ OFFICIAL_CHECKPOINTS = {
 CLIP_PREFIX = "clip_pretrained."
 
 # Unused by LSeg's forward pass, so the port does not keep them.
-DROPPED_KEYS = re.compile(r"pretrained\.model\.head\.(weight|bias)|clip_pretrained\.(visual\..+|logit_scale)")
+DROPPED_KEYS = re.compile(
+    r"pretrained\.model\.(head|norm)\.(weight|bias)|clip_pretrained\.(visual\..+|logit_scale)"
+)
 
 
 class LSegConversionError(ValueError):
@@ -63,7 +65,6 @@ _RULES_BY_PREFIX = {
         (r"blocks\.(\d+)\.attn\.proj\.(\w+)", r"encoder.layer.\1.attention.output.dense.\2"),
         (r"blocks\.(\d+)\.mlp\.fc1\.(\w+)", r"encoder.layer.\1.intermediate.dense.\2"),
         (r"blocks\.(\d+)\.mlp\.fc2\.(\w+)", r"encoder.layer.\1.output.dense.\2"),
-        (r"norm\.(\w+)", r"layernorm.\1"),
     ],
     ("pretrained.", "lseg.neck.reassemble_stage."): [
         (r"act_postprocess(\d)\.0\.project\.0\.(\w+)", r"readout_projects.{stage}.0.\2"),
@@ -180,10 +181,12 @@ def infer_config(
         return len({match.group(1) for key in state_dict if (match := re.fullmatch(pattern, key))})
 
     has_block = "scratch.head_block.depthwise.depthwise.weight" in state_dict
-    if has_block and (arch_option not in (1, 2) or block_depth is None or activation is None):
+    # arch_option 0 on such a checkpoint is the official zero-shot network, which loads it without the block.
+    if has_block and arch_option != 0 and (arch_option not in (1, 2) or block_depth is None or activation is None):
         raise LSegConversionError(
             "The checkpoint has a spatial regularisation block (scratch.head_block), whose settings are not stored in "
-            "it: pass arch_option 1 (bottleneck) or 2 (depthwise), block_depth and activation, as trained."
+            "it: pass arch_option 1 (bottleneck) or 2 (depthwise), block_depth and activation, as trained, or "
+            "arch_option 0 to drop the block as the official zero-shot network does."
         )
     if not has_block and arch_option:
         raise LSegConversionError(
@@ -311,6 +314,8 @@ def convert_lseg_checkpoint(
     if config is None:
         config = infer_config(state_dict, **infer_kwargs)
     converted = convert_state_dict(state_dict)
+    if not config.arch_option:
+        converted = {key: value for key, value in converted.items() if not key.startswith("spatial_regularization.")}
     with init.no_init_weights():
         model = LSegForSemanticSegmentation(config)
     try:
@@ -334,7 +339,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="an LSeg config.json (or its folder) instead of inferring it")
     parser.add_argument("--vit-heads", type=int, help="ViT attention heads (default: width / 64, as released)")
     parser.add_argument("--text-heads", type=int, help="CLIP text attention heads (default: width / 64)")
-    parser.add_argument("--arch-option", type=int, choices=(1, 2), help="variant of the checkpoint's head_block")
+    parser.add_argument(
+        "--arch-option",
+        type=int,
+        choices=(0, 1, 2),
+        help="variant of the checkpoint's head_block (0: drop it, as the official zero-shot network)",
+    )
     parser.add_argument("--block-depth", type=int, help="how often the head_block was applied in training")
     parser.add_argument("--activation", choices=("relu", "lrelu", "tanh"), help="activation between head_blocks")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

@@ -1,0 +1,145 @@
+"""Export a CAT-Seg or LSeg model to a `torch.export` program and to ONNX, for a vocabulary of any size.
+
+    ovseg-export --model FOLDER --output model.onnx [--height 384 --width 384]
+
+The exported graph takes `pixel_values` `(batch_size, 3, height, width)` and `text_embeds` `(num_classes,
+projection_dim)` (from the model's `get_text_features`, so the text tower is not part of the graph) and returns the
+`logits`. The number of classes is a dynamic dimension: one export serves every vocabulary; the image size is fixed
+at export time. The ONNX file is written by torch's dynamo exporter (`torch.onnx.export(..., dynamo=True)`) from the
+same program, and checked against PyTorch with ONNX Runtime before the command reports success.
+
+Needs the `export` extra: `pip install "ovseg-hf[export]"` (onnx, onnxruntime, onnxscript).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported or the export does not match PyTorch; the message says why."""
+
+
+class LogitsFromTextEmbeds(nn.Module):
+    """`model(pixel_values, text_embeds=...).logits` as a module with positional tensor inputs, for export."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values, text_embeds=text_embeds, return_dict=True).logits
+
+
+def example_inputs(model: nn.Module, height: int, width: int, num_classes: int = 3) -> tuple[torch.Tensor, ...]:
+    """Random `pixel_values` `(1, 3, height, width)` and `text_embeds` `(num_classes, projection_dim)`."""
+    generator = torch.Generator().manual_seed(0)
+    dim = model.config.clip_config.projection_dim
+    pixel_values = torch.rand(1, 3, height, width, generator=generator) * 2 - 1
+    return pixel_values, torch.randn(num_classes, dim, generator=generator)
+
+
+def export_program(model: nn.Module, pixel_values: torch.Tensor, text_embeds: torch.Tensor):
+    """`torch.export` of `model`'s logits from `text_embeds`, with a dynamic number of classes."""
+    # At least 2 classes: torch.export specialises a dimension of size 1.
+    num_classes = torch.export.Dim("num_classes", min=2, max=4096)
+    try:
+        return torch.export.export(
+            LogitsFromTextEmbeds(model.eval()),
+            (pixel_values, text_embeds),
+            dynamic_shapes={"pixel_values": None, "text_embeds": {0: num_classes}},
+            strict=False,
+        )
+    except Exception as error:  # torch.export raises many types; the message is what the user needs
+        raise ExportError(f"torch.export of {type(model).__name__} failed: {type(error).__name__}: {error}") from error
+
+
+def export_onnx(
+    model: nn.Module, output: str | os.PathLike, pixel_values: torch.Tensor, text_embeds: torch.Tensor
+) -> Path:
+    """Write the ONNX graph of [`export_program`] to `output` (atomically) with torch's dynamo exporter."""
+    output = Path(output)
+    program = export_program(model, pixel_values, text_embeds)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as staging:
+        staged = Path(staging) / output.name
+        try:
+            onnx_program = torch.onnx.export(
+                program,
+                (pixel_values, text_embeds),
+                input_names=["pixel_values", "text_embeds"],
+                output_names=["logits"],
+                dynamo=True,
+                external_data=False,
+            )
+            onnx_program.save(str(staged))
+        except Exception as error:
+            raise ExportError(f"ONNX export of {type(model).__name__} failed: {type(error).__name__}: {error}") from error
+        os.replace(staged, output)
+    return output
+
+
+def onnx_logits(path: str | os.PathLike, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """The logits of an exported ONNX file, computed by ONNX Runtime on the CPU."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"pixel_values": pixel_values.numpy(), "text_embeds": text_embeds.numpy()}
+    return torch.from_numpy(session.run(["logits"], feeds)[0])
+
+
+def check_onnx(
+    model: nn.Module, path: str | os.PathLike, pixel_values: torch.Tensor, text_embeds: torch.Tensor, atol: float = 1e-4
+) -> float:
+    """The largest |logit difference| between ONNX Runtime and PyTorch; raises [`ExportError`] above `atol`."""
+    with torch.no_grad():
+        expected = LogitsFromTextEmbeds(model.eval())(pixel_values, text_embeds)
+    difference = float((onnx_logits(path, pixel_values, text_embeds) - expected).abs().max())
+    if not difference <= atol:
+        raise ExportError(f"ONNX Runtime logits differ from PyTorch by {difference:.3g} (more than {atol}).")
+    return difference
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a saved CAT-Seg or LSeg folder (loaded with remote code)")
+    parser.add_argument("--output", required=True, type=Path, help="the .onnx file to write")
+    parser.add_argument("--height", type=int, default=384, help="input height fixed in the graph (default 384)")
+    parser.add_argument("--width", type=int, default=384, help="input width fixed in the graph (default 384)")
+    args = parser.parse_args(argv)
+    if args.height < 1 or args.width < 1:
+        parser.error("--height and --width must be positive")
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        parser.error('ONNX export needs the export extra: pip install "ovseg-hf[export]"')
+    if not Path(args.model, "config.json").is_file():
+        parser.error(f"--model {args.model} is not a saved model folder (no config.json)")
+    import modeling_catseg  # noqa: F401  (registers the Auto classes)
+    import modeling_lseg  # noqa: F401
+    from transformers import AutoModelForSemanticSegmentation
+
+    model = AutoModelForSemanticSegmentation.from_pretrained(args.model, trust_remote_code=True).eval()
+    pixel_values, text_embeds = example_inputs(model, args.height, args.width)
+    try:
+        export_onnx(model, args.output, pixel_values, text_embeds)
+        # Another vocabulary size than the traced one, to check that the class dimension is really dynamic.
+        difference = check_onnx(model, args.output, *example_inputs(model, args.height, args.width, num_classes=5))
+    except ExportError as error:
+        if args.output.is_file() and "differ" in str(error):
+            args.output.unlink()  # a graph that computes something else must not be left behind
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(f"wrote {args.output} (ONNX Runtime matches PyTorch within {difference:.2g})")
+
+
+if __name__ == "__main__":
+    main()
