@@ -36,6 +36,7 @@ def test_console_scripts_point_at_application_code_that_exists():
     assert set(scripts) == {
         "ovseg-segment", "ovseg-convert", "catseg-convert", "lseg-convert",
         "ovseg-train", "ovseg-benchmark", "ovseg-fss", "ovseg-push",
+        "ovseg-demo", "ovseg-prepare", "ovseg-export",
     }  # fmt: skip
     for name, target in scripts.items():
         module, function = target.split(":")

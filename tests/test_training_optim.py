@@ -70,7 +70,9 @@ def test_lseg_groups_freeze_the_text_encoder_and_speed_up_the_decoder():
         "spatial_regularization.weight",
     ):
         assert group_of(groups, name)["lr"] == pytest.approx(2.5e-3)
-    batch_norm = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+    batch_norm = next(
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and m.weight.requires_grad
+    )
     assert group_of(groups, f"{batch_norm}.weight")["weight_decay"] == 1e-4  # SGD decays everything
 
 
