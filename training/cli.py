@@ -266,22 +266,32 @@ def write_outputs(
     write_files_atomic({paths[kind]: write for kind, write in writers.items()})
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ovseg-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--labels`, `--labels-file` and `--model`, shared by `ovseg-segment` and dataset labelling."""
     parser.add_argument("--labels", help="comma-separated class names, e.g. 'cat, sofa, floor'")
     parser.add_argument("--labels-file", help="one class per line (', ' separates synonyms), or a JSON list")
     parser.add_argument("--model", required=True, help="saved folder, Hub id, or official checkpoint file")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps, ...")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Batch size, coverage mode and prompt options, shared by `ovseg-segment` and dataset labelling."""
     parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
     coverage = parser.add_mutually_exclusive_group()
     coverage.add_argument("--sliding", action="store_true", help="CAT-Seg's official sliding-window evaluation")
     coverage.add_argument("--tiled", action="store_true", help="native-resolution tiles, for very large images")
     parser.add_argument("--templates", help="prompt template with '{}', or 'imagenet' (80 templates)")
     parser.add_argument("--synonyms", choices=["first", "average"], help="how 'a, b' labels are encoded")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ovseg-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    add_vocabulary_arguments(parser)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps, ...")
+    add_inference_arguments(parser)
     parser.add_argument(
         "--top-k-classes",
         type=int,

@@ -279,6 +279,8 @@ def _label_rows(model, processor, rows, labels, image_column, cache, mode, batch
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import add_inference_arguments, add_vocabulary_arguments
+
     parser = argparse.ArgumentParser(
         prog="ovseg-segment --dataset",
         description=__doc__.split("\n\n")[0],
@@ -289,17 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset-config", help="configuration of a hub dataset")
     parser.add_argument("--image-column", help="default: the first of " + ", ".join(IMAGE_COLUMNS))
     parser.add_argument("--streaming", action="store_true", help="read the source lazily")
-    parser.add_argument("--labels", help="comma-separated class names, e.g. 'cat, sofa, floor'")
-    parser.add_argument("--labels-file", help="one class per line (', ' separates synonyms), or a JSON list")
-    parser.add_argument("--model", required=True, help="saved folder, Hub id, or official checkpoint file")
+    add_vocabulary_arguments(parser)
     parser.add_argument("--output-dataset", required=True, help="folder of the labelled dataset (save_to_disk)")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    add_inference_arguments(parser)
     parser.add_argument("--shard-size", type=int, default=64, help="rows per resumable shard (default 64)")
-    coverage = parser.add_mutually_exclusive_group()
-    coverage.add_argument("--sliding", action="store_true", help="CAT-Seg's official sliding-window evaluation")
-    coverage.add_argument("--tiled", action="store_true", help="native-resolution tiles, for very large images")
-    parser.add_argument("--templates", help="prompt template with '{}', or 'imagenet' (80 templates)")
-    parser.add_argument("--synonyms", choices=["first", "average"], help="how 'a, b' labels are encoded")
     parser.add_argument("--cache-dir", help="where converted checkpoints are kept (default: ~/.cache/ovseg-hf)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the labelled dataset to the Hub")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
