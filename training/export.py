@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .atomic import write_files_atomic
 
 
 class ExportError(RuntimeError):
@@ -67,22 +68,18 @@ def export_onnx(
     """Write the ONNX graph of [`export_program`] to `output` (atomically) with torch's dynamo exporter."""
     output = Path(output)
     program = export_program(model, pixel_values, text_embeds)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as staging:
-        staged = Path(staging) / output.name
-        try:
-            onnx_program = torch.onnx.export(
-                program,
-                (pixel_values, text_embeds),
-                input_names=["pixel_values", "text_embeds"],
-                output_names=["logits"],
-                dynamo=True,
-                external_data=False,
-            )
-            onnx_program.save(str(staged))
-        except Exception as error:
-            raise ExportError(f"ONNX export of {type(model).__name__} failed: {type(error).__name__}: {error}") from error
-        os.replace(staged, output)
+    try:
+        onnx_program = torch.onnx.export(
+            program,
+            (pixel_values, text_embeds),
+            input_names=["pixel_values", "text_embeds"],
+            output_names=["logits"],
+            dynamo=True,
+            external_data=False,
+        )
+        write_files_atomic({output: lambda staged: onnx_program.save(str(staged))})
+    except Exception as error:
+        raise ExportError(f"ONNX export of {type(model).__name__} failed: {type(error).__name__}: {error}") from error
     return output
 
 

@@ -80,6 +80,7 @@ from datasets import (
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
+from .atomic import write_files_atomic
 from .data import PREPARED_METADATA_KEY, DataError, prepared_metadata, read_class_names
 from .protocols import BENCHMARKS, DATASET_PRESETS
 
@@ -631,16 +632,14 @@ def metadata_description(metadata: dict) -> str:
 
 def write_arrow_shard(path: Path, rows: Iterable[dict], features: Features) -> None:
     """Write `rows` as an Arrow file at `path`, atomically: a temporary file beside it, renamed when complete."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(temporary: Path) -> None:
         with ArrowWriter(features=features, path=str(temporary)) as writer:
             for row in rows:
                 writer.write(row)
             writer.finalize()
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+
+    write_files_atomic({path: write})
 
 
 def _convert_shard(task: tuple) -> int:
