@@ -9,11 +9,12 @@ a Hub-ready folder (``training.remote_code``) are application code and live in `
 from .image_processing_ovseg import OVSegImageProcessor
 from .image_utils_ovseg import InvalidImageError
 from .inference_ovseg import SegmentationResult, TextFeatureCache, segment
-from .pipeline_ovseg import TASK, ZeroShotSemanticSegmentationPipeline
+from .pipeline_ovseg import HUB_TASK, TASK, ZeroShotSemanticSegmentationPipeline
 from .processing_ovseg import OVSegProcessor
 from .text_prompts_ovseg import IMAGENET_TEMPLATES, VocabularyError
 
 __all__ = [
+    "HUB_TASK",
     "IMAGENET_TEMPLATES",
     "TASK",
     "InvalidImageError",

@@ -3,13 +3,20 @@ label present out.
 
 ```python
 from transformers import pipeline
-segmenter = pipeline(model="path/or/hub-id", trust_remote_code=True)     # task "zero-shot-semantic-segmentation"
+segmenter = pipeline("image-segmentation", model="path/or/hub-id", trust_remote_code=True)
 segments = segmenter("room.jpg", candidate_labels=["sofa", "floor", "lamp"])
 # [{"label": "floor", "score": 0.91, "pixel_fraction": 0.42, "mask": <PIL.Image L>}, ...]
 ```
 
+A saved folder registers this class under two task names: ``"image-segmentation"``, the Hub's ``pipeline_tag`` (what
+the Hub's own code snippet calls), and the descriptive ``"zero-shot-semantic-segmentation"``. Without
+``candidate_labels`` the pipeline uses the vocabulary stored in ``config.id2label`` (the training classes of a model
+trained with this project); a model that stores none gets an error saying how to pass the labels.
+
 Hub-facing: relative imports of sibling modules only.
 """
+
+import re
 
 import numpy as np
 import PIL.Image
@@ -20,6 +27,8 @@ from .inference_ovseg import MODES, segment
 from .text_prompts_ovseg import VocabularyError, validate_vocabulary
 
 TASK = "zero-shot-semantic-segmentation"
+HUB_TASK = "image-segmentation"  # the Hub's pipeline_tag for segmentation models; transformers' own task of that name
+# cannot take a vocabulary, so a saved folder maps this name to the class below too (config.custom_pipelines).
 
 
 class ZeroShotSemanticSegmentationPipeline(Pipeline):
@@ -28,8 +37,9 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
 
     Call arguments:
         images: an image (PIL image, path, URL, array) or a list of them.
-        candidate_labels (`list[str]`): the vocabulary, shared by every image of the call. Inside one label,
-            `", "` separates synonyms of a single class (`"sofa, couch"`).
+        candidate_labels (`list[str]`, *optional*): the vocabulary, shared by every image of the call. Inside one
+            label, `", "` separates synonyms of a single class (`"sofa, couch"`). Defaults to the model's stored
+            vocabulary (`config.id2label`, when it holds class names rather than `LABEL_0`, `LABEL_1`, ...).
         prompt_templates, synonyms: override the processor's defaults (see `OVSegProcessor`).
         mode (`str`, defaults to `"whole"`): `"whole"`, `"sliding"` (CAT-Seg's official evaluation) or `"tiled"`.
         tile_size, tile_overlap: tiles of `mode="tiled"`.
@@ -80,11 +90,20 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
         return preprocess_params, forward_params, {}
 
     def preprocess(self, image, candidate_labels=None):
-        if candidate_labels is None:
-            raise VocabularyError("candidate_labels= is required: the class names to segment the image into")
-        labels = validate_vocabulary(candidate_labels)
+        labels = validate_vocabulary(self.default_vocabulary() if candidate_labels is None else candidate_labels)
         # numpy, not a tensor: the base class would otherwise move the whole image to the model's device.
         return {"image": to_rgb_array(image), "candidate_labels": labels}
+
+    def default_vocabulary(self) -> list[str]:
+        """The class names stored in ``config.id2label``; raises, saying how to pass labels, when it has none."""
+        id2label = self.model.config.id2label or {}
+        names = [id2label[index] for index in sorted(id2label, key=int)]
+        if not names or all(re.fullmatch(r"LABEL_\d+", name) for name in names):
+            raise VocabularyError(
+                "this model stores no default vocabulary (its config.id2label holds no class names): pass the class "
+                'names to segment into, e.g. segmenter(image, candidate_labels=["cat", "sofa", "floor"])'
+            )
+        return names
 
     def _forward(self, model_inputs, **forward_params):
         result = segment(

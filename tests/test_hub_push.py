@@ -72,7 +72,10 @@ def test_push_uploads_weights_code_processor_and_a_card_in_one_commit(tmp_path, 
     assert not any(name.startswith("checkpoint-") for name in commit["files"])
     card = (tmp_path / "hub" / "someone/tiny-catseg" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: image-segmentation\n")
-    assert 'pipeline("zero-shot-semantic-segmentation", model="someone/tiny-catseg", trust_remote_code=True)' in card
+    assert 'pipeline("image-segmentation", model="someone/tiny-catseg", trust_remote_code=True)' in card
+    # The tiny model stores no vocabulary (id2label holds LABEL_0, LABEL_1): the card does not offer those as labels.
+    assert "candidate_labels=['cat', 'sofa', 'floor']" in card and "LABEL_0" not in card
+    assert "`candidate_labels` is required" in card
 
 
 def test_an_existing_card_is_kept_and_the_command_line_pushes(tmp_path, saved_folder, capsys):

@@ -55,7 +55,7 @@ def test_pipeline_in_process_matches_segment(models, photo):
         assert entry["score"] == pytest.approx(float(reference.scores[index]))
     two = segmenter([photo, photo], candidate_labels=LABELS, mode="tiled")
     assert len(two) == 2 and all(isinstance(s, list) for s in two)
-    with pytest.raises(VocabularyError, match="candidate_labels= is required"):
+    with pytest.raises(VocabularyError, match=r'stores no default vocabulary .*candidate_labels=\["cat", "sofa"'):
         segmenter(photo)
     with pytest.raises(VocabularyError, match="got 2 different vocabularies in one batch"):
         segmenter(photo, candidate_labels=[["cat"], ["dog"]])
@@ -72,7 +72,8 @@ def test_saved_folder_loads_offline_in_a_fresh_process(models, photo, tmp_path):
         save_for_hub(model, processor, folder)
         assert (folder / "preprocessor_config.json").is_file()  # what transformers 4.x loaders read
         config = json.loads((folder / "config.json").read_text())
-        assert config["custom_pipelines"][TASK]["impl"] == "pipeline_ovseg.ZeroShotSemanticSegmentationPipeline"
+        for task in (TASK, "image-segmentation"):  # the descriptive name and the model cards' pipeline_tag
+            assert config["custom_pipelines"][task]["impl"] == "pipeline_ovseg.ZeroShotSemanticSegmentationPipeline"
         expected[name] = {
             "label_map": segment(model, processor, photo, LABELS).label_map.tolist(),
             "input_ids": processor(text=LABELS)["input_ids"].tolist(),
@@ -89,7 +90,7 @@ def test_saved_folder_loads_offline_in_a_fresh_process(models, photo, tmp_path):
             folder = {str(tmp_path)!r} + "/" + name
             processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
             image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-            segmenter = pipeline(model=folder, trust_remote_code=True)
+            segmenter = pipeline({TASK!r}, model=folder, trust_remote_code=True)
             segments = segmenter({photo!r}, candidate_labels={LABELS!r})
             label_map = np.full((48, 72), -1)
             for entry in segments:
@@ -110,3 +111,62 @@ def test_saved_folder_loads_offline_in_a_fresh_process(models, photo, tmp_path):
         assert loaded["label_map"] == reference["label_map"]
         assert loaded["input_ids"] == reference["input_ids"]
         assert loaded["pixel_values_sum"] == pytest.approx(reference["pixel_values_sum"], rel=1e-6)
+
+
+def test_the_cards_pipeline_tag_leads_to_this_pipeline(models, photo, tmp_path):
+    """`pipeline("image-segmentation", ...)`, the call the Hub builds from the cards' `pipeline_tag`, loads this
+    pipeline from the folder; without labels it uses the model's stored vocabulary, or says how to pass one."""
+    vocabulary = {"catseg": ["cat", "sofa, couch", "floor"], "lseg": None}
+    expected = {}
+    for name, (model, processor) in models.items():
+        model = type(model)(model.config.__class__.from_dict(model.config.to_dict()))
+        model.load_state_dict(models[name][0].state_dict())
+        if vocabulary[name]:  # as training.train stores its training classes
+            model.config.id2label = dict(enumerate(vocabulary[name]))
+            model.config.label2id = {label: index for index, label in enumerate(vocabulary[name])}
+        save_for_hub(model.eval(), processor, tmp_path / name)
+        expected[name] = segment(model, processor, photo, ["dog", "grass"]).label_map.tolist()
+        if vocabulary[name]:
+            expected[name + "-default"] = segment(model, processor, photo, vocabulary[name]).label_map.tolist()
+    result = run_isolated(
+        f"""
+        import json
+        import numpy as np
+        from transformers import pipeline
+
+        def label_map(segments, labels):
+            out = np.full((48, 72), -1)
+            for entry in segments:
+                out[np.asarray(entry["mask"]) == 255] = labels.index(entry["label"])
+            return out.tolist()
+
+        out = {{}}
+        for name in ("catseg", "lseg"):
+            segmenter = pipeline("image-segmentation", model={str(tmp_path)!r} + "/" + name, trust_remote_code=True)
+            out[name + "-class"] = type(segmenter).__name__
+            out[name] = label_map(segmenter({photo!r}, candidate_labels=["dog", "grass"]), ["dog", "grass"])
+            try:
+                segments = segmenter({photo!r})
+                out[name + "-default"] = label_map(segments, {vocabulary["catseg"]!r})
+            except ValueError as error:
+                out[name + "-error"] = str(error)
+        try:
+            pipeline(model={str(tmp_path)!r} + "/catseg", trust_remote_code=True)
+        except RuntimeError as error:
+            out["no-task"] = str(error)
+        print(json.dumps(out))
+        """,
+        tmp_path,
+    )
+    for name in ("catseg", "lseg"):
+        assert result[name + "-class"] == "ZeroShotSemanticSegmentationPipeline"
+        assert result[name] == expected[name]
+    assert result["catseg-default"] == expected["catseg-default"]
+    assert "lseg-default" not in result
+    assert result["lseg-error"] == (
+        "this model stores no default vocabulary (its config.id2label holds no class names): pass the class names to "
+        'segment into, e.g. segmenter(image, candidate_labels=["cat", "sofa", "floor"])'
+    )
+    # Two task names: transformers asks which one instead of guessing.
+    assert "multiple tasks available. Pick one in " in result["no-task"]
+    assert {"image-segmentation", TASK} == set(result["no-task"].split("Pick one in ")[1].split(", "))

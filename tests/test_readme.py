@@ -84,7 +84,7 @@ assert len(results) == 2 and tuple(results[0].label_map.shape) == (40, 56)
         "continues": SEGMENT,
         "check": "assert tuple(label_map.shape) == (height, width) and logits.shape[1] == 2",
     },
-    'segmenter = pipeline("zero-shot-semantic-segmentation", model=folder, trust_remote_code=True)': {
+    'segmenter = pipeline("image-segmentation", model=folder, trust_remote_code=True)': {
         "continues": SEGMENT,
         "check": """
 assert type(segmenter).__name__ == "ZeroShotSemanticSegmentationPipeline"

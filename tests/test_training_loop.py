@@ -194,6 +194,8 @@ def test_the_model_card_has_no_local_paths_two_decimals_and_one_results_section(
     assert "`tiny-clip`" in card and "`train` [train]" in card and "`validation` [validation]" in card
     assert "| 41.23 |" in card and "| 40.99 |" in card and "| cat | 50.56 |" in card and "| dog | n/a |" in card
     assert "41.2346" not in card and "No evaluation" not in card
+    # training.train stores the training classes in config.id2label, which the pipeline uses without labels.
+    assert 'pipeline("image-segmentation", model=' in card and "segments into the training vocabulary" in card
     bare = training_card(config, model, train_data, None, {}, steps=10)
     replaced = replace_results_section(bare, "## Quickstart results\n\nmeasured elsewhere\n")
     assert "No evaluation" in bare and "No evaluation" not in replaced

@@ -6,6 +6,7 @@ for a folder published without a card. The cards of the converted official check
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,22 @@ def front_matter(metadata: dict[str, Any]) -> str:
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def usage_section(model_id: str, labels: list[str], model_type: str) -> str:
-    """Usage code that works for any folder or repository written by this package."""
+def stored_vocabulary(config: dict) -> list[str]:
+    """The class names in a saved config's ``id2label`` (what the pipeline uses without ``candidate_labels``), or
+    ``[]`` when it holds only transformers' placeholders ``LABEL_0``, ``LABEL_1``, ..."""
+    id2label = config.get("id2label") or {}
+    names = [id2label[key] for key in sorted(id2label, key=int)]
+    return [] if all(re.fullmatch(r"LABEL_\d+", name) for name in names) else names
+
+
+def usage_section(model_id: str, labels: list[str], model_type: str, has_vocabulary: bool = False) -> str:
+    """Usage code that works for any folder or repository written by this package; `has_vocabulary`: the model
+    stores a default vocabulary in `config.id2label` (a model trained by `training.train` does)."""
+    default = (
+        "Without `candidate_labels` the pipeline segments into the training vocabulary stored in `config.id2label`."
+        if has_vocabulary
+        else "`candidate_labels` is required: this model stores no default vocabulary (the pipeline says so)."
+    )
     protocol = (
         '`mode="sliding"` gives the official sliding-window evaluation'
         if model_type == "catseg"
@@ -63,16 +78,20 @@ def usage_section(model_id: str, labels: list[str], model_type: str) -> str:
     )
     return f"""## How to use
 
-The repository carries its code: load it with `trust_remote_code=True` (transformers >= 5).
+The repository carries its code: load it with `trust_remote_code=True` (transformers >= 5). The `image-segmentation`
+task (this card's `pipeline_tag`) loads the repository's open-vocabulary pipeline; `"zero-shot-semantic-segmentation"`
+names the same one.
 
 ```python
 from transformers import pipeline
 
-segmenter = pipeline("zero-shot-semantic-segmentation", model="{model_id}", trust_remote_code=True)
+segmenter = pipeline("image-segmentation", model="{model_id}", trust_remote_code=True)
 segments = segmenter("image.jpg", candidate_labels={labels!r})   # {protocol}
 for segment in segments:
     print(segment["label"], round(segment["pixel_fraction"], 3))   # segment["mask"] is a PIL image
 ```
+
+{default}
 
 Or with the model and processor directly (any labels):
 
@@ -202,7 +221,9 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
             "pixel with one of the class names given at inference time, any names.\n"
         ),
         f"Training vocabulary: {', '.join(train_data.class_names[:40])}{' ...' * (len(train_data.class_names) > 40)}\n",
-        usage_section(config.hub_model_id or "path/to/this/folder", list(train_data.class_names[:3]), model_type),
+        usage_section(
+            config.hub_model_id or "path/to/this/folder", list(train_data.class_names[:3]), model_type, True
+        ),
         f"{RESULTS_HEADING} (measured after training)\n",
         (
             f"Evaluated on {eval_source} ({len(eval_data.class_names)} classes, mode `{config.eval_mode}`).\n\n"
@@ -229,12 +250,12 @@ def minimal_card(config: dict, repo_id: str) -> str:
         "pipeline_tag": "image-segmentation",
         "tags": ["open-vocabulary-segmentation", "semantic-segmentation", model_type, "custom_code"],
     }
-    labels = list((config.get("id2label") or {}).values())[:3] or ["cat", "sofa", "floor"]
+    vocabulary = stored_vocabulary(config)
     return (
         front_matter(metadata)
         + f"\n# {name}\n\n{name} ({citation}, [paper]({paper})) for open-vocabulary semantic segmentation.\n\n"
-        + usage_section(repo_id, labels, model_type)
+        + usage_section(repo_id, vocabulary[:3] or ["cat", "sofa", "floor"], model_type, bool(vocabulary))
     )
 
 
-__all__ = ["front_matter", "minimal_card", "training_card", "usage_section"]
+__all__ = ["front_matter", "minimal_card", "stored_vocabulary", "training_card", "usage_section"]

@@ -6,7 +6,7 @@ run::
 
     AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True)
     AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    pipeline(model=folder, trust_remote_code=True)      # zero-shot-semantic-segmentation
+    pipeline("image-segmentation", model=folder, trust_remote_code=True)   # or "zero-shot-semantic-segmentation"
 
 Not part of the Hub code: the copied modules (``processing/*_ovseg.py``, ``modeling_*/configuration_*.py`` and
 ``modeling_*.py``) import no package of this project, so the registration that ties them together lives here.
@@ -21,7 +21,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from modeling_catseg import CatSegConfig
 from modeling_lseg import LSegConfig
 from processing.image_processing_ovseg import OVSegImageProcessor
-from processing.pipeline_ovseg import TASK, ZeroShotSemanticSegmentationPipeline
+from processing.pipeline_ovseg import HUB_TASK, TASK, ZeroShotSemanticSegmentationPipeline
 from processing.processing_ovseg import OVSegProcessor
 
 
@@ -48,8 +48,11 @@ def register_local_classes() -> None:
 def save_for_hub(model, processor, folder: str | os.PathLike) -> Path:
     """Write ``model``, ``processor`` and the pipeline into ``folder`` with their code and ``auto_map`` entries.
 
-    Also writes ``preprocessor_config.json``, which transformers 4.x loaders read (5.x reads the image processor from
-    ``processor_config.json``).
+    The pipeline is listed in ``config.custom_pipelines`` under ``"zero-shot-semantic-segmentation"`` and under
+    ``"image-segmentation"``, the model cards' ``pipeline_tag``, so that the Hub's snippet
+    ``pipeline("image-segmentation", model=..., trust_remote_code=True)`` gets this pipeline rather than transformers'
+    own, which cannot pass a vocabulary. Also writes ``preprocessor_config.json``, which transformers 4.x loaders read
+    (5.x reads the image processor from ``processor_config.json``).
     """
     folder = Path(folder)
     register_local_classes()
@@ -66,6 +69,10 @@ def save_for_hub(model, processor, folder: str | os.PathLike) -> Path:
     # The pipeline saves the model (adding `custom_pipelines` to its config and copying pipeline_ovseg.py and the
     # modules it imports), the tokenizer and the image processor; the processor adds processor_config.json.
     segmenter.save_pretrained(folder)
+    # Registering HUB_TASK in this process would replace transformers' image-segmentation pipeline for every model,
+    # so the second name is added to the saved config only.
+    model.config.custom_pipelines = {**model.config.custom_pipelines, HUB_TASK: model.config.custom_pipelines[TASK]}
+    model.config.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
 
