@@ -16,9 +16,11 @@ Hub-facing: imports between our modules are relative (``from .x import y``) so t
 
 import torch
 from transformers import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils import logging
 
+from .image_processing_ovseg import OVSegImageProcessorKwargs
 from .text_prompts_ovseg import (
     CATSEG_TEMPLATE,
     SYNONYM_MODES,
@@ -31,6 +33,23 @@ from .text_prompts_ovseg import (
 )
 
 logger = logging.get_logger(__name__)
+
+
+class OVSegTextKwargs(TextKwargs, total=False):
+    r"""
+    prompt_templates (`str` or `list[str]`, *optional*):
+        Overrides the processor's `prompt_templates` for this call.
+    synonyms (`str`, *optional*):
+        Overrides the processor's `synonyms` mode for this call.
+    """
+
+    prompt_templates: str | list[str] | None
+    synonyms: str | None
+
+
+class OVSegProcessorKwargs(ProcessingKwargs, total=False):
+    text_kwargs: OVSegTextKwargs
+    images_kwargs: OVSegImageProcessorKwargs
 
 
 class OVSegProcessor(ProcessorMixin):
@@ -49,6 +68,12 @@ class OVSegProcessor(ProcessorMixin):
             `"average"` encodes every synonym and averages them.
     """
 
+    valid_processor_kwargs = OVSegProcessorKwargs
+    # Defaults of the call, lowest priority (the tokenizer's own init kwargs and the call's override them): prompts
+    # padded to the longest, never cut (a prompt longer than CLIP's context is an error), and tensors.
+    text_kwargs = {"padding": True, "truncation": False, "return_tensors": "pt"}
+    images_kwargs = {"return_tensors": "pt"}
+
     def __init__(
         self, image_processor=None, tokenizer=None, prompt_templates=CATSEG_TEMPLATE, synonyms="first", **kwargs
     ):
@@ -64,13 +89,10 @@ class OVSegProcessor(ProcessorMixin):
 
     def __call__(
         self,
-        images=None,
+        images: ImageInput | None = None,
         text: list[str] | None = None,
-        segmentation_maps=None,
-        prompt_templates: str | list[str] | None = None,
-        synonyms: str | None = None,
-        return_tensors: str | None = "pt",
-        **kwargs,
+        segmentation_maps: ImageInput | None = None,
+        **kwargs: Unpack[OVSegProcessorKwargs],
     ) -> BatchFeature:
         r"""
         Args:
@@ -78,8 +100,10 @@ class OVSegProcessor(ProcessorMixin):
             text (`list[str]`): the vocabulary, one class name per entry, shared by every image of the call.
             segmentation_maps: training label maps, one per image, each the size of its image; values must be
                 class indices into `text` (or `ignore_index`).
-            prompt_templates, synonyms: override the processor's defaults for this call.
-            kwargs: image-processor options (`do_reduce_labels`, `ignore_index`, `size`, ...).
+            kwargs: as for any transformers processor, flat or grouped (`text_kwargs={...}`, `images_kwargs={...}`):
+                `prompt_templates` and `synonyms` override the processor's defaults for this call; tokenizer
+                options (`padding`, `max_length`, ...); image-processor options (`do_reduce_labels`,
+                `ignore_index`, `size`, ...); `return_tensors` (default `"pt"`).
 
         Returns:
             [`BatchFeature`] with `pixel_values` `(B, 3, H, W)`; `input_ids` and `attention_mask` `(N, L)`, one row
@@ -90,20 +114,37 @@ class OVSegProcessor(ProcessorMixin):
             raise ValueError("pass images=, text= (the vocabulary), or both")
         if segmentation_maps is not None and images is None:
             raise ValueError("segmentation_maps= needs the images they label (images=)")
+        self._check_kwargs(kwargs)
+        output_kwargs = self._merge_kwargs(
+            OVSegProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
+        text_kwargs, images_kwargs = output_kwargs["text_kwargs"], output_kwargs["images_kwargs"]
+        # Both groups carry the common `return_tensors`; the group of the input given applies (text's if both).
+        return_tensors = text_kwargs.pop("return_tensors", None)
+        if text is None:
+            return_tensors = images_kwargs.get("return_tensors")
         data = {}
         labels = None
         if text is not None:
             labels = validate_vocabulary(text)
-            data.update(self._tokenize_vocabulary(labels, prompt_templates, synonyms, return_tensors))
+            data.update(self._tokenize_vocabulary(labels, **text_kwargs))
         if images is not None:
-            if segmentation_maps is not None:
-                kwargs.setdefault("num_labels", None if labels is None else len(labels))
-            data.update(
-                self.image_processor(
-                    images, segmentation_maps=segmentation_maps, return_tensors=return_tensors, **kwargs
-                )
-            )
+            if segmentation_maps is not None and images_kwargs.get("num_labels") is None and labels is not None:
+                images_kwargs["num_labels"] = len(labels)
+            data.update(self.image_processor(images, segmentation_maps=segmentation_maps, **images_kwargs))
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _check_kwargs(self, kwargs: dict) -> None:
+        """Refuse arguments that no component takes; transformers' merge would drop them with a warning only, and a
+        misspelt `prompt_template=` would then silently segment with the default template."""
+        valid = {"common_kwargs", *OVSegProcessorKwargs.__annotations__, *OVSegTextKwargs.__annotations__}
+        valid |= set(getattr(self.image_processor, "valid_kwargs", OVSegImageProcessorKwargs).__annotations__)
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            raise TypeError(
+                f"unexpected arguments {unknown}: the processor takes images, text, segmentation_maps, "
+                "prompt_templates, synonyms, return_tensors, tokenizer options and image-processor options"
+            )
 
     def build_prompts(
         self, text: list[str], prompt_templates: str | list[str] | None = None, synonyms: str | None = None
@@ -120,18 +161,24 @@ class OVSegProcessor(ProcessorMixin):
                 )
         return build_prompts(labels, templates, synonyms)
 
-    def _tokenize_vocabulary(self, labels, prompt_templates, synonyms, return_tensors) -> dict:
+    def _tokenize_vocabulary(self, labels, prompt_templates=None, synonyms=None, **tokenizer_kwargs) -> dict:
         prompts, class_ids = self.build_prompts(labels, prompt_templates, synonyms)
-        tokens = self.tokenizer(prompts, padding=True, truncation=False, return_tensors=None)
-        limit = self.tokenizer.model_max_length
-        for prompt, class_id, mask in zip(prompts, class_ids, tokens["attention_mask"]):
-            if sum(mask) > limit:
-                shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
-                raise VocabularyError(
-                    f"label {class_id} gives the prompt {shown!r} of {sum(mask)} tokens, more than CLIP's "
-                    f"{limit}-token context: shorten the class name or the template"
-                )
-        data = {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+        tokens = self.tokenizer(prompts, **tokenizer_kwargs)
+        if not tokenizer_kwargs.get("truncation"):  # cut only when the caller asked for it
+            limit = self.tokenizer.model_max_length
+            lengths = (
+                [sum(mask) for mask in tokens["attention_mask"]]
+                if "attention_mask" in tokens
+                else [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+            )
+            for prompt, class_id, length in zip(prompts, class_ids, lengths):
+                if length > limit:
+                    shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+                    raise VocabularyError(
+                        f"label {class_id} gives the prompt {shown!r} of {length} tokens, more than CLIP's "
+                        f"{limit}-token context: shorten the class name or the template"
+                    )
+        data = dict(tokens)
         if len(prompts) != len(labels):
             data["prompt_class_ids"] = class_ids
         return data

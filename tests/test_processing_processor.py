@@ -136,6 +136,21 @@ def test_labels_longer_than_clip_context(catseg):
         catseg(text=["cat", "very " * 80 + "long"])
 
 
+def test_call_options_reach_the_tokenizer_and_unknown_ones_are_refused(catseg):
+    """Options follow transformers' processor conventions (flat or grouped, tokenizer and image-processor options
+    alike); an argument no component takes is an error, never a silently ignored typo."""
+    flat = catseg(text=["cat", "sofa"], padding="max_length", max_length=20)
+    grouped = catseg(text=["cat", "sofa"], text_kwargs={"padding": "max_length", "max_length": 20})
+    assert flat["input_ids"].shape == grouped["input_ids"].shape == (2, 20)
+    assert torch.equal(flat["input_ids"], grouped["input_ids"])
+    assert isinstance(catseg(text=["cat"], return_tensors="np")["input_ids"], np.ndarray)
+    assert catseg(text=["cat", "very " * 80 + "long"], truncation=True, max_length=77)["input_ids"].shape[1] == 77
+    with pytest.raises(TypeError, match=r"unexpected arguments \['prompt_template'\]"):
+        catseg(text=["cat"], prompt_template="a {}")
+    with pytest.raises(ValueError, match="passed two times"):
+        catseg(text=["cat"], padding="longest", text_kwargs={"padding": "max_length"})
+
+
 def test_shared_first_synonyms_warn(catseg, caplog):
     """ADE-847 has different classes with the same first synonym; they keep working, with a warning."""
     with caplog.at_level(logging.WARNING):
