@@ -169,7 +169,15 @@ print(json.dumps(failures))
 """
 
 
-def test_every_python_block_runs_as_written(tmp_path):
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("readme")
+    write_stand_ins(folder)
+    return folder
+
+
+def test_every_python_block_runs_as_written(stand_ins):
+    tmp_path = stand_ins
     blocks = []
     for block in code_blocks("python"):
         key = snippet_key(block)
@@ -181,7 +189,6 @@ def test_every_python_block_runs_as_written(tmp_path):
             assert old in code, f"the substitution {old!r} no longer matches the block {key!r}"
             code = code.replace(old, new)
         blocks.append({"key": key, "code": code, "check": entry["check"], "continues": entry.get("continues")})
-    write_stand_ins(tmp_path)
     (tmp_path / "blocks.json").write_text(json.dumps(blocks))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
     result = subprocess.run(
@@ -191,6 +198,14 @@ def test_every_python_block_runs_as_written(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     failures = json.loads(result.stdout.strip().splitlines()[-1])
     assert not failures, "\n\n".join(f"{key!r}: {message}" for key, message in failures.items())
+
+
+def test_the_readme_names_exactly_the_files_the_hub_copies(stand_ins):
+    text = README.read_text(encoding="utf-8")
+    paragraph = text[text.index("The Hub copies") :].split("\n\n")[0]
+    named = set(re.findall(r"`(\w+\.py)`", paragraph))
+    copied = {path.name for name in ("catseg-b", "lseg-demo") for path in (stand_ins / name).glob("*.py")}
+    assert named == copied, f"README names {sorted(named - copied)}, not copied; not named: {sorted(copied - named)}"
 
 
 # ----------------------------------------------------------------------------------------------------------- shell
@@ -357,6 +372,8 @@ def test_shell_blocks_are_parsed_as_a_user_types_them(tmp_path):
     expanded = next(c for c in commands if "results/catseg-b" in c)
     assert expanded.count("--data") == 6 and "a847=/data/ovseg/a847" in expanded  # $(for ...) ran
     assert ["pip", "install", "ovseg-hf[prepare]"] in commands  # quotes removed, comment dropped
+    # A fresh clone learns to activate the environment that make creates, and to install with plain pip.
+    assert [".", ".venv/bin/activate"] in commands and ["pip", "install", "."] in commands
 
 
 def test_every_shell_command_is_a_valid_invocation(tmp_path):
