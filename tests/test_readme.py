@@ -8,9 +8,9 @@ random stand-ins under the names the README gives them:
   ``save_for_hub`` under those names;
 - the images (``room.jpg``, ``a.jpg``, ``b.jpg``, ``dog.jpg``) are small random photos;
 - a Hub id is replaced by a tiny local folder through ``SNIPPETS[...]["replace"]`` (the only text a test changes).
-Every block needs an entry in ``SNIPPETS``, keyed by its first line: ``continues`` names the block whose variables
-it uses (it runs in a copy of that block's namespace), ``check`` is code run after it that asserts what the README
-says the block gives. A new block without an entry fails the test.
+Every block needs an entry in ``SNIPPETS``, keyed by its first line that is not an import: ``continues`` names the
+block whose variables it uses (it runs in a copy of that block's namespace), ``check`` is code run after it that
+asserts what the README says the block gives. A new block without an entry fails the test.
 
 Shell blocks are parsed by bash itself (quotes, continuations, ``$(...)``, variables) with every program replaced by
 a recorder, so nothing runs. Each recorded command is then checked: this project's console scripts and
@@ -366,11 +366,9 @@ def all_shell_commands(tmp_path: Path) -> list[list[str]]:
 
 def test_shell_blocks_are_parsed_as_a_user_types_them(tmp_path):
     commands = all_shell_commands(tmp_path)
-    assert ["ovseg-benchmark", "--model", "catseg-b", "--output-dir", "results/catseg-b"] == commands[
-        next(i for i, c in enumerate(commands) if "results/catseg-b" in c)
-    ][:5]
-    expanded = next(c for c in commands if "results/catseg-b" in c)
-    assert expanded.count("--data") == 6 and "a847=/data/ovseg/a847" in expanded  # $(for ...) ran
+    (benchmark,) = [command for command in commands if "results/catseg-b" in command]
+    assert benchmark[:5] == ["ovseg-benchmark", "--model", "catseg-b", "--output-dir", "results/catseg-b"]
+    assert benchmark.count("--data") == 6 and "a847=/data/ovseg/a847" in benchmark  # $(for ...) ran, $k expanded
     assert ["pip", "install", "ovseg-hf[prepare]"] in commands  # quotes removed, comment dropped
     # A fresh clone learns to activate the environment that make creates, and to install with plain pip.
     assert [".", ".venv/bin/activate"] in commands and ["pip", "install", "."] in commands
