@@ -73,6 +73,19 @@ def test_catseg_convert_offline_says_what_failed_in_one_line(monkeypatch, tmp_pa
     assert "--checkpoint /path/to/model_base.pth" in err and not (tmp_path / "out").exists()
 
 
+def test_lseg_convert_offline_says_what_failed_and_where_to_download_by_hand(monkeypatch, tmp_path, capsys):
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(convert_lseg.urllib.request, "urlopen", offline)
+    code, err = exit_and_error(convert_lseg.main, ["--checkpoint", "demo_e200", "--output", tmp_path / "out"], capsys)
+    page = convert_lseg.OFFICIAL_CHECKPOINTS["demo_e200"]
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: could not download https://drive.usercontent.google.com/download?id=")
+    assert "Temporary failure in name resolution" in err and f"by hand (open {page} in a browser)" in err
+    assert err.endswith("--checkpoint /path/to/the/file.ckpt") and not (tmp_path / "out").exists()
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("this must never run",))

@@ -102,6 +102,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, download_dir: Path) -> Pat
                 f"{checkpoint} is neither a file, a URL nor a released checkpoint ({', '.join(OFFICIAL_CHECKPOINTS)})."
             )
         return path
+    page = source
     drive = re.match(r"https://drive\.google\.com/file/d/([\w-]+)", source)
     if drive:
         # The direct download of a shared file, past Drive's "too large to scan for viruses" page.
@@ -110,9 +111,11 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, download_dir: Path) -> Pat
     try:
         with urllib.request.urlopen(source, timeout=60) as response, open(target, "wb") as file:
             shutil.copyfileobj(response, file, length=1 << 20)
-    except OSError as error:
+    except OSError as error:  # URLError, timeouts, refused connections
+        reason = getattr(error, "reason", None) or error
         raise LSegConversionError(
-            f"Could not download {source}: {error}. Download it by hand (in a browser) and pass its path to --checkpoint."
+            f"could not download {source} ({reason}); download it by hand (open {page} in a browser) "
+            "and pass --checkpoint /path/to/the/file.ckpt"
         ) from None
     with open(target, "rb") as file:
         head = file.read(64).lstrip()

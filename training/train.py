@@ -44,6 +44,7 @@ from .config import ConfigError, TrainConfig, add_config_arguments, config_from_
 from .data import DataError, SegmentationData, check_examples, load_segmentation_data
 from .distributed import LaunchError, build_accelerator, relaunch_requested_processes
 from .evaluation import evaluate_split, summarise
+from .hub import HubPushError, push_folder_to_hub
 from .optim import build_optimizer, build_scheduler, freeze_parameters
 from .stream import TrainingStream, collate
 
@@ -468,11 +469,15 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     if step == max_steps:
         model_dir = write_model_folder(accelerator, model, processor, config, train_data, eval_data, metrics, step)
         if model_dir is not None and config.push_to_hub:
-            from .hub import push_folder_to_hub
-
-            url = push_folder_to_hub(
-                model_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token
-            )
+            try:
+                url = push_folder_to_hub(
+                    model_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token
+                )
+            except HubPushError as error:
+                raise HubPushError(
+                    f"{error}; the trained model is saved: push it later with "
+                    f"`ovseg-push {model_dir} {config.hub_model_id}`"
+                ) from error
             logger.info("pushed to %s", url)
     accelerator.end_training()
     return TrainResult(output_dir, model_dir, step, metrics, seconds)
@@ -524,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             return status
         config = config_from_args(args)
         result = train(config)
-    except (ConfigError, DataError, LaunchError) as error:
+    except (ConfigError, DataError, LaunchError, HubPushError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.model_dir is not None:
