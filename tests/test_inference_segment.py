@@ -212,8 +212,41 @@ def test_bad_calls_are_explained(catseg, lseg):
         segment(model, processor, [], ["cat"])
     with pytest.raises(ValueError, match="the vocabulary is empty"):
         segment(model, processor, image(64, 64), [])
-    with pytest.raises(ValueError, match="image 1 is 8x64 pixels, smaller than one 16x16 patch"):
-        segment(model, processor, [image(64, 64), image(8, 64)], ["cat"])
+    for mode in ("whole", "tiled"):  # named by its place in the call, not in its batch
+        with pytest.raises(ValueError, match="image 1 is 8x64 pixels, smaller than one 16x16 patch"):
+            segment(model, processor, [image(64, 64), image(8, 64)], ["cat"], mode=mode, batch_size=1)
     lseg_model, lseg_processor_ = lseg
     with pytest.raises(ValueError, match="this model has no sliding-window protocol"):
         segment(lseg_model, lseg_processor_, image(64, 64), ["cat"], mode="sliding")
+
+
+def test_an_image_file_smaller_than_a_patch_is_named(catseg, tmp_path):
+    import PIL.Image
+
+    model, processor = catseg
+    path = tmp_path / "thumbnail.png"
+    PIL.Image.fromarray(image(10, 40)).save(path)
+    for images in (str(path), [image(64, 64), path]):
+        with pytest.raises(ValueError, match=rf"^image '{path}' is 10x40 pixels, smaller than one 16x16 patch"):
+            segment(model, processor, images, ["cat"])
+    with pytest.raises(ValueError, match=rf"^image '{path}' is 10x40 pixels"):
+        processor(images=[image(64, 64), str(path)])
+
+
+def test_progress_counts_every_model_input(catseg):
+    model, processor = catseg
+    labels = ["cat", "dog", "grass"]
+    images = [image(50, 70, 0), image(64, 64, 1), image(100, 130, 2)]
+    expected = {
+        "whole": [(2, 3), (3, 3)],
+        "sliding": [(10, 15), (15, 15)],  # 4 crops and the global view per image
+        # tiles of 64 at stride 42: 1 x 2, 1 x 1, then 2 x 3; the total grows as each batch of 2 images is decoded
+        "tiled": [(2, 3), (3, 3), (5, 9), (7, 9), (9, 9)],
+    }
+    for mode, calls in expected.items():
+        seen = []
+        report = lambda done, total: seen.append((done, total))  # noqa: E731
+        results = segment(model, processor, images, labels, mode=mode, batch_size=2, progress_callback=report)
+        assert seen == calls, mode
+        plain = segment(model, processor, images, labels, mode=mode, batch_size=2)
+        assert all(torch.equal(a.label_map, b.label_map) for a, b in zip(results, plain))
