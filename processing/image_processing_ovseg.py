@@ -143,7 +143,7 @@ class OVSegImageProcessor(PilBackend):
             raise InvalidImageError("no images were given")
         arrays = [to_rgb_array(image, describe_image(image, index)) for index, image in enumerate(images)]
         for index, (image, array) in enumerate(zip(images, arrays)):
-            check_image_size(array, kwargs["patch_size"], describe_image(image, index))
+            check_image_size(array.shape[:2], kwargs["patch_size"], describe_image(image, index))
         sizes = [
             self.target_size(*a.shape[:2], kwargs["size"]) if kwargs["do_resize"] else a.shape[:2] for a in arrays
         ]

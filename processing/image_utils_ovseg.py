@@ -147,9 +147,9 @@ def to_rgb_array(image: ImageLike, what: str = "image") -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def check_image_size(array: np.ndarray, patch_size: int, what: str = "image") -> None:
-    """Refuse an image smaller than one patch of the model on either side (it has no patch to embed)."""
-    height, width = array.shape[:2]
+def check_image_size(size: tuple[int, int], patch_size: int, what: str = "image") -> None:
+    """Refuse an image of ``size`` ``(H, W)`` smaller than one patch of the model on either side."""
+    height, width = size
     if min(height, width) < patch_size:
         raise InvalidImageError(
             f"{what} is {height}x{width} pixels, smaller than one {patch_size}x{patch_size} patch of the model"

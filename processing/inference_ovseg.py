@@ -442,7 +442,7 @@ def segment(
         for index, image in enumerate(images[first : first + batch_size], start=first):
             what = describe_image(image, index)
             arrays.append(to_rgb_array(image, what))
-            check_image_size(arrays[-1], image_processor.patch_size, what)
+            check_image_size(arrays[-1].shape[:2], image_processor.patch_size, what)
         if mode == "tiled":
             total += sum(len(tile_layout(image_processor, a.shape, tile_size, tile_overlap)[1]) for a in arrays)
             for array in arrays:

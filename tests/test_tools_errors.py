@@ -109,10 +109,10 @@ def test_lseg_convert_names_the_overwrite_flag(tmp_path, capsys):
 
 @pytest.fixture
 def no_model_loading(monkeypatch):
-    def load_model(*args, **kwargs):
-        raise AssertionError("the model was loaded before the output was checked")
+    def model_source(*args, **kwargs):
+        raise AssertionError("the model was looked up before the output was checked")
 
-    monkeypatch.setattr(cli, "load_model", load_model)
+    monkeypatch.setattr(cli, "model_source", model_source)
 
 
 @pytest.fixture
