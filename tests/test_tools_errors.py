@@ -189,3 +189,25 @@ def test_both_converters_map_openai_clip_with_the_one_key_map():
     projection = torch.arange(6.0).reshape(2, 3)
     assert torch.equal(openai_clip_keys.map_openai_clip_key("text_projection", projection)["text_projection.weight"], projection.t())
     assert openai_clip_keys.map_openai_clip_key("visual.unknown", projection) is None
+
+
+def test_both_converters_load_through_the_one_strict_loader():
+    from pathlib import Path
+
+    from training import checkpoints
+
+    loader = checkpoints.load_state_dict_strictly
+    assert convert_catseg.load_state_dict_strictly is convert_lseg.load_state_dict_strictly is loader
+    training = Path(checkpoints.__file__).parent
+    loaders = [p.name for p in training.glob("*.py") if ".load_state_dict(" in p.read_text()]
+    assert loaders == ["checkpoints.py"]
+    module = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    state_dict = {"0.weight": torch.zeros(3, 4), "0.extra": torch.zeros(1)}
+    with pytest.raises(ValueError) as error:
+        loader(module, state_dict, "The checkpoint does not fit", ["one more thing"])
+    assert str(error.value) == (
+        "The checkpoint does not fit: missing from the checkpoint (1): ['0.bias']; unexpected in the checkpoint (1): "
+        "['0.extra']; shape mismatches (1): ['0.weight: checkpoint (3, 4), model (3, 2)']; one more thing"
+    )
+    loader(module, {"0.weight": torch.ones(3, 2), "0.bias": torch.ones(3)}, "unused")
+    assert module[0].weight.sum() == 6

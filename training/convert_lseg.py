@@ -25,9 +25,10 @@ import torch
 from transformers import initialization as init
 
 from modeling_lseg.configuration_lseg import LSegConfig
-from modeling_lseg.modeling_lseg import LSegForSemanticSegmentation, load_state_dict_strictly
+from modeling_lseg.modeling_lseg import LSegForSemanticSegmentation
 
 from .atomic import write_folder_atomic
+from .checkpoints import load_state_dict_strictly
 from .openai_clip_keys import map_openai_clip_key
 
 # The released checkpoints with the ViT-L/16 image encoder (the README's model zoo). The other zero-shot
@@ -322,7 +323,7 @@ def convert_lseg_checkpoint(
     with init.no_init_weights():
         model = LSegForSemanticSegmentation(config)
     try:
-        load_state_dict_strictly(model, converted, "The checkpoint")
+        load_state_dict_strictly(model, converted, "The checkpoint does not fit the LSeg config")
     except ValueError as error:
         raise LSegConversionError(f"{error}. Pass the right config if the inferred one is wrong.") from error
     model.eval()
