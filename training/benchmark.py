@@ -204,6 +204,10 @@ def load_benchmark_data(
             reduce_labels=True if key in reduce_labels else None,
             ignore_index=(ignore_index or {}).get(key),
         )
+        data.fixes = {
+            "ignore_index": f"pass --ignore-index {key}={{value}}",
+            "reduce_labels": f"pass --reduce-labels {key}",
+        }
         check_masks_against_protocol(key, data, mask_check_samples)
         datasets[key] = data
     return datasets

@@ -22,7 +22,7 @@ import itertools
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,8 @@ class SegmentationData:
         ignore_index: mask value of unlabelled pixels (after `reduce_labels`).
         reduce_labels: masks store 0 for "other" and k + 1 for class k.
         name: where the data came from, for messages.
+        fixes: how the tool that loaded the data sets `ignore_index` and `reduce_labels`, for the hints of its error
+            messages (`{value}` is filled in); the default speaks of `ovseg-train`'s settings.
     """
 
     dataset: Dataset | IterableDataset
@@ -77,6 +79,12 @@ class SegmentationData:
     ignore_index: int
     reduce_labels: bool
     name: str
+    fixes: dict[str, str] = field(
+        default_factory=lambda: {
+            "ignore_index": "set ignore_index={value} (--ignore-index {value})",
+            "reduce_labels": "set reduce_labels=true (--reduce-labels true)",
+        }
+    )
 
     @property
     def streaming(self) -> bool:
@@ -119,9 +127,10 @@ class SegmentationData:
         shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
         hints = []
         if len(bad) == 1 and bad[0] >= len(self.class_names):
-            hints.append(f"if {bad[0]} marks unlabelled pixels, set ignore_index={bad[0]} (now {self.ignore_index})")
+            fix = self.fixes["ignore_index"].format(value=bad[0])
+            hints.append(f"if {bad[0]} marks unlabelled pixels, {fix} (now {self.ignore_index})")
         if not self.reduce_labels and values.max() == len(self.class_names) and 0 in values:
-            hints.append("if 0 means 'other' and classes are numbered from 1, set reduce_labels=true")
+            hints.append(f"if 0 means 'other' and classes are numbered from 1, {self.fixes['reduce_labels']}")
         hints.append(f"check that the {len(self.class_names)} class names match the dataset")
         raise DataError(
             f"the mask of {where} has values {shown}{' after reducing labels' if self.reduce_labels else ''}, "

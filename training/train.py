@@ -118,7 +118,8 @@ def build_transform(config: TrainConfig, processor, model, data: SegmentationDat
     if 0 <= model_ignore < len(data.class_names):
         raise ConfigError(
             f"the model's ignore_index {model_ignore} is a class of the {len(data.class_names)}-class vocabulary: "
-            'set model_config {"ignore_index": -1} (or another value outside the classes)'
+            'set model_config {"ignore_index": -1} (--model-config \'{"ignore_index": -1}\') or another value '
+            "outside the classes"
         )
     input_size = model_input_size(model)
     image_processor = processor.image_processor
