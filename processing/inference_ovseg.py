@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .image_utils_ovseg import check_image_size, describe_image, to_rgb_array
-from .text_prompts_ovseg import validate_vocabulary
+from .text_prompts_ovseg import display_name, validate_vocabulary
 
 MODES = ("whole", "sliding", "tiled")
 
@@ -41,7 +41,8 @@ class SegmentationResult:
 
     Attributes:
         label_map: ``(H, W)`` int64 class index per pixel, at the original image size (EXIF orientation applied).
-        labels: the vocabulary; ``label_map`` indexes it.
+        labels: the vocabulary; ``label_map`` indexes it. A label with synonyms (``"lamp, light"``) is shown under
+            its first one (``display_label``).
         scores: ``(T,)`` float32 mean probability of each class over the pixels assigned to it (0 if none).
         pixel_fractions: ``(T,)`` float32 share of the image's pixels assigned to each class.
     """
@@ -56,12 +57,17 @@ class SegmentationResult:
         present = torch.nonzero(self.pixel_fractions > 0).flatten().tolist()
         return sorted(present, key=lambda index: (-float(self.pixel_fractions[index]), index))
 
+    def display_label(self, index: int) -> str:
+        """The name class ``index`` is shown under: its first synonym, as the pipeline and the overlay show it."""
+        return display_name(self.labels[index])
+
     def summary(self) -> list[dict]:
-        """JSON-ready ``{"id", "label", "pixel_fraction", "score"}`` of the present classes, largest first."""
+        """JSON-ready ``{"id", "label", "pixel_fraction", "score"}`` of the present classes, largest first; ``label``
+        is the display name (``labels[id]`` holds the synonyms)."""
         return [
             {
                 "id": index,
-                "label": self.labels[index],
+                "label": self.display_label(index),
                 "pixel_fraction": round(float(self.pixel_fractions[index]), 6),
                 "score": round(float(self.scores[index]), 6),
             }

@@ -35,7 +35,8 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
         tile_size, tile_overlap: tiles of `mode="tiled"`.
 
     Returns:
-        Per image, a list of `{"label", "score", "pixel_fraction", "mask"}` for the labels present, largest first;
+        Per image, a list of `{"label", "score", "pixel_fraction", "mask"}` for the labels present, largest first
+        (`label` is the class's first synonym: `"sofa"` for `"sofa, couch"`, as `SegmentationResult.summary` has it);
         `mask` is a PIL `L` image at the original size (255 inside the class). `score` is the class's mean probability
         over its pixels.
     """
@@ -97,7 +98,7 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
         label_map = result.label_map.numpy()
         return [
             {
-                "label": result.labels[index],
+                "label": result.display_label(index),
                 "score": float(result.scores[index]),
                 "pixel_fraction": float(result.pixel_fractions[index]),
                 "mask": PIL.Image.fromarray(np.where(label_map == index, 255, 0).astype(np.uint8)),

@@ -156,6 +156,15 @@ def test_summary_and_model_mode(catseg):
     ) == pytest.approx(1, abs=1e-5)
 
 
+def test_summary_shows_each_class_under_its_first_synonym(catseg):
+    model, processor = catseg
+    labels = ["lamp, light", "sofa, couch, settee", "floor"]
+    result = segment(model, processor, [image(64, 64, seed) for seed in range(3)], labels)
+    shown = {entry["label"] for r in result for entry in r.summary()}
+    assert shown and shown <= {"lamp", "sofa", "floor"}
+    assert [result[0].display_label(i) for i in range(3)] == ["lamp", "sofa", "floor"] and result[0].labels == labels
+
+
 def test_sliding_window_starts_with_the_official_short_side_resize():
     assert _test_time_resize(image(480, 640), 640, 2560).shape == (640, 853, 3)
     assert _test_time_resize(image(100, 5000), 640, 2560).shape == (51, 2560, 3)  # long side capped
