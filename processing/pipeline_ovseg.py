@@ -59,7 +59,11 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
         tile_overlap=None,
         **kwargs,
     ):
-        preprocess_params = {"candidate_labels": candidate_labels}
+        # Checked once, at construction or at the call that gives them, before any image is read; labels given at
+        # construction stay the default of every call.
+        preprocess_params = {}
+        if candidate_labels is not None:
+            preprocess_params["candidate_labels"] = validate_vocabulary(candidate_labels)
         forward_params = {
             key: value
             for key, value in dict(
@@ -83,9 +87,8 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
     def preprocess(self, image, candidate_labels=None):
         if candidate_labels is None:
             raise VocabularyError("candidate_labels= is required: the class names to segment the image into")
-        labels = validate_vocabulary(candidate_labels)
         # numpy, not a tensor: the base class would otherwise move the whole image to the model's device.
-        return {"image": to_rgb_array(image), "candidate_labels": labels}
+        return {"image": to_rgb_array(image), "candidate_labels": candidate_labels}
 
     def _forward(self, model_inputs, **forward_params):
         result = segment(

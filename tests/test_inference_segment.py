@@ -2,6 +2,7 @@
 bad calls. Tiny random models, except the parity tests, which use the CAT-Seg fixture."""
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from tiny_models import tiny_catseg_config, tiny_lseg_config
 from modeling_catseg import CatSegForSemanticSegmentation
 from training.convert_catseg import infer_catseg_config, load_official_state_dict, load_official_weights
 from modeling_lseg import LSegForSemanticSegmentation
-from processing import TextFeatureCache, segment
+from processing import TextFeatureCache, VocabularyError, segment
 from training.presets import catseg_processor, lseg_processor
 from processing.inference_ovseg import (
     _core_bounds,
@@ -221,6 +222,9 @@ def test_bad_calls_are_explained(catseg, lseg):
         segment(model, processor, [], ["cat"])
     with pytest.raises(ValueError, match="the vocabulary is empty"):
         segment(model, processor, image(64, 64), [])
+    with mock.patch.object(type(processor), "encode_text", side_effect=AssertionError("the text was encoded")):
+        with pytest.raises(VocabularyError, match=r"^duplicate labels \['cat', 'Cat '\]: each class must be named"):
+            segment(model, processor, image(64, 64), ["cat", "dog", "Cat "], cache=False)
     for mode in ("whole", "tiled"):  # named by its place in the call, not in its batch
         with pytest.raises(ValueError, match="image 1 is 8x64 pixels, smaller than one 16x16 patch"):
             segment(model, processor, [image(64, 64), image(8, 64)], ["cat"], mode=mode, batch_size=1)

@@ -67,6 +67,20 @@ def test_pipeline_in_process_matches_segment(models, photo):
         segmenter(photo, candidate_labels=LABELS, prompt_template="a {}")
 
 
+def test_duplicate_labels_are_refused_before_any_image_is_read(models, photo, monkeypatch):
+    model, processor = models["lseg"]
+    parts = dict(model=model, processor=processor, tokenizer=processor.tokenizer)
+    parts["image_processor"] = processor.image_processor
+    with pytest.raises(VocabularyError, match=r"^duplicate labels \['cat', 'Cat'\]: each class must be named once"):
+        pipeline(TASK, candidate_labels=["cat", "dog", "Cat"], **parts)  # at construction, not at the first call
+    segmenter = pipeline(TASK, candidate_labels=LABELS, **parts)
+    reference = segment(model, processor, photo, LABELS).summary()
+    assert [s["label"] for s in segmenter(photo)] == [entry["label"] for entry in reference]  # the default labels
+    monkeypatch.setattr(segmenter, "preprocess", lambda *a, **k: pytest.fail("an image was read"))
+    with pytest.raises(VocabularyError, match=r"^duplicate labels \['sofa'\]"):
+        segmenter(photo, candidate_labels=["sofa", "sofa"])
+
+
 def test_saved_folder_loads_offline_in_a_fresh_process(models, photo, tmp_path):
     expected = {}
     for name, (model, processor) in models.items():

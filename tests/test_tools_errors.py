@@ -135,6 +135,14 @@ def test_segment_out_that_is_a_file_is_refused_before_loading(tmp_path, image, n
     assert code == 2 and err.endswith(f"{tmp_path / 'taken'} is a file, so the folder cannot be created")
 
 
+def test_segment_duplicate_labels_in_a_file_are_refused_before_loading(tmp_path, image, no_model_loading, capsys):
+    (tmp_path / "labels.txt").write_text("cat\nsofa, couch\nCat\n")
+    argv = [image, "--labels-file", tmp_path / "labels.txt", "--model", "any", "--out", tmp_path / "out"]
+    code, err = exit_and_error(cli.main, argv, capsys)
+    assert code == 2 and err.startswith("ovseg-segment: error: duplicate labels ['cat', 'Cat']: each class must be")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
 def test_segment_out_in_an_unwritable_folder_is_refused_before_loading(tmp_path, image, no_model_loading, capsys):
     locked = tmp_path / "locked"

@@ -160,8 +160,8 @@ def test_mask_values_beyond_the_classes_are_found_in_a_sample_before_training(tm
 
 def test_duplicate_class_names_are_refused_before_the_model_is_built(tmp_path, no_model):
     images, masks = shapes_rows(2)
-    data_dir = save_dataset(tmp_path / "data", images, masks, ["cat", "dog", "cat"])
-    with pytest.raises(ConfigError, match=r"repeat 'cat' \(classes 0 and 2\)"):
+    data_dir = save_dataset(tmp_path / "data", images, masks, ["cat", "dog", "Cat "])  # one class to CLIP
+    with pytest.raises(DataError, match=r"the class names of .*: duplicate labels \['cat', 'Cat '\]: each class"):
         train(TrainConfig(dataset=str(data_dir), output_dir=str(tmp_path / "out")))
 
 

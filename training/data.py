@@ -42,6 +42,7 @@ from datasets import (
 
 from processing.image_processing_ovseg import OVSegImageProcessor
 from processing.image_utils_ovseg import InvalidImageError, to_label_array, to_rgb_array
+from processing.text_prompts_ovseg import VocabularyError, validate_vocabulary
 
 from .protocols import DATASET_PRESETS
 
@@ -246,6 +247,13 @@ def load_segmentation_data(
     if class_names is None and preset is not None and preset.class_names_file and class_names_dir is not None:
         class_names = Path(class_names_dir) / preset.class_names_file
     names = _resolve_class_names(class_names, dataset, mask_column, local_dir, source)
+    try:  # the models' own check, here before any model is built: duplicates, empty or non-string names
+        validate_vocabulary(names)
+    except VocabularyError as error:
+        raise DataError(
+            f"the class names of {source}: {error}; give every class a distinct name, or merge the classes in the "
+            "masks"
+        ) from None
     if preset is not None and preset.num_classes is not None and len(names) != preset.num_classes:
         raise DataError(
             f"{dataset_preset} has {preset.num_classes} classes but the class-name list has {len(names)} entries"

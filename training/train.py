@@ -186,7 +186,6 @@ def load_data(config: TrainConfig) -> tuple[SegmentationData, SegmentationData |
         dataset_config=config.dataset_config,
     )
     train = load_segmentation_data(config.dataset, config.train_split, streaming=config.streaming, **common)
-    check_unique_class_names(train)
     evaluation = None
     if config.eval_split and not config.eval_dataset and Path(config.dataset, "state.json").is_file():
         raise ConfigError(
@@ -197,18 +196,6 @@ def load_data(config: TrainConfig) -> tuple[SegmentationData, SegmentationData |
             config.eval_dataset or config.dataset, config.eval_split or "validation", **common
         )
     return train, evaluation
-
-
-def check_unique_class_names(data: SegmentationData) -> None:
-    """Two classes of one name cannot be told apart by the text encoder: refuse before the model is built."""
-    first_index: dict[str, int] = {}
-    for index, name in enumerate(data.class_names):
-        if name in first_index:
-            raise ConfigError(
-                f"the class names of {data.name} repeat {name!r} (classes {first_index[name]} and {index}): "
-                "give every class a distinct name, or merge the classes in the masks"
-            )
-        first_index[name] = index
 
 
 def resolved_config(config: TrainConfig, processes_on_this_machine: int) -> TrainConfig:
