@@ -219,3 +219,39 @@ def test_both_converters_load_through_the_one_strict_loader():
     )
     loader(module, {"0.weight": torch.ones(3, 2), "0.bias": torch.ones(3)}, "unused")
     assert module[0].weight.sum() == 6
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one state per process, and refuses another precision once it is set."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs on the GPU")
+def test_fp16_on_the_cpu_is_refused_in_one_line_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                 fresh_accelerator_state):  # fmt: skip
+    from accelerate.state import AcceleratorState
+
+    from training import benchmark, train
+    from training.distributed import LaunchError, build_accelerator
+
+    with pytest.raises(LaunchError, match=r"^fp16 mixed precision needs a GPU, and this run is on the CPU"):
+        build_accelerator(mixed_precision="fp16")
+    assert build_accelerator(mixed_precision="bf16").mixed_precision == "bf16"  # the refused state was not kept
+    AcceleratorState._reset_state(reset_partial_state=True)
+    absent = tmp_path / "absent"  # the data does not exist: the precision must be refused first
+    for main, argv in (
+        (train.main, ["--dataset", absent, "--output-dir", tmp_path / "out", "--mixed-precision", "fp16"]),
+        (benchmark.main, ["--model", absent, "--data", f"a150={absent}", "--mixed-precision", "fp16"]),
+        (train.main, ["--dataset", absent, "--output-dir", tmp_path / "out"]),  # as `accelerate launch` sets it
+    ):
+        if main is train.main and "--mixed-precision" not in argv:
+            monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: fp16 mixed precision needs a GPU") and "bf16" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()

@@ -284,7 +284,8 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=False)]
     accelerator = build_accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
+        # "no" (the default) leaves it to `accelerate launch --mixed_precision`: an explicit value would override it.
+        mixed_precision=None if config.mixed_precision == "no" else config.mixed_precision,
         log_with=config.report_to or None,
         project_dir=config.output_dir,
         kwargs_handlers=kwargs,
