@@ -66,7 +66,30 @@ class TrainResult:
 
 
 def build_model(config: TrainConfig):
-    """A new or pretrained model as the config says; CLIP/LSeg parts from `clip_model`/`image_encoder` if given."""
+    """A new or pretrained model as the config says; CLIP/LSeg parts from `clip_model`/`image_encoder` if given.
+
+    Weights that cannot be loaded (offline, a mistyped id or path) are a one-line `ConfigError`.
+    """
+    try:
+        return _new_or_pretrained_model(config)
+    except OSError as error:
+        sources = [
+            f"{flag} {value}"
+            for flag, value in (
+                ("--pretrained-model", config.pretrained_model),
+                ("--clip-model", config.clip_model),
+                ("--image-encoder", config.image_encoder),
+            )
+            if value
+        ]
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(
+            f"could not load the weights of {' / '.join(sources) or 'the model'} ({reason}); without network access, "
+            "download them once (`hf download ID --local-dir DIR`) and pass the folder"
+        ) from None
+
+
+def _new_or_pretrained_model(config: TrainConfig):
     overrides = dict(config.model_config)
     if config.model_type == "catseg":
         from modeling_catseg import CatSegConfig, CatSegForSemanticSegmentation
