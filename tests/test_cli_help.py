@@ -35,10 +35,10 @@ def test_benchmark_and_fss_document_their_data_layout(capsys):
     assert "<root>/<class>/<n>.jpg with masks <n>.png" in text
 
 
-# Flags of other programs that messages name: accelerate launch / torchrun, and pip.
+# Flags of other programs that messages name: accelerate launch / torchrun, pip and hf download.
 FOREIGN_FLAGS = {
     "--cpu", "--multi_gpu", "--num_processes", "--mixed_precision", "--nproc_per_node", "--nnodes", "--standalone",
-    "--master_addr", "--master_port", "--mpirun_hostfile", "--extra-index-url",
+    "--master_addr", "--master_port", "--mpirun_hostfile", "--extra-index-url", "--local-dir",
 }  # fmt: skip
 
 
