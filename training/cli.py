@@ -251,6 +251,7 @@ def load_processor(source: str, name: str):
 
 
 def load_weights(source: str, name: str, device: torch.device):
+    """The model of `model_source`, on `device`, in evaluation mode."""
     try:
         model = AutoModelForSemanticSegmentation.from_pretrained(source, trust_remote_code=True)
     except OSError as error:
