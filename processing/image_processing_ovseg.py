@@ -23,7 +23,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import ImagesKwargs, Unpack
 
-from .image_utils_ovseg import InvalidImageError, to_label_array, to_rgb_array
+from .image_utils_ovseg import InvalidImageError, check_image_size, describe_image, to_label_array, to_rgb_array
 
 SCORE_ACTIVATIONS = ("sigmoid", "softmax")
 # Largest class-score tensor (elements) materialised at the output size at once: ~128 MB of float32. Larger outputs
@@ -141,14 +141,9 @@ class OVSegImageProcessor(PilBackend):
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise InvalidImageError("no images were given")
-        arrays = [to_rgb_array(image, f"image {index}") for index, image in enumerate(images)]
-        for index, array in enumerate(arrays):
-            height, width = array.shape[:2]
-            if min(height, width) < kwargs["patch_size"]:
-                raise InvalidImageError(
-                    f"image {index} is {height}x{width} pixels, smaller than one {kwargs['patch_size']}x"
-                    f"{kwargs['patch_size']} patch of the model"
-                )
+        arrays = [to_rgb_array(image, describe_image(image, index)) for index, image in enumerate(images)]
+        for index, (image, array) in enumerate(zip(images, arrays)):
+            check_image_size(array.shape[:2], kwargs["patch_size"], describe_image(image, index))
         sizes = [
             self.target_size(*a.shape[:2], kwargs["size"]) if kwargs["do_resize"] else a.shape[:2] for a in arrays
         ]

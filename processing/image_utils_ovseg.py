@@ -147,6 +147,22 @@ def to_rgb_array(image: ImageLike, what: str = "image") -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def check_image_size(size: tuple[int, int], patch_size: int, what: str = "image") -> None:
+    """Refuse an image of ``size`` ``(H, W)`` smaller than one patch of the model on either side."""
+    height, width = size
+    if min(height, width) < patch_size:
+        raise InvalidImageError(
+            f"{what} is {height}x{width} pixels, smaller than one {patch_size}x{patch_size} patch of the model"
+        )
+
+
+def describe_image(image: ImageLike, index: int) -> str:
+    """How error messages name an input image: its path or URL when it has one, else its position."""
+    if isinstance(image, (str, os.PathLike)):
+        return f"image {os.fspath(image)!r}"
+    return f"image {index}"
+
+
 def to_label_array(label_map: ImageLike, what: str = "segmentation map") -> np.ndarray:
     """An ``(H, W)`` int64 array of class indices from a label map (PIL image, array, tensor or file path).
 

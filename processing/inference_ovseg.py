@@ -20,6 +20,7 @@ Hub-facing (the pipeline imports it): relative imports of sibling modules only.
 
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -28,8 +29,8 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from .image_utils_ovseg import to_rgb_array
-from .text_prompts_ovseg import validate_vocabulary
+from .image_utils_ovseg import check_image_size, describe_image, to_rgb_array
+from .text_prompts_ovseg import display_name, validate_vocabulary
 
 MODES = ("whole", "sliding", "tiled")
 
@@ -40,7 +41,8 @@ class SegmentationResult:
 
     Attributes:
         label_map: ``(H, W)`` int64 class index per pixel, at the original image size (EXIF orientation applied).
-        labels: the vocabulary; ``label_map`` indexes it.
+        labels: the vocabulary; ``label_map`` indexes it. A label with synonyms (``"lamp, light"``) is shown under
+            its first one (``display_label``).
         scores: ``(T,)`` float32 mean probability of each class over the pixels assigned to it (0 if none).
         pixel_fractions: ``(T,)`` float32 share of the image's pixels assigned to each class.
     """
@@ -55,12 +57,17 @@ class SegmentationResult:
         present = torch.nonzero(self.pixel_fractions > 0).flatten().tolist()
         return sorted(present, key=lambda index: (-float(self.pixel_fractions[index]), index))
 
+    def display_label(self, index: int) -> str:
+        """The name class ``index`` is shown under: its first synonym, as the pipeline and the overlay show it."""
+        return display_name(self.labels[index])
+
     def summary(self) -> list[dict]:
-        """JSON-ready ``{"id", "label", "pixel_fraction", "score"}`` of the present classes, largest first."""
+        """JSON-ready ``{"id", "label", "pixel_fraction", "score"}`` of the present classes, largest first; ``label``
+        is the display name (``labels[id]`` holds the synonyms)."""
         return [
             {
                 "id": index,
-                "label": self.labels[index],
+                "label": self.display_label(index),
                 "pixel_fraction": round(float(self.pixel_fractions[index]), 6),
                 "score": round(float(self.scores[index]), 6),
             }
@@ -160,6 +167,12 @@ def _sliding_settings(image_processor) -> tuple[int, int, int]:
     if not 0 < stride <= crop_size <= image_size or (image_size - crop_size) % stride:
         raise ValueError(f"sliding_window {window} is inconsistent: the crops must tile the resized image exactly")
     return image_size, crop_size, stride
+
+
+def sliding_window_view_count(image_processor) -> int:
+    """Views per image of the sliding window: the crops and the global view."""
+    image_size, crop_size, stride = _sliding_settings(image_processor)
+    return ((image_size - crop_size) // stride + 1) ** 2 + 1
 
 
 def _test_time_resize(image: np.ndarray, shortest_edge: int, max_size: int) -> np.ndarray:
@@ -264,26 +277,13 @@ def _core_bounds(starts: list[int], tile: int, length: int) -> list[tuple[int, i
     return list(zip(cuts, cuts[1:]))
 
 
-def tiled_segmentation(
-    model,
-    image_processor,
-    image: np.ndarray,
-    text_embeds: torch.Tensor,
-    tile_size: tuple[int, int] | None = None,
-    overlap: float = 1 / 3,
-    batch_size: int = 4,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Label map of an image of any size from native-resolution tiles.
+def tile_layout(
+    image_processor, image_shape: tuple[int, ...], tile_size: tuple[int, int] | None = None, overlap: float = 1 / 3
+) -> tuple[tuple[int, int], list[tuple[int, int, tuple[int, int], tuple[int, int]]]]:
+    """The tile size and the tiles covering an image of ``image_shape`` ``(H, W, ...)``.
 
-    Args:
-        image: ``(H, W, 3)`` uint8.
-        text_embeds: ``(T, C)`` class embeddings.
-        tile_size: ``(height, width)`` of a tile; defaults to the model's fixed input size.
-        overlap: fraction of a tile shared with its neighbour (context for the pixels near tile borders).
-
-    Returns:
-        ``label_map`` ``(H, W)`` int64, and per class the pixel count ``(T,)`` and the summed winning probability
-        ``(T,)`` over its pixels.
+    Each tile is ``(top, left, (row_start, row_end), (col_start, col_end))``: its offset and the core whose pixels it
+    labels. ``tile_size`` defaults to the model's fixed input size.
     """
     if tile_size is None:
         if not (image_processor.size.height and image_processor.size.width):
@@ -292,7 +292,7 @@ def tiled_segmentation(
     if not 0 <= overlap < 1:
         raise ValueError(f"tile_overlap must be in [0, 1), got {overlap}")
     tile_height, tile_width = tile_size
-    height, width = image.shape[:2]
+    height, width = image_shape[:2]
     rows = _tile_starts(height, tile_height, max(1, int(tile_height * (1 - overlap))))
     columns = _tile_starts(width, tile_width, max(1, int(tile_width * (1 - overlap))))
     tiles = [
@@ -300,6 +300,34 @@ def tiled_segmentation(
         for top, row_core in zip(rows, _core_bounds(rows, tile_height, height))
         for left, column_core in zip(columns, _core_bounds(columns, tile_width, width))
     ]
+    return (tile_height, tile_width), tiles
+
+
+def tiled_segmentation(
+    model,
+    image_processor,
+    image: np.ndarray,
+    text_embeds: torch.Tensor,
+    tile_size: tuple[int, int] | None = None,
+    overlap: float = 1 / 3,
+    batch_size: int = 4,
+    on_tiles: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Label map of an image of any size from native-resolution tiles.
+
+    Args:
+        image: ``(H, W, 3)`` uint8.
+        text_embeds: ``(T, C)`` class embeddings.
+        tile_size: ``(height, width)`` of a tile; defaults to the model's fixed input size.
+        overlap: fraction of a tile shared with its neighbour (context for the pixels near tile borders).
+        on_tiles: called with the number of tiles of each forward pass once it is done (progress reports).
+
+    Returns:
+        ``label_map`` ``(H, W)`` int64, and per class the pixel count ``(T,)`` and the summed winning probability
+        ``(T,)`` over its pixels.
+    """
+    (tile_height, tile_width), tiles = tile_layout(image_processor, image.shape, tile_size, overlap)
+    height, width = image.shape[:2]
     num_classes = text_embeds.shape[0]
     label_map = torch.empty(height, width, dtype=torch.int64)
     counts = torch.zeros(num_classes, dtype=torch.float64)
@@ -326,6 +354,8 @@ def tiled_segmentation(
                 score_sums += torch.bincount(
                     core_labels.flatten(), weights=confidence[core].flatten().double(), minlength=num_classes
                 )
+            if on_tiles is not None:
+                on_tiles(len(batch))
     return label_map, counts, score_sums
 
 
@@ -358,6 +388,7 @@ def segment(
     cache: "TextFeatureCache | bool" = True,
     tile_size: tuple[int, int] | None = None,
     tile_overlap: float = 1 / 3,
+    progress_callback: Callable[[int, int], None] | None = None,
 ) -> "SegmentationResult | list[SegmentationResult]":
     """Segment images with a vocabulary.
 
@@ -372,6 +403,10 @@ def segment(
         cache: reuse the text features of a vocabulary already encoded for these weights (``True``: a shared
             cache; a ``TextFeatureCache``; ``False``: always encode). Results are identical either way.
         tile_size, tile_overlap: tiles of ``mode="tiled"`` (default: the model's input size, a third shared).
+        progress_callback: called as ``progress_callback(done, total)`` after every forward pass, counting model
+            inputs: images (``"whole"``), views (``"sliding"``: crops and global view) or tiles (``"tiled"``). In
+            ``"tiled"`` mode ``total`` grows as images are decoded (``batch_size`` at a time), since an image's
+            tile count depends on its size.
 
     Returns:
         A ``SegmentationResult`` per image (a single one when ``images`` is a single image).
@@ -396,15 +431,29 @@ def segment(
         else:
             text_embeds = encode(model, processor, labels, prompt_templates, synonyms)
 
+    # Model inputs done and in all, for `progress_callback`; tiles are counted as their images are decoded.
+    done, total = 0, 0 if mode == "tiled" else len(images)
+    if mode == "sliding":
+        total *= sliding_window_view_count(image_processor)
+
+    def advance(inputs: int) -> None:
+        nonlocal done
+        done += inputs
+        if progress_callback is not None:
+            progress_callback(done, total)
+
     results = []
     for first in range(0, len(images), batch_size):
-        arrays = [
-            to_rgb_array(image, f"image {first + i}") for i, image in enumerate(images[first : first + batch_size])
-        ]
+        arrays = []
+        for index, image in enumerate(images[first : first + batch_size], start=first):
+            what = describe_image(image, index)
+            arrays.append(to_rgb_array(image, what))
+            check_image_size(arrays[-1].shape[:2], image_processor.patch_size, what)
         if mode == "tiled":
+            total += sum(len(tile_layout(image_processor, a.shape, tile_size, tile_overlap)[1]) for a in arrays)
             for array in arrays:
                 label_map, counts, sums = tiled_segmentation(
-                    model, image_processor, array, text_embeds, tile_size, tile_overlap, batch_size
+                    model, image_processor, array, text_embeds, tile_size, tile_overlap, batch_size, advance
                 )
                 results.append(_result(labels, label_map, counts, sums))
             continue
@@ -412,8 +461,10 @@ def segment(
             if mode == "sliding":
                 views = [sliding_window_views(image_processor, array) for array in arrays]
                 logits = _logits(model, torch.cat(views), text_embeds).split([len(v) for v in views])
+                advance(sum(len(v) for v in views))
             else:
                 logits = _whole_image_logits(model, image_processor, arrays, text_embeds)
+                advance(len(arrays))
         for array, image_logits in zip(arrays, logits):
             size = array.shape[:2]
             if mode == "sliding":

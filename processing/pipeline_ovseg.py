@@ -45,7 +45,8 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
         tile_size, tile_overlap: tiles of `mode="tiled"`.
 
     Returns:
-        Per image, a list of `{"label", "score", "pixel_fraction", "mask"}` for the labels present, largest first;
+        Per image, a list of `{"label", "score", "pixel_fraction", "mask"}` for the labels present, largest first
+        (`label` is the class's first synonym: `"sofa"` for `"sofa, couch"`, as `SegmentationResult.summary` has it);
         `mask` is a PIL `L` image at the original size (255 inside the class). `score` is the class's mean probability
         over its pixels.
     """
@@ -68,7 +69,11 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
         tile_overlap=None,
         **kwargs,
     ):
-        preprocess_params = {"candidate_labels": candidate_labels}
+        # Checked once, at construction or at the call that gives them, before any image is read; labels given at
+        # construction stay the default of every call.
+        preprocess_params = {}
+        if candidate_labels is not None:
+            preprocess_params["candidate_labels"] = validate_vocabulary(candidate_labels)
         forward_params = {
             key: value
             for key, value in dict(
@@ -90,7 +95,8 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
         return preprocess_params, forward_params, {}
 
     def preprocess(self, image, candidate_labels=None):
-        labels = validate_vocabulary(self.default_vocabulary() if candidate_labels is None else candidate_labels)
+        # Labels given at the call or at construction were validated in _sanitize_parameters.
+        labels = validate_vocabulary(self.default_vocabulary()) if candidate_labels is None else candidate_labels
         # numpy, not a tensor: the base class would otherwise move the whole image to the model's device.
         return {"image": to_rgb_array(image), "candidate_labels": labels}
 
@@ -116,7 +122,7 @@ class ZeroShotSemanticSegmentationPipeline(Pipeline):
         label_map = result.label_map.numpy()
         return [
             {
-                "label": result.labels[index],
+                "label": result.display_label(index),
                 "score": float(result.scores[index]),
                 "pixel_fraction": float(result.pixel_fractions[index]),
                 "mask": PIL.Image.fromarray(np.where(label_map == index, 255, 0).astype(np.uint8)),

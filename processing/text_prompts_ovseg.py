@@ -120,6 +120,11 @@ def split_synonyms(label: str) -> list[str]:
     return [synonym.strip() for synonym in label.split(", ") if synonym.strip()]
 
 
+def display_name(label: str) -> str:
+    """The name a class is shown under: its first synonym (``"lamp, light"`` -> ``"lamp"``), the official rule."""
+    return (split_synonyms(label) or [label.strip()])[0]
+
+
 def validate_vocabulary(text: object) -> list[str]:
     """Check a vocabulary and return it as a list of label strings.
 
@@ -204,7 +209,7 @@ def first_synonym_collisions(labels: list[str]) -> dict[str, list[str]]:
     groups, e.g. two different "bag" classes). The official code encodes them identically; callers warn."""
     groups: dict[str, list[str]] = {}
     for label in labels:
-        groups.setdefault(_normalised(split_synonyms(label)[0]), []).append(label)
+        groups.setdefault(_normalised(display_name(label)), []).append(label)
     return {name: group for name, group in groups.items() if len(group) > 1}
 
 

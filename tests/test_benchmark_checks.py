@@ -70,3 +70,16 @@ def test_fss_without_class_folders_fails(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("\n")
     code, err = run(fss.main, ["--model", "x", "--data", tmp_path / "fss", "--classes-file", tmp_path / "empty.txt"], capsys)
     assert code == 2 and err == f"error: the classes file {tmp_path / 'empty.txt'} lists no class"
+
+
+def test_duplicate_class_names_of_a_benchmark_are_refused_before_loading(tmp_path, capsys):
+    import json
+
+    source = label_dataset(tmp_path / "a150", [np.array([[0, 1], [2, 3]], np.uint8)])
+    names = class_lists(tmp_path / "names", ade150=150)
+    listed = json.loads((names / "ade150.json").read_text())
+    (names / "ade150.json").write_text(json.dumps([*listed[:149], listed[0].upper()]))  # one class to CLIP
+    argv = ["--model", tmp_path / "absent", "--data", f"a150={source}", "--class-names-dir", names]
+    code, err = run(benchmark.main, argv, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"error: the class names of {source}: duplicate labels ['ade150 0', 'ADE150 0']" in err

@@ -128,14 +128,25 @@ def test_official_checkpoints_are_converted_once_and_cached(photos, tmp_path, ca
         (shared_path("fixtures", "lseg_tiny", "original_checkpoint.ckpt"), "dog, grass, other"),
     ):
         out = tmp_path / checkpoint.suffix[1:]
-        run(photos / "food.jpg", "--labels", labels, "--model", checkpoint, "--out", out, "--cache-dir", cache,
-            "--quiet", capsys=capsys)  # fmt: skip
+        error = run(photos / "food.jpg", "--labels", labels, "--model", checkpoint, "--out", out, "--cache-dir", cache,
+                    capsys=capsys)  # fmt: skip
         assert (out / "food_overlay.png").is_file()
+        (folder,) = [p for p in (cache / "converted").iterdir() if checkpoint.suffix != ".ckpt" or p.name != first]
+        first = folder.name
+        assert error.splitlines() == [
+            f"converting the official checkpoint {checkpoint} into {folder} (once: later runs reuse it)",
+            "wrote the label maps (NAME_labels.png), overlays (NAME_overlay.png) and class summaries (NAME.json) of "
+            f"1 image under {out}",
+        ]
     converted = sorted(p for p in (cache / "converted").iterdir())
     assert len(converted) == 2 and all((p / "processor_config.json").is_file() for p in converted)
     monkeypatch.setattr(cli, "build_converted_folder", lambda *args: pytest.fail("converted again"))
     model, processor = cli.load_model(str(checkpoint), cache, torch.device("cpu"))
     assert model.config.model_type == "lseg" and processor.prompt_templates == ["{}"]
+    assert capsys.readouterr().err == f"using {folder}, converted from the official checkpoint {checkpoint}\n"
+    run(photos / "food.jpg", "--labels", "dog", "--model", checkpoint, "--out", out, "--cache-dir", cache, "--quiet",
+        capsys=capsys)  # fmt: skip
+    assert capsys.readouterr() == ("", "")
 
 
 @pytest.mark.parametrize(
@@ -228,3 +239,26 @@ def test_ovseg_convert_writes_a_complete_hub_folder(tmp_path):
     assert "keep.txt" not in files
     processor = AutoProcessor.from_pretrained(tmp_path / "out", trust_remote_code=True)
     assert processor.image_processor.size.height == 384
+
+
+def test_progress_inside_tiled_images_goes_to_stderr_only_when_asked(photos, lseg_folder, tmp_path, capsys):
+    PIL.Image.open(photos / "food.jpg").crop((0, 0, 150, 100)).save(tmp_path / "crop.png")  # 2 x 4 tiles of 64
+    argv = [tmp_path / "crop.png", "--labels", "dog", "--model", lseg_folder, "--out", tmp_path / "out", "--tiled"]
+    cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("wrote the label maps") and len(err.splitlines()) == 1  # no bar off a terminal
+    cli.main([str(a) for a in [*argv, "--progress"]])
+    out, err = capsys.readouterr()
+    assert out == "" and "tile 8/8" in err and "1/1" in err
+
+
+def test_an_image_smaller_than_a_patch_is_named_before_the_model_is_loaded(photos, catseg_folder, tmp_path, capsys,
+                                                                         monkeypatch):  # fmt: skip
+    PIL.Image.new("RGB", (200, 12)).save(photos / "strip.png")
+    monkeypatch.setattr(cli, "load_weights", lambda *args: pytest.fail("the model was loaded"))
+    out = tmp_path / "out"
+    error = run(photos, "--labels", "cat", "--model", catseg_folder, "--out", out, expect=2, capsys=capsys)
+    assert error == (
+        f"ovseg-segment: error: image {str(photos / 'strip.png')!r} is 12x200 pixels, smaller than one 16x16 patch "
+        "of the model\n"
+    )

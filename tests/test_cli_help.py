@@ -33,3 +33,68 @@ def test_benchmark_and_fss_document_their_data_layout(capsys):
     assert "--reduce-labels KEY" in text and "raw ADE20K SceneParsing" in text
     text = " ".join(help_text(fss.main, capsys).split())
     assert "<root>/<class>/<n>.jpg with masks <n>.png" in text
+
+
+# Flags of other programs that messages name: accelerate launch / torchrun, pip and hf download.
+FOREIGN_FLAGS = {
+    "--cpu", "--multi_gpu", "--num_processes", "--mixed_precision", "--nproc_per_node", "--nnodes", "--standalone",
+    "--master_addr", "--master_port", "--mpirun_hostfile", "--extra-index-url", "--local-dir",
+}  # fmt: skip
+
+
+def mentioned_flags(module) -> set[str]:
+    """Every `--flag` inside a string literal (f-strings included) of `module`'s source."""
+    import ast
+    import inspect
+    import re
+
+    return {
+        flag
+        for node in ast.walk(ast.parse(inspect.getsource(module)))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", node.value)
+    }
+
+
+def test_every_flag_that_a_message_or_help_names_exists(capsys):
+    """A hint such as "pass --reduce-labels a150" names a flag of the very tool that prints it."""
+    import re
+
+    from training import (
+        cli, config, convert_catseg, convert_lseg, demo, export, hub, label_dataset, prepare, quickstart,
+    )  # fmt: skip
+
+    def flags(*mains):
+        return {flag for main in mains for flag in re.findall(r"--[a-z][a-z0-9-]*", help_text(main, capsys))}
+
+    segment, evaluate = flags(cli.main, cli.convert_main, label_dataset.main), flags(benchmark.main)
+    official_lseg_script = {"--dataset", "--nshot"}  # test_lseg_zs.py's, which fss.py's docstring quotes
+    tools = {  # a module's messages may name the flags of the tools they are shown by or refer to
+        cli: segment, label_dataset: segment, config: flags(train.main), train: flags(train.main),
+        benchmark: evaluate, fss: flags(fss.main) | official_lseg_script, hub: flags(hub.main),
+        demo: flags(demo.main) | segment, prepare: flags(prepare.main) | evaluate, export: flags(export.main),
+        quickstart: flags(quickstart.main), convert_catseg: flags(convert_catseg.main),
+        convert_lseg: flags(convert_lseg.main),
+    }  # fmt: skip
+    unknown = {
+        module.__name__: sorted(mentioned_flags(module) - known - FOREIGN_FLAGS - {"--help", "--field-name"})
+        for module, known in tools.items()
+    }
+    assert {name: found for name, found in unknown.items() if found} == {}
+
+
+def test_mask_hints_name_the_flags_of_the_tool_that_loaded_the_data(tmp_path, capsys):
+    import numpy as np
+    from test_benchmark_protocol import class_lists, label_dataset
+
+    from training.data import DataError, load_segmentation_data
+
+    names = class_lists(tmp_path / "names", ade150=150)
+    source = label_dataset(tmp_path / "a150", [np.array([[0, 150], [150, 3]], np.uint8)])
+    code = benchmark.main(["--model", "absent", "--data", f"a150={source}", "--class-names-dir", str(names)])
+    err = capsys.readouterr().err
+    assert code == 2 and "if 150 marks unlabelled pixels, pass --ignore-index a150=150 (now 255)" in err
+    assert "if 0 means 'other' and classes are numbered from 1, pass --reduce-labels a150" in err
+    data = load_segmentation_data(source, class_names=[f"c{i}" for i in range(150)])
+    with pytest.raises(DataError, match=r"set reduce_labels=true \(--reduce-labels true\)"):
+        list(data.examples())

@@ -65,8 +65,9 @@ def test_a_request_gives_overlay_annotations_table_and_downloads_inside_the_work
     work = tmp_path / "work"
     work.mkdir()
     for mode in ("whole", "tiled", "sliding"):
-        result = demo.run_segmentation(store, cache, work, photo, "background\ngreen circle", str(model_dir), mode,
-                                       "model default")  # fmt: skip
+        result = demo.run_segmentation(store, cache, work, photo, "background\ngreen circle, disc", str(model_dir),
+                                       mode, "model default")  # fmt: skip
+        assert {row[0] for row in result.table} <= {"background", "green circle"}  # display names
         assert result.overlay.height >= 70 and result.overlay.width > 90
         image, masks = result.annotations
         assert image.shape == (70, 90, 3) and sum(mask.sum() for mask, _ in masks) == 70 * 90

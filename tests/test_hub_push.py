@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 import torch
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub import HfApi
 from test_training_resume import one_thread, shapes_dir, tiny_train_config  # noqa: F401  (fixtures)
 from tiny_models import tiny_catseg_config
 
@@ -19,7 +19,9 @@ from training.train import train
 
 
 class LocalHub:
-    """Stands in for `HfApi`: repositories are folders under `root`; an upload copies the non-ignored files."""
+    """Stands in for `HfApi`: repositories are folders under `root`; a commit writes its files there."""
+
+    endpoint = "https://huggingface.co"
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -30,14 +32,14 @@ class LocalHub:
         self.created.append({"repo_id": repo_id, "private": private, "exist_ok": exist_ok, "repo_type": repo_type})
         (self.root / repo_id).mkdir(parents=True, exist_ok=True)
 
-    def upload_folder(self, repo_id, folder_path, repo_type=None, commit_message=None, ignore_patterns=None):
-        folder = Path(folder_path)
-        files = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
-        kept = sorted(filter_repo_objects(files, ignore_patterns=ignore_patterns))
-        for name in kept:
-            (self.root / repo_id / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(folder / name, self.root / repo_id / name)
-        self.commits.append({"repo_id": repo_id, "files": kept, "message": commit_message})
+    def create_commit(self, repo_id, operations, commit_message=None, repo_type=None):
+        for operation in operations:
+            target = self.root / repo_id / operation.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with operation.as_file() as file:
+                target.write_bytes(file.read())
+        files = sorted(operation.path_in_repo for operation in operations)
+        self.commits.append({"repo_id": repo_id, "files": files, "message": commit_message})
         return mock.Mock(commit_url=f"https://huggingface.co/{repo_id}/commit/0")
 
 
@@ -76,6 +78,7 @@ def test_push_uploads_weights_code_processor_and_a_card_in_one_commit(tmp_path, 
     # The tiny model stores no vocabulary (id2label holds LABEL_0, LABEL_1): the card does not offer those as labels.
     assert "candidate_labels=['cat', 'sofa', 'floor']" in card and "LABEL_0" not in card
     assert "`candidate_labels` is required" in card
+    assert not (saved_folder / "README.md").exists()  # the card is in the commit, not written into the folder
 
 
 def test_an_existing_card_is_kept_and_the_command_line_pushes(tmp_path, saved_folder, capsys):
@@ -118,3 +121,26 @@ def test_training_pushes_its_final_folder(tmp_path, shapes_dir):  # noqa: F811
     card = (uploaded / "README.md").read_text()
     assert "license: mit" in card and 'model="someone/trained"' in card
     assert result.model_dir == tmp_path / "run" / "model"
+
+
+def test_an_unreachable_hub_is_one_line_and_leaves_the_folder_untouched(saved_folder, capsys):
+    before = sorted(p.name for p in saved_folder.iterdir())
+    unreachable = "http://127.0.0.1:9"  # the discard port: the connection is refused, as offline
+
+    with mock.patch.object(hub, "HfApi", lambda token: HfApi(endpoint=unreachable, token="hf_x")):
+        assert hub.main([str(saved_folder), "someone/tiny-catseg"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: could not push {saved_folder} to {unreachable}/someone/tiny-catseg (ConnectError: ")
+    assert err.endswith("(`hf auth login`, HF_TOKEN or --token)")
+    assert sorted(p.name for p in saved_folder.iterdir()) == before and "README.md" not in before
+
+
+def test_a_training_run_that_cannot_push_says_where_its_model_is(tmp_path, shapes_dir):  # noqa: F811
+    config = tiny_train_config(tmp_path / "run", shapes_dir, max_steps=1, push_to_hub=True, hub_model_id="someone/x")
+    with mock.patch.object(hub, "HfApi", lambda token: HfApi(endpoint="http://127.0.0.1:9", token="hf_x")):
+        with pytest.raises(hub.HubPushError) as error:
+            train(config)
+    model_dir = tmp_path / "run" / "model"
+    assert str(error.value).endswith(f"push it later with `ovseg-push {model_dir} someone/x`")
+    assert (model_dir / "model.safetensors").is_file()

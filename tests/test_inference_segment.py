@@ -2,6 +2,7 @@
 bad calls. Tiny random models, except the parity tests, which use the CAT-Seg fixture."""
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from tiny_models import tiny_catseg_config, tiny_lseg_config
 from modeling_catseg import CatSegForSemanticSegmentation
 from training.convert_catseg import infer_catseg_config, load_official_state_dict, load_official_weights
 from modeling_lseg import LSegForSemanticSegmentation
-from processing import TextFeatureCache, segment
+from processing import TextFeatureCache, VocabularyError, segment
 from training.presets import catseg_processor, lseg_processor
 from processing.inference_ovseg import (
     _core_bounds,
@@ -156,6 +157,15 @@ def test_summary_and_model_mode(catseg):
     ) == pytest.approx(1, abs=1e-5)
 
 
+def test_summary_shows_each_class_under_its_first_synonym(catseg):
+    model, processor = catseg
+    labels = ["lamp, light", "sofa, couch, settee", "floor"]
+    result = segment(model, processor, [image(64, 64, seed) for seed in range(3)], labels)
+    shown = {entry["label"] for r in result for entry in r.summary()}
+    assert shown and shown <= {"lamp", "sofa", "floor"}
+    assert [result[0].display_label(i) for i in range(3)] == ["lamp", "sofa", "floor"] and result[0].labels == labels
+
+
 def test_sliding_window_starts_with_the_official_short_side_resize():
     assert _test_time_resize(image(480, 640), 640, 2560).shape == (640, 853, 3)
     assert _test_time_resize(image(100, 5000), 640, 2560).shape == (51, 2560, 3)  # long side capped
@@ -212,8 +222,44 @@ def test_bad_calls_are_explained(catseg, lseg):
         segment(model, processor, [], ["cat"])
     with pytest.raises(ValueError, match="the vocabulary is empty"):
         segment(model, processor, image(64, 64), [])
-    with pytest.raises(ValueError, match="image 1 is 8x64 pixels, smaller than one 16x16 patch"):
-        segment(model, processor, [image(64, 64), image(8, 64)], ["cat"])
+    with mock.patch.object(type(processor), "encode_text", side_effect=AssertionError("the text was encoded")):
+        with pytest.raises(VocabularyError, match=r"^duplicate labels \['cat', 'Cat '\]: each class must be named"):
+            segment(model, processor, image(64, 64), ["cat", "dog", "Cat "], cache=False)
+    for mode in ("whole", "tiled"):  # named by its place in the call, not in its batch
+        with pytest.raises(ValueError, match="image 1 is 8x64 pixels, smaller than one 16x16 patch"):
+            segment(model, processor, [image(64, 64), image(8, 64)], ["cat"], mode=mode, batch_size=1)
     lseg_model, lseg_processor_ = lseg
     with pytest.raises(ValueError, match="this model has no sliding-window protocol"):
         segment(lseg_model, lseg_processor_, image(64, 64), ["cat"], mode="sliding")
+
+
+def test_an_image_file_smaller_than_a_patch_is_named(catseg, tmp_path):
+    import PIL.Image
+
+    model, processor = catseg
+    path = tmp_path / "thumbnail.png"
+    PIL.Image.fromarray(image(10, 40)).save(path)
+    for images in (str(path), [image(64, 64), path]):
+        with pytest.raises(ValueError, match=rf"^image '{path}' is 10x40 pixels, smaller than one 16x16 patch"):
+            segment(model, processor, images, ["cat"])
+    with pytest.raises(ValueError, match=rf"^image '{path}' is 10x40 pixels"):
+        processor(images=[image(64, 64), str(path)])
+
+
+def test_progress_counts_every_model_input(catseg):
+    model, processor = catseg
+    labels = ["cat", "dog", "grass"]
+    images = [image(50, 70, 0), image(64, 64, 1), image(100, 130, 2)]
+    expected = {
+        "whole": [(2, 3), (3, 3)],
+        "sliding": [(10, 15), (15, 15)],  # 4 crops and the global view per image
+        # tiles of 64 at stride 42: 1 x 2, 1 x 1, then 2 x 3; the total grows as each batch of 2 images is decoded
+        "tiled": [(2, 3), (3, 3), (5, 9), (7, 9), (9, 9)],
+    }
+    for mode, calls in expected.items():
+        seen = []
+        report = lambda done, total: seen.append((done, total))  # noqa: E731
+        results = segment(model, processor, images, labels, mode=mode, batch_size=2, progress_callback=report)
+        assert seen == calls, mode
+        plain = segment(model, processor, images, labels, mode=mode, batch_size=2)
+        assert all(torch.equal(a.label_map, b.label_map) for a, b in zip(results, plain))

@@ -14,10 +14,12 @@ from transformers import pipeline
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegForSemanticSegmentation
 from processing import TASK, VocabularyError, segment
+from processing.text_prompts_ovseg import display_name
 from training.presets import catseg_processor, lseg_processor
 from training.remote_code import save_for_hub
 
 LABELS = ["cat", "sofa, couch", "floor"]
+SHOWN = ["cat", "sofa", "floor"]  # the display names: first synonyms
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +49,10 @@ def test_pipeline_in_process_matches_segment(models, photo):
     )
     segments = segmenter(photo, candidate_labels=LABELS)
     reference = segment(model, processor, photo, LABELS)
-    assert [s["label"] for s in segments] == [LABELS[i] for i in reference.present_classes()]
+    assert [s["label"] for s in segments] == [SHOWN[i] for i in reference.present_classes()]
+    assert [s["label"] for s in segments] == [entry["label"] for entry in reference.summary()]  # one display name
     for entry in segments:
-        index = LABELS.index(entry["label"])
+        index = SHOWN.index(entry["label"])
         assert entry["mask"].mode == "L" and entry["mask"].size == (72, 48)
         assert np.array_equal(np.asarray(entry["mask"]) == 255, reference.label_map.numpy() == index)
         assert entry["score"] == pytest.approx(float(reference.scores[index]))
@@ -63,6 +66,20 @@ def test_pipeline_in_process_matches_segment(models, photo):
         segmenter(photo, candidate_labels=LABELS, mode="fast")
     with pytest.raises(TypeError, match=r"unexpected arguments \['prompt_template'\]"):
         segmenter(photo, candidate_labels=LABELS, prompt_template="a {}")
+
+
+def test_duplicate_labels_are_refused_before_any_image_is_read(models, photo, monkeypatch):
+    model, processor = models["lseg"]
+    parts = dict(model=model, processor=processor, tokenizer=processor.tokenizer)
+    parts["image_processor"] = processor.image_processor
+    with pytest.raises(VocabularyError, match=r"^duplicate labels \['cat', 'Cat'\]: each class must be named once"):
+        pipeline(TASK, candidate_labels=["cat", "dog", "Cat"], **parts)  # at construction, not at the first call
+    segmenter = pipeline(TASK, candidate_labels=LABELS, **parts)
+    reference = segment(model, processor, photo, LABELS).summary()
+    assert [s["label"] for s in segmenter(photo)] == [entry["label"] for entry in reference]  # the default labels
+    monkeypatch.setattr(segmenter, "preprocess", lambda *a, **k: pytest.fail("an image was read"))
+    with pytest.raises(VocabularyError, match=r"^duplicate labels \['sofa'\]"):
+        segmenter(photo, candidate_labels=["sofa", "sofa"])
 
 
 def test_saved_folder_loads_offline_in_a_fresh_process(models, photo, tmp_path):
@@ -94,7 +111,7 @@ def test_saved_folder_loads_offline_in_a_fresh_process(models, photo, tmp_path):
             segments = segmenter({photo!r}, candidate_labels={LABELS!r})
             label_map = np.full((48, 72), -1)
             for entry in segments:
-                label_map[np.asarray(entry["mask"]) == 255] = {LABELS!r}.index(entry["label"])
+                label_map[np.asarray(entry["mask"]) == 255] = {SHOWN!r}.index(entry["label"])
             out[name] = {{
                 "classes": [type(processor).__name__, type(image_processor).__name__, type(segmenter).__name__],
                 "label_map": label_map.tolist(),
@@ -147,7 +164,7 @@ def test_the_cards_pipeline_tag_leads_to_this_pipeline(models, photo, tmp_path):
             out[name] = label_map(segmenter({photo!r}, candidate_labels=["dog", "grass"]), ["dog", "grass"])
             try:
                 segments = segmenter({photo!r})
-                out[name + "-default"] = label_map(segments, {vocabulary["catseg"]!r})
+                out[name + "-default"] = label_map(segments, {[display_name(n) for n in vocabulary["catseg"]]!r})
             except ValueError as error:
                 out[name + "-error"] = str(error)
         try:

@@ -73,6 +73,19 @@ def test_catseg_convert_offline_says_what_failed_in_one_line(monkeypatch, tmp_pa
     assert "--checkpoint /path/to/model_base.pth" in err and not (tmp_path / "out").exists()
 
 
+def test_lseg_convert_offline_says_what_failed_and_where_to_download_by_hand(monkeypatch, tmp_path, capsys):
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(convert_lseg.urllib.request, "urlopen", offline)
+    code, err = exit_and_error(convert_lseg.main, ["--checkpoint", "demo_e200", "--output", tmp_path / "out"], capsys)
+    page = convert_lseg.OFFICIAL_CHECKPOINTS["demo_e200"]
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: could not download https://drive.usercontent.google.com/download?id=")
+    assert "Temporary failure in name resolution" in err and f"by hand (open {page} in a browser)" in err
+    assert err.endswith("--checkpoint /path/to/the/file.ckpt") and not (tmp_path / "out").exists()
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("this must never run",))
@@ -96,10 +109,10 @@ def test_lseg_convert_names_the_overwrite_flag(tmp_path, capsys):
 
 @pytest.fixture
 def no_model_loading(monkeypatch):
-    def load_model(*args, **kwargs):
-        raise AssertionError("the model was loaded before the output was checked")
+    def model_source(*args, **kwargs):
+        raise AssertionError("the model was looked up before the output was checked")
 
-    monkeypatch.setattr(cli, "load_model", load_model)
+    monkeypatch.setattr(cli, "model_source", model_source)
 
 
 @pytest.fixture
@@ -120,6 +133,14 @@ def test_segment_out_that_is_a_file_is_refused_before_loading(tmp_path, image, n
     assert err == f"ovseg-segment: error: --out {tmp_path / 'taken'} is a file, not a folder: pass a folder (it is created if missing)"
     code, err = exit_and_error(cli.main, [*argv[:-1], tmp_path / "taken" / "sub"], capsys)
     assert code == 2 and err.endswith(f"{tmp_path / 'taken'} is a file, so the folder cannot be created")
+
+
+def test_segment_duplicate_labels_in_a_file_are_refused_before_loading(tmp_path, image, no_model_loading, capsys):
+    (tmp_path / "labels.txt").write_text("cat\nsofa, couch\nCat\n")
+    argv = [image, "--labels-file", tmp_path / "labels.txt", "--model", "any", "--out", tmp_path / "out"]
+    code, err = exit_and_error(cli.main, argv, capsys)
+    assert code == 2 and err.startswith("ovseg-segment: error: duplicate labels ['cat', 'Cat']: each class must be")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
@@ -176,3 +197,61 @@ def test_both_converters_map_openai_clip_with_the_one_key_map():
     projection = torch.arange(6.0).reshape(2, 3)
     assert torch.equal(openai_clip_keys.map_openai_clip_key("text_projection", projection)["text_projection.weight"], projection.t())
     assert openai_clip_keys.map_openai_clip_key("visual.unknown", projection) is None
+
+
+def test_both_converters_load_through_the_one_strict_loader():
+    from pathlib import Path
+
+    from training import checkpoints
+
+    loader = checkpoints.load_state_dict_strictly
+    assert convert_catseg.load_state_dict_strictly is convert_lseg.load_state_dict_strictly is loader
+    training = Path(checkpoints.__file__).parent
+    loaders = [p.name for p in training.glob("*.py") if ".load_state_dict(" in p.read_text()]
+    assert loaders == ["checkpoints.py"]
+    module = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    state_dict = {"0.weight": torch.zeros(3, 4), "0.extra": torch.zeros(1)}
+    with pytest.raises(ValueError) as error:
+        loader(module, state_dict, "The checkpoint does not fit", ["one more thing"])
+    assert str(error.value) == (
+        "The checkpoint does not fit: missing from the checkpoint (1): ['0.bias']; unexpected in the checkpoint (1): "
+        "['0.extra']; shape mismatches (1): ['0.weight: checkpoint (3, 4), model (3, 2)']; one more thing"
+    )
+    loader(module, {"0.weight": torch.ones(3, 2), "0.bias": torch.ones(3)}, "unused")
+    assert module[0].weight.sum() == 6
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one state per process, and refuses another precision once it is set."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 runs on the GPU")
+def test_fp16_on_the_cpu_is_refused_in_one_line_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                 fresh_accelerator_state):  # fmt: skip
+    from accelerate.state import AcceleratorState
+
+    from training import benchmark, train
+    from training.distributed import LaunchError, build_accelerator
+
+    with pytest.raises(LaunchError, match=r"^fp16 mixed precision needs a GPU, and this run is on the CPU"):
+        build_accelerator(mixed_precision="fp16")
+    assert build_accelerator(mixed_precision="bf16").mixed_precision == "bf16"  # the refused state was not kept
+    AcceleratorState._reset_state(reset_partial_state=True)
+    absent = tmp_path / "absent"  # the data does not exist: the precision must be refused first
+    for main, argv in (
+        (train.main, ["--dataset", absent, "--output-dir", tmp_path / "out", "--mixed-precision", "fp16"]),
+        (benchmark.main, ["--model", absent, "--data", f"a150={absent}", "--mixed-precision", "fp16"]),
+        (train.main, ["--dataset", absent, "--output-dir", tmp_path / "out"]),  # as `accelerate launch` sets it
+    ):
+        if main is train.main and "--mixed-precision" not in argv:
+            monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: fp16 mixed precision needs a GPU") and "bf16" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()

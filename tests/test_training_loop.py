@@ -160,8 +160,8 @@ def test_mask_values_beyond_the_classes_are_found_in_a_sample_before_training(tm
 
 def test_duplicate_class_names_are_refused_before_the_model_is_built(tmp_path, no_model):
     images, masks = shapes_rows(2)
-    data_dir = save_dataset(tmp_path / "data", images, masks, ["cat", "dog", "cat"])
-    with pytest.raises(ConfigError, match=r"repeat 'cat' \(classes 0 and 2\)"):
+    data_dir = save_dataset(tmp_path / "data", images, masks, ["cat", "dog", "Cat "])  # one class to CLIP
+    with pytest.raises(DataError, match=r"the class names of .*: duplicate labels \['cat', 'Cat '\]: each class"):
         train(TrainConfig(dataset=str(data_dir), output_dir=str(tmp_path / "out")))
 
 
@@ -200,3 +200,15 @@ def test_the_model_card_has_no_local_paths_two_decimals_and_one_results_section(
     replaced = replace_results_section(bare, "## Quickstart results\n\nmeasured elsewhere\n")
     assert "No evaluation" in bare and "No evaluation" not in replaced
     assert "## Quickstart results\n\nmeasured elsewhere\n" in replaced and "## Training" in replaced
+
+
+def test_pretrained_weights_that_cannot_be_loaded_are_a_one_line_error(tmp_path):
+    from training.train import build_model
+
+    for field, flag in (("clip_model", "--clip-model"), ("pretrained_model", "--pretrained-model")):
+        config = TrainConfig(dataset=str(tmp_path / "data"), output_dir=str(tmp_path / "out"), **{field: "/absent/x"})
+        with pytest.raises(ConfigError) as error:
+            build_model(config)
+        message = str(error.value)
+        assert message.startswith(f"could not load the weights of {flag} /absent/x (") and "\n" not in message
+        assert message.endswith("download them once (`hf download ID --local-dir DIR`) and pass the folder")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DataError, SegmentationData, load_segmentation_data
-from .distributed import build_accelerator
+from .distributed import LaunchError, build_accelerator
 from .evaluation import evaluate_split, remap_to_background, summarise
 from .mean_iou import StreamingMeanIoU
 from .protocols import BENCHMARKS, PUBLISHED_CATSEG, BenchmarkProtocol
@@ -204,6 +204,10 @@ def load_benchmark_data(
             reduce_labels=True if key in reduce_labels else None,
             ignore_index=(ignore_index or {}).get(key),
         )
+        data.fixes = {
+            "ignore_index": f"pass --ignore-index {key}={{value}}",
+            "reduce_labels": f"pass --reduce-labels {key}",
+        }
         check_masks_against_protocol(key, data, mask_check_samples)
         datasets[key] = data
     return datasets
@@ -285,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--ignore-index expects KEY=INTEGER, got {entry!r}")
         ignore_index[key] = int(value)
     try:
+        # "no" (the default) leaves it to `accelerate launch --mixed_precision`, which an explicit value overrides.
+        accelerator = build_accelerator(mixed_precision=None if args.mixed_precision == "no" else args.mixed_precision)
         datasets = load_benchmark_data(
             sources,
             class_names_dir=args.class_names_dir,
@@ -293,10 +299,9 @@ def main(argv: list[str] | None = None) -> int:
             ignore_index=ignore_index,
             mask_check_samples=args.mask_check_samples,
         )
-    except DataError as error:
+    except (DataError, LaunchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    accelerator = build_accelerator(mixed_precision=args.mixed_precision)
     with accelerator.main_process_first():
         model, processor = load_model_and_processor(args.model, accelerator)
     if getattr(model.config, "eval_class_pooling_size", 1) != 1:

@@ -30,10 +30,17 @@ import numpy as np
 import torch
 import transformers
 from tqdm.auto import tqdm
-from transformers import AutoModelForSemanticSegmentation, AutoProcessor
+from transformers import AutoConfig, AutoModelForSemanticSegmentation, AutoProcessor
 from transformers.utils import logging as transformers_logging
 
-from processing.image_utils_ovseg import InvalidImageError, open_image, to_rgb_array
+from processing.image_utils_ovseg import (
+    InvalidImageError,
+    check_image_size,
+    describe_image,
+    open_image,
+    to_rgb_array,
+    upright,
+)
 from processing.inference_ovseg import SegmentationResult, TextFeatureCache, segment
 from processing.text_prompts_ovseg import VocabularyError, resolve_templates, validate_vocabulary
 
@@ -112,10 +119,10 @@ def collect_images(inputs: list[str]) -> list[tuple[Path, Path]]:
     return images
 
 
-def check_images(images: list[tuple[Path, Path]]) -> None:
-    """Decode every image once up front, so a bad file stops the run before any output is written."""
-    for path, _ in images:
-        open_image(path)
+def check_images(images: list[tuple[Path, Path]]) -> list[tuple[int, int]]:
+    """Decode every image once up front, so a bad file stops the run before any output is written; returns each
+    image's ``(height, width)`` as it is segmented (EXIF orientation applied)."""
+    return [upright(open_image(path)).size[::-1] for path, _ in images]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -169,17 +176,25 @@ def check_writable_folder(folder: Path, option: str) -> None:
         raise UsageError(f"{option} {folder}: {existing} is not writable; choose a folder you can write to")
 
 
-def convert_official_checkpoint(checkpoint: Path, cache_dir: Path) -> Path:
+def convert_official_checkpoint(checkpoint: Path, cache_dir: Path, quiet: bool = False) -> Path:
     """The converted folder (model, processor, pipeline) of an official checkpoint, converting it on first use.
 
     The cache key is the file's absolute path, size and modification time, and the transformers version. The folder
     is written beside its final place and renamed, so an interrupted conversion leaves no half-written cache entry.
+    Unless `quiet`, one line on stderr says which folder is used and whether it is converted now.
     """
     stat = checkpoint.stat()
     key = f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}"
     target = cache_dir / "converted" / hashlib.sha256(key.encode()).hexdigest()[:20]
     if (target / "config.json").is_file():
+        if not quiet:
+            print(f"using {target}, converted from the official checkpoint {checkpoint}", file=sys.stderr)
         return target
+    if not quiet:
+        print(
+            f"converting the official checkpoint {checkpoint} into {target} (once: later runs reuse it)",
+            file=sys.stderr,
+        )
     write_folder_atomic(target, lambda staging: build_converted_folder(checkpoint, staging))
     return target
 
@@ -209,27 +224,46 @@ def convert_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_model(name: str, cache_dir: Path, device: torch.device):
-    """The model and its processor from a folder, a Hub id or an official checkpoint file."""
+def model_source(name: str, cache_dir: Path, quiet: bool = False) -> str:
+    """What `from_pretrained` loads for `--model`: a folder, a Hub id, or the converted folder of a checkpoint file."""
     path = Path(name)
     if path.is_file():
         if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise UsageError(
                 f"--model {name} is a file but not a checkpoint ({', '.join(sorted(CHECKPOINT_SUFFIXES))})"
             )
-        path = convert_official_checkpoint(path, cache_dir)
+        path = convert_official_checkpoint(path, cache_dir, quiet)
     elif path.is_dir() and not (path / "config.json").is_file():
         raise UsageError(f"--model {name} is a folder without config.json: pass a save_pretrained folder")
-    source = str(path) if path.exists() else name
+    return str(path) if path.exists() else name
+
+
+def load_processor(source: str, name: str):
+    """The processor saved with the model, or the model's official one (from its config: no weights are read)."""
+    try:
+        return AutoProcessor.from_pretrained(source, trust_remote_code=True)
+    except (OSError, ValueError, KeyError):  # a folder saved without its processor
+        pass
+    try:
+        return processor_for_config(AutoConfig.from_pretrained(source, trust_remote_code=True))
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load --model {name}: {error}") from None
+
+
+def load_weights(source: str, name: str, device: torch.device):
+    """The model of `model_source`, on `device`, in evaluation mode."""
     try:
         model = AutoModelForSemanticSegmentation.from_pretrained(source, trust_remote_code=True)
     except OSError as error:
         raise UsageError(f"cannot load --model {name}: {error}") from None
-    try:
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
-    except (OSError, ValueError, KeyError):  # a folder saved without its processor: the model's official settings
-        processor = processor_for_config(model.config)
-    return model.to(device).eval(), processor
+    return model.to(device).eval()
+
+
+def load_model(name: str, cache_dir: Path, device: torch.device, quiet: bool = False):
+    """The model and its processor from a folder, a Hub id or an official checkpoint file."""
+    source = model_source(name, cache_dir, quiet)
+    processor = load_processor(source, name)
+    return load_weights(source, name, device), processor
 
 
 def write_outputs(
@@ -298,7 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="CAT-Seg, large vocabularies: aggregate only the K best-matching classes per image (faster, inexact)",
     )
     parser.add_argument("--cache-dir", help="where converted checkpoints are kept (default: ~/.cache/ovseg-hf)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    chatter = parser.add_mutually_exclusive_group()
+    chatter.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the progress bar (per image, and per view or tile inside --sliding / --tiled images) even when "
+        "stderr is not a terminal (default: only on a terminal)",
+    )
+    chatter.add_argument("--quiet", action="store_true", help="nothing on stderr but errors")
     return parser
 
 
@@ -310,14 +351,19 @@ def run(args: argparse.Namespace) -> int:
     labels = validate_vocabulary(parse_labels(args.labels, args.labels_file))
     templates = resolve_templates(args.templates) if args.templates is not None else None
     images = collect_images(args.inputs)
-    check_images(images)
+    sizes = check_images(images)
     check_writable_folder(Path(args.out), "--out")
     device = resolve_device(args.device)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    model, processor = load_model(args.model, cache_dir, device)
+    source = model_source(args.model, cache_dir, args.quiet)
+    processor = load_processor(source, args.model)
+    for index, ((path, _), size) in enumerate(zip(images, sizes)):
+        check_image_size(size, processor.image_processor.patch_size, describe_image(path, index))
     mode = "sliding" if args.sliding else "tiled" if args.tiled else "whole"
     if mode == "sliding" and not processor.image_processor.sliding_window:
-        raise UsageError(f"--sliding is CAT-Seg's evaluation protocol; this {model.config.model_type} model has none")
+        model_type = AutoConfig.from_pretrained(source, trust_remote_code=True).model_type
+        raise UsageError(f"--sliding is CAT-Seg's evaluation protocol; this {model_type} model has none")
+    model = load_weights(source, args.model, device)
     if args.top_k_classes is not None:
         if not hasattr(model.config, "top_k_classes"):
             raise UsageError(f"--top-k-classes is a CAT-Seg option; this {model.config.model_type} model has none")
@@ -327,7 +373,14 @@ def run(args: argparse.Namespace) -> int:
     extra = {"model": args.model, "mode": mode}
     if args.top_k_classes is not None:
         extra["top_k_classes"] = args.top_k_classes
-    with tqdm(total=len(images), unit="image", disable=args.quiet) as progress:
+    # On a terminal (tqdm's disable=None), or when asked for; tqdm writes to stderr, so stdout stays clean.
+    disable = True if args.quiet else False if args.progress else None
+    with tqdm(total=len(images), unit="image", disable=disable) as bar:
+        unit = {"sliding": "view", "tiled": "tile"}.get(mode)
+
+        def inner(done: int, total: int) -> None:  # inside an image: its views or tiles, after each forward pass
+            bar.set_postfix_str(f"{unit} {done}/{total}")
+
         for first in range(0, len(images), args.batch_size):
             batch = images[first : first + args.batch_size]
             arrays = [to_rgb_array(open_image(path)) for path, _ in batch]
@@ -341,10 +394,17 @@ def run(args: argparse.Namespace) -> int:
                 prompt_templates=templates,
                 synonyms=args.synonyms,
                 cache=cache,
+                progress_callback=None if unit is None or bar.disable else inner,
             )
             for (path, stem), array, result in zip(batch, arrays, results):
                 write_outputs(out_dir, stem, path, array, result, extra)
-                progress.update()
+                bar.update()
+    if not args.quiet:
+        print(
+            f"wrote the label maps (NAME_labels.png), overlays (NAME_overlay.png) and class summaries (NAME.json) of "
+            f"{len(images)} image{'s' * (len(images) != 1)} under {out_dir}",
+            file=sys.stderr,
+        )
     return 0
 
 

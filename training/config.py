@@ -133,7 +133,8 @@ class TrainConfig:
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "no"
-    """`"no"`, `"fp16"` or `"bf16"` (accelerate's setting; `accelerate launch --mixed_precision` sets it too)."""
+    """`"no"`, `"fp16"` (a GPU's) or `"bf16"` (accelerate's setting; with `"no"`, `accelerate launch
+    --mixed_precision` decides)."""
     seed: int = 0
 
     # --- evaluation, checkpoints, logging ---

@@ -22,6 +22,7 @@ from modeling_catseg.configuration_catseg import CatSegConfig
 from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation
 
 from .atomic import write_folder_atomic
+from .checkpoints import load_state_dict_strictly
 from .openai_clip_keys import map_openai_clip_key
 
 OFFICIAL_CHECKPOINTS = {
@@ -244,31 +245,19 @@ def _aggregator_name(match: re.Match, replacement: str | None) -> str:
 
 def load_official_weights(model: CatSegForSemanticSegmentation, state_dict: dict[str, torch.Tensor]) -> None:
     """Load an official state dict into `model` strictly; errors name every missing, unexpected or misshapen key."""
-    converted = convert_state_dict(state_dict)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
-    unexpected = sorted(set(converted) - set(expected))
-    mismatched = [
-        f"{key}: checkpoint {tuple(converted[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in sorted(set(converted) & set(expected))
-        if converted[key].shape != expected[key].shape
-    ]
     problems = []
-    if missing:
-        problems.append(f"missing from the checkpoint: {missing[:10]}" + (" ..." if len(missing) > 10 else ""))
-    if unexpected:
-        problems.append(f"unexpected in the checkpoint: {unexpected[:10]}" + (" ..." if len(unexpected) > 10 else ""))
-    if mismatched:
-        problems.append(f"shape mismatches: {mismatched[:10]}")
     for key, tensor in state_dict.items():
         if key.endswith("attn_mask"):
             layer = int(re.search(r"layers\.(\d+)\.", key)[1])
             ours = model.catseg.layers[layer].spatial_aggregation.blocks[1].shift_mask()
             if ours is None or ours.shape != tensor.shape or not torch.equal(ours, tensor.to(ours.dtype)):
                 problems.append(f"{key} does not match the shift mask of the config (window_size / image_size)")
-    if problems:
-        raise CheckpointConversionError("The checkpoint does not fit the CAT-Seg config: " + "; ".join(problems))
-    model.load_state_dict(converted, strict=True)
+    try:
+        load_state_dict_strictly(
+            model, convert_state_dict(state_dict), "The checkpoint does not fit the CAT-Seg config", problems
+        )
+    except ValueError as error:
+        raise CheckpointConversionError(str(error)) from None
 
 
 def convert_catseg_checkpoint(

@@ -25,9 +25,10 @@ import torch
 from transformers import initialization as init
 
 from modeling_lseg.configuration_lseg import LSegConfig
-from modeling_lseg.modeling_lseg import LSegForSemanticSegmentation, load_state_dict_strictly
+from modeling_lseg.modeling_lseg import LSegForSemanticSegmentation
 
 from .atomic import write_folder_atomic
+from .checkpoints import load_state_dict_strictly
 from .openai_clip_keys import map_openai_clip_key
 
 # The released checkpoints with the ViT-L/16 image encoder (the README's model zoo). The other zero-shot
@@ -102,6 +103,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, download_dir: Path) -> Pat
                 f"{checkpoint} is neither a file, a URL nor a released checkpoint ({', '.join(OFFICIAL_CHECKPOINTS)})."
             )
         return path
+    page = source
     drive = re.match(r"https://drive\.google\.com/file/d/([\w-]+)", source)
     if drive:
         # The direct download of a shared file, past Drive's "too large to scan for viruses" page.
@@ -110,9 +112,11 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, download_dir: Path) -> Pat
     try:
         with urllib.request.urlopen(source, timeout=60) as response, open(target, "wb") as file:
             shutil.copyfileobj(response, file, length=1 << 20)
-    except OSError as error:
+    except OSError as error:  # URLError, timeouts, refused connections
+        reason = getattr(error, "reason", None) or error
         raise LSegConversionError(
-            f"Could not download {source}: {error}. Download it by hand (in a browser) and pass its path to --checkpoint."
+            f"could not download {source} ({reason}); download it by hand (open {page} in a browser) "
+            "and pass --checkpoint /path/to/the/file.ckpt"
         ) from None
     with open(target, "rb") as file:
         head = file.read(64).lstrip()
@@ -319,7 +323,7 @@ def convert_lseg_checkpoint(
     with init.no_init_weights():
         model = LSegForSemanticSegmentation(config)
     try:
-        load_state_dict_strictly(model, converted, "The checkpoint")
+        load_state_dict_strictly(model, converted, "The checkpoint does not fit the LSeg config")
     except ValueError as error:
         raise LSegConversionError(f"{error}. Pass the right config if the inferred one is wrong.") from error
     model.eval()

@@ -22,7 +22,7 @@ import itertools
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from datasets import (
 
 from processing.image_processing_ovseg import OVSegImageProcessor
 from processing.image_utils_ovseg import InvalidImageError, to_label_array, to_rgb_array
+from processing.text_prompts_ovseg import VocabularyError, validate_vocabulary
 
 from .protocols import DATASET_PRESETS
 
@@ -68,6 +69,8 @@ class SegmentationData:
         ignore_index: mask value of unlabelled pixels (after `reduce_labels`).
         reduce_labels: masks store 0 for "other" and k + 1 for class k.
         name: where the data came from, for messages.
+        fixes: how the tool that loaded the data sets `ignore_index` and `reduce_labels`, for the hints of its error
+            messages (`{value}` is filled in); the default speaks of `ovseg-train`'s settings.
     """
 
     dataset: Dataset | IterableDataset
@@ -77,6 +80,12 @@ class SegmentationData:
     ignore_index: int
     reduce_labels: bool
     name: str
+    fixes: dict[str, str] = field(
+        default_factory=lambda: {
+            "ignore_index": "set ignore_index={value} (--ignore-index {value})",
+            "reduce_labels": "set reduce_labels=true (--reduce-labels true)",
+        }
+    )
 
     @property
     def streaming(self) -> bool:
@@ -119,9 +128,10 @@ class SegmentationData:
         shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
         hints = []
         if len(bad) == 1 and bad[0] >= len(self.class_names):
-            hints.append(f"if {bad[0]} marks unlabelled pixels, set ignore_index={bad[0]} (now {self.ignore_index})")
+            fix = self.fixes["ignore_index"].format(value=bad[0])
+            hints.append(f"if {bad[0]} marks unlabelled pixels, {fix} (now {self.ignore_index})")
         if not self.reduce_labels and values.max() == len(self.class_names) and 0 in values:
-            hints.append("if 0 means 'other' and classes are numbered from 1, set reduce_labels=true")
+            hints.append(f"if 0 means 'other' and classes are numbered from 1, {self.fixes['reduce_labels']}")
         hints.append(f"check that the {len(self.class_names)} class names match the dataset")
         raise DataError(
             f"the mask of {where} has values {shown}{' after reducing labels' if self.reduce_labels else ''}, "
@@ -237,6 +247,13 @@ def load_segmentation_data(
     if class_names is None and preset is not None and preset.class_names_file and class_names_dir is not None:
         class_names = Path(class_names_dir) / preset.class_names_file
     names = _resolve_class_names(class_names, dataset, mask_column, local_dir, source)
+    try:  # the models' own check, here before any model is built: duplicates, empty or non-string names
+        validate_vocabulary(names)
+    except VocabularyError as error:
+        raise DataError(
+            f"the class names of {source}: {error}; give every class a distinct name, or merge the classes in the "
+            "masks"
+        ) from None
     if preset is not None and preset.num_classes is not None and len(names) != preset.num_classes:
         raise DataError(
             f"{dataset_preset} has {preset.num_classes} classes but the class-name list has {len(names)} entries"

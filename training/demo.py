@@ -227,9 +227,11 @@ def run_segmentation(
     fractions = result.pixel_fractions.numpy()
     colours = class_colours(labels)
     present = result.present_classes()
-    annotations = (image, [((label_map == index).astype(np.float32), labels[index]) for index in present])
+    # Classes go by their display names (first synonyms), as in the JSON summary and the overlay's legend.
+    masks = [((label_map == index).astype(np.float32), result.display_label(index)) for index in present]
+    annotations = (image, masks)
     table = [
-        [labels[index], round(100 * float(fractions[index]), 2), round(float(result.scores[index]), 3)]
+        [result.display_label(index), round(100 * float(fractions[index]), 2), round(float(result.scores[index]), 3)]
         for index in present
     ]
     request_dir = Path(tempfile.mkdtemp(prefix="result-", dir=work_dir))
@@ -244,7 +246,7 @@ def run_segmentation(
     return DemoResult(
         overlay=overlay,
         annotations=annotations,
-        colours={labels[index]: _hex(colours[index]) for index in present},
+        colours={result.display_label(index): _hex(colours[index]) for index in present},
         table=table,
         files=[request_dir / "overlay.png", label_map_file, json_file],
         seconds=seconds,

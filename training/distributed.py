@@ -9,13 +9,15 @@ import sys
 import psutil
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 
 # Set by a launcher that started this process as one of several (torchrun, accelerate's multi-GPU launcher, MPI).
 WORLD_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 class LaunchError(RuntimeError):
-    """`accelerate launch` was asked for processes that cannot be started; the message says what to run instead."""
+    """A run that cannot start as launched: processes `accelerate launch` cannot start, or a precision the device
+    does not have; the message says what to run instead."""
 
 
 def build_accelerator(**kwargs) -> Accelerator:
@@ -27,7 +29,15 @@ def build_accelerator(**kwargs) -> Accelerator:
     """
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     kwargs.setdefault("cpu", several and not torch.cuda.is_available())
-    return Accelerator(**kwargs)
+    accelerator = Accelerator(**kwargs)
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate runs fp16 on the CPU without autocast or loss scaling, in float32, and says nothing.
+        AcceleratorState._reset_state(reset_partial_state=True)  # so that this process can still build another
+        raise LaunchError(
+            "fp16 mixed precision needs a GPU, and this run is on the CPU, where it would silently run in float32: "
+            "use --mixed-precision bf16 (CPU autocast) or no (accelerate launch --mixed_precision sets it too)"
+        )
+    return accelerator
 
 
 def requested_launch() -> tuple[int, object] | None:

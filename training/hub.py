@@ -6,28 +6,44 @@ python -m training.hub runs/catseg-b/model your-name/catseg-vit-b16-finetuned --
 ```
 
 The folder must be what `training.train` (or `training.remote_code.save_for_hub`) wrote: `config.json` with an `auto_map`, the
-weights, the modelling code, `processor_config.json` and the tokenizer. A folder without a `README.md` gets a
-minimal card written from its config before the upload.
+weights, the modelling code, `processor_config.json` and the tokenizer. A folder without a `README.md` is published
+with a minimal card written from its config; the card goes into the commit only, the folder is never written to.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
 REQUIRED_FILES = ("config.json", "processor_config.json", "tokenizer.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 # Never uploaded: training state and local leftovers.
 IGNORE_PATTERNS = ["checkpoint-*", ".checkpoint-*", "*.tmp", "**/.ipynb_checkpoints/**", "log.jsonl"]
 
+# What a failed request raises: huggingface_hub's own errors (HTTP status, missing token, offline mode) are OSErrors;
+# its HTTP client's transport errors (name resolution, refused connections, timeouts) are not, and come through as
+# they are (httpx for huggingface_hub 1.x, httpx2 after).
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError,)
+for _client in ("httpx2", "httpx"):
+    try:
+        NETWORK_ERRORS += (importlib.import_module(_client).HTTPError,)
+    except ImportError:
+        pass
+
 
 class HubFolderError(ValueError):
     """A folder that is not ready to be published; the message lists what is missing."""
+
+
+class HubPushError(RuntimeError):
+    """The Hub could not be reached or refused the upload; the message says which repository and what to check."""
 
 
 def check_hub_folder(folder: str | os.PathLike) -> dict:
@@ -62,22 +78,32 @@ def push_folder_to_hub(
     commit_message: str = "Upload model, remote code, processor and model card",
     api: HfApi | None = None,
 ) -> str:
-    """Create `repo_id` if needed and upload the folder in one commit; returns the commit URL."""
+    """Create `repo_id` if needed and upload the folder in one commit; returns the commit URL.
+
+    Raises `HubFolderError` before any request for a folder users could not load, and `HubPushError` (one line: the
+    repository, the reason, what to check) when the Hub cannot be reached or refuses.
+    """
     from .model_card import minimal_card
 
     folder = Path(folder)
     config = check_hub_folder(folder)
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.glob("**/*") if p.is_file())
+    kept = filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS + DEFAULT_IGNORE_PATTERNS)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=folder / name) for name in kept]
     if not (folder / "README.md").is_file():
-        (folder / "README.md").write_text(minimal_card(config, repo_id), encoding="utf-8")
+        card = minimal_card(config, repo_id).encode("utf-8")
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card))
     api = api or HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="model",
-        commit_message=commit_message,
-        ignore_patterns=IGNORE_PATTERNS,
-    )
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.create_commit(repo_id, operations, commit_message=commit_message, repo_type="model")
+    except NETWORK_ERRORS as error:
+        reason = (str(error).strip().splitlines() or [""])[0] or "no details"
+        raise HubPushError(
+            f"could not push {folder} to {api.endpoint}/{repo_id} ({type(error).__name__}: {reason}); "
+            f"check the network and that you are logged in with write access to {repo_id.split('/')[0]} "
+            "(`hf auth login`, HF_TOKEN or --token)"
+        ) from error
     return str(getattr(commit, "commit_url", commit))
 
 
@@ -93,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         url = push_folder_to_hub(
             args.folder, args.repo_id, private=not args.public, token=args.token, commit_message=args.commit_message
         )
-    except HubFolderError as error:
+    except (HubFolderError, HubPushError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(url)

@@ -321,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         accelerator = build_accelerator()
         cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
         with accelerator.main_process_first():
-            model, processor = load_model(args.model, cache_dir, accelerator.device)
+            # One line about a converted checkpoint, from the main process only.
+            quiet = args.quiet or not accelerator.is_main_process
+            model, processor = load_model(args.model, cache_dir, accelerator.device, quiet)
         mode = "sliding" if args.sliding else "tiled" if args.tiled else "whole"
         if mode == "sliding" and not processor.image_processor.sliding_window:
             raise UsageError(f"--sliding is CAT-Seg's protocol; this {model.config.model_type} model has none")

@@ -44,6 +44,7 @@ from .config import ConfigError, TrainConfig, add_config_arguments, config_from_
 from .data import DataError, SegmentationData, check_examples, load_segmentation_data
 from .distributed import LaunchError, build_accelerator, relaunch_requested_processes
 from .evaluation import evaluate_split, summarise
+from .hub import HubPushError, push_folder_to_hub
 from .optim import build_optimizer, build_scheduler, freeze_parameters
 from .stream import TrainingStream, collate
 
@@ -65,7 +66,30 @@ class TrainResult:
 
 
 def build_model(config: TrainConfig):
-    """A new or pretrained model as the config says; CLIP/LSeg parts from `clip_model`/`image_encoder` if given."""
+    """A new or pretrained model as the config says; CLIP/LSeg parts from `clip_model`/`image_encoder` if given.
+
+    Weights that cannot be loaded (offline, a mistyped id or path) are a one-line `ConfigError`.
+    """
+    try:
+        return _new_or_pretrained_model(config)
+    except OSError as error:
+        sources = [
+            f"{flag} {value}"
+            for flag, value in (
+                ("--pretrained-model", config.pretrained_model),
+                ("--clip-model", config.clip_model),
+                ("--image-encoder", config.image_encoder),
+            )
+            if value
+        ]
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(
+            f"could not load the weights of {' / '.join(sources) or 'the model'} ({reason}); without network access, "
+            "download them once (`hf download ID --local-dir DIR`) and pass the folder"
+        ) from None
+
+
+def _new_or_pretrained_model(config: TrainConfig):
     overrides = dict(config.model_config)
     if config.model_type == "catseg":
         from modeling_catseg import CatSegConfig, CatSegForSemanticSegmentation
@@ -117,7 +141,8 @@ def build_transform(config: TrainConfig, processor, model, data: SegmentationDat
     if 0 <= model_ignore < len(data.class_names):
         raise ConfigError(
             f"the model's ignore_index {model_ignore} is a class of the {len(data.class_names)}-class vocabulary: "
-            'set model_config {"ignore_index": -1} (or another value outside the classes)'
+            'set model_config {"ignore_index": -1} (--model-config \'{"ignore_index": -1}\') or another value '
+            "outside the classes"
         )
     input_size = model_input_size(model)
     image_processor = processor.image_processor
@@ -184,7 +209,6 @@ def load_data(config: TrainConfig) -> tuple[SegmentationData, SegmentationData |
         dataset_config=config.dataset_config,
     )
     train = load_segmentation_data(config.dataset, config.train_split, streaming=config.streaming, **common)
-    check_unique_class_names(train)
     evaluation = None
     if config.eval_split and not config.eval_dataset and Path(config.dataset, "state.json").is_file():
         raise ConfigError(
@@ -195,18 +219,6 @@ def load_data(config: TrainConfig) -> tuple[SegmentationData, SegmentationData |
             config.eval_dataset or config.dataset, config.eval_split or "validation", **common
         )
     return train, evaluation
-
-
-def check_unique_class_names(data: SegmentationData) -> None:
-    """Two classes of one name cannot be told apart by the text encoder: refuse before the model is built."""
-    first_index: dict[str, int] = {}
-    for index, name in enumerate(data.class_names):
-        if name in first_index:
-            raise ConfigError(
-                f"the class names of {data.name} repeat {name!r} (classes {first_index[name]} and {index}): "
-                "give every class a distinct name, or merge the classes in the masks"
-            )
-        first_index[name] = index
 
 
 def resolved_config(config: TrainConfig, processes_on_this_machine: int) -> TrainConfig:
@@ -295,7 +307,8 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=False)]
     accelerator = build_accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
+        # "no" (the default) leaves it to `accelerate launch --mixed_precision`: an explicit value would override it.
+        mixed_precision=None if config.mixed_precision == "no" else config.mixed_precision,
         log_with=config.report_to or None,
         project_dir=config.output_dir,
         kwargs_handlers=kwargs,
@@ -468,11 +481,15 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     if step == max_steps:
         model_dir = write_model_folder(accelerator, model, processor, config, train_data, eval_data, metrics, step)
         if model_dir is not None and config.push_to_hub:
-            from .hub import push_folder_to_hub
-
-            url = push_folder_to_hub(
-                model_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token
-            )
+            try:
+                url = push_folder_to_hub(
+                    model_dir, config.hub_model_id, private=config.hub_private, token=config.hub_token
+                )
+            except HubPushError as error:
+                raise HubPushError(
+                    f"{error}; the trained model is saved: push it later with "
+                    f"`ovseg-push {model_dir} {config.hub_model_id}`"
+                ) from error
             logger.info("pushed to %s", url)
     accelerator.end_training()
     return TrainResult(output_dir, model_dir, step, metrics, seconds)
@@ -524,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             return status
         config = config_from_args(args)
         result = train(config)
-    except (ConfigError, DataError, LaunchError) as error:
+    except (ConfigError, DataError, LaunchError, HubPushError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if result.model_dir is not None:

@@ -14,6 +14,8 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 
+from processing.text_prompts_ovseg import display_name
+
 # Saturated, mid-lightness colours that stay distinct from each other and from typical photo content when blended
 # at about 50 %; picked in order of decreasing mutual contrast, so small vocabularies get the most distinct ones.
 _BASE_COLOURS = (
@@ -84,12 +86,12 @@ def palette(num_classes: int) -> np.ndarray:
 
 
 def _first_synonym_words(label: str) -> list[str]:
-    return re.findall(r"[a-z]+", label.split(",")[0].lower())
+    return re.findall(r"[a-z]+", display_name(label).lower())
 
 
 def is_background(label: str) -> bool:
     """Whether ``label`` names the catch-all class ("background", "other", ...), judged by its first synonym."""
-    return label.split(",")[0].strip().lower() in BACKGROUND_NAMES
+    return display_name(label).lower() in BACKGROUND_NAMES
 
 
 def named_colour(label: str) -> tuple[int, int, int] | None:
@@ -229,8 +231,9 @@ def overlay_image(
     measure = PIL.ImageDraw.Draw(canvas_image)
     percents = [f"{100 * pixel_fractions[i]:.1f}%" if pixel_fractions[i] >= 0.0005 else "<0.1%" for i in present]
     percent_width = max((measure.textlength(p, font=font) for p in percents), default=0)
-    # Long labels (synonym lists) are cut at about 14 em so that the legend stays compact.
-    name_width = min(max((measure.textlength(labels[i], font=font) for i in present), default=0), 14 * font_size)
+    # Classes go by their display names (first synonyms), as in the JSON summary; long ones are cut at about 14 em.
+    names = {i: display_name(labels[i]) for i in present}
+    name_width = min(max((measure.textlength(names[i], font=font) for i in present), default=0), 14 * font_size)
     column_width = round(swatch + gap + name_width + gap + percent_width + margin)
     panel_width = margin + columns * column_width
 
@@ -248,7 +251,7 @@ def overlay_image(
             outline=(40, 40, 40),
             width=max(1, font_size // 16),
         )
-        name = _fit_text(draw, labels[index], font, round(name_width))
+        name = _fit_text(draw, names[index], font, round(name_width))
         draw.text((left + swatch + gap, middle), name, fill=(20, 20, 20), font=font, anchor="lm")
         draw.text((left + column_width - margin, middle), percent, fill=(90, 90, 90), font=font, anchor="rm")
     return canvas
