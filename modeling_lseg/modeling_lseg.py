@@ -88,6 +88,37 @@ class LSegSemanticSegmenterOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def dpt_neck_channels_last(
+    neck: DPTNeck, hidden_states: list[torch.Tensor], patch_height: int, patch_width: int
+) -> torch.Tensor:
+    """`neck(hidden_states, patch_height, patch_width)[-1]`, the finest fused map, computed in channels-last layout.
+
+    The same modules and weights as transformers' `DPTNeck`, to float summation order, in the layout the ViT tokens
+    already have: `(batch, 1 + patches, hidden)` is `(batch, height, width, channels)` in memory once the readout
+    token is dropped. `DPTNeck` turns it into contiguous NCHW and back around the readout projection, and its 1x1,
+    transposed and 3x3 convolutions, bilinear upsamplings and per-pixel ops then stride across channels; here every
+    one of them reads and writes rows of channels (oneDNN's and PyTorch's channels-last kernels), and the readout
+    `Linear(2 * hidden, hidden)` of `[patch ; cls]` is split into the patch half plus the cls half computed once per
+    image, which halves its cost. Returns the plain neck's last map, `(batch, fusion_hidden_size, 8 * patch_height,
+    8 * patch_width)` with LSeg's reassemble factors, in channels-last memory format.
+    """
+    stage = neck.reassemble_stage
+    readout_type = stage.config.readout_type
+    features = []
+    for index, hidden_state in enumerate(hidden_states):
+        cls_token, patches = hidden_state[:, :1], hidden_state[:, 1:]
+        if readout_type == "project":
+            project, activation = stage.readout_projects[index]
+            patch_weight, cls_weight = project.weight.split(patches.shape[-1], dim=1)
+            patches = activation(F.linear(patches, patch_weight) + F.linear(cls_token, cls_weight, project.bias))
+        elif readout_type == "add":
+            patches = patches + cls_token
+        batch, _, channels = patches.shape
+        image = patches.reshape(batch, patch_height, patch_width, channels).permute(0, 3, 1, 2)
+        features.append(neck.convs[index](stage.layers[index](image)))
+    return neck.fusion_stage(features)[-1]
+
+
 class LSegPixelEmbeddings(nn.Module):
     """Dense image embeddings in the text space: a 1x1 convolution of the finest fused DPT map, L2-normalised."""
 
@@ -97,7 +128,10 @@ class LSegPixelEmbeddings(nn.Module):
 
     def forward(self, fused_features: torch.Tensor) -> torch.Tensor:
         """`(batch, fusion_hidden_size, h, w)` -> `(batch, projection_dim, h, w)` unit vectors."""
-        return F.normalize(self.projection(fused_features), dim=1)
+        embeddings = self.projection(fused_features)
+        # Without autograd the division goes in place: this is the model's largest map, and a second one costs
+        # more in fresh memory (page faults) than the division itself.
+        return F.normalize(embeddings, dim=1, out=None if embeddings.requires_grad else embeddings)
 
 
 class LSegWordPixelCorrelation(nn.Module):
@@ -284,11 +318,12 @@ class LSegModel(LSegPreTrainedModel):
         encoder_outputs = self.dpt(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
         hidden_states = encoder_outputs.hidden_states
         hooked = [hidden_states[index + 1] for index in dpt_config.backbone_out_indices]
-        fused = self.neck(
+        fused = dpt_neck_channels_last(
+            self.neck,
             hooked,
             patch_height=pixel_values.shape[-2] // dpt_config.patch_size,
             patch_width=pixel_values.shape[-1] // dpt_config.patch_size,
-        )[-1]
+        )
         pixel_embeds = self.pixel_embeddings(fused)
         stride = pixel_values.shape[-2] // pixel_embeds.shape[-2]
         pixel_embeds = pixel_embeds[..., : -(-height // stride), : -(-width // stride)]
