@@ -134,6 +134,30 @@ class LSegPixelEmbeddings(nn.Module):
         return F.normalize(embeddings, dim=1, out=None if embeddings.requires_grad else embeddings)
 
 
+def scaled_correlation_in_row_blocks(
+    pixels: torch.Tensor, text_embeds: torch.Tensor, scale: float, block_rows: int = 2048
+) -> torch.Tensor:
+    """`(scale * pixels) @ text_embeds.transpose(-1, -2)`, the word-pixel correlation, for inference.
+
+    `pixels` `(batch, rows, dim)`; `text_embeds` `(num_labels, dim)` or `(batch, num_labels, dim)`; returns
+    `(batch, rows, num_labels)`. The same scaled products, to float summation order, but each block of rows is
+    scaled into one small buffer that is reused while it is in cache and multiplied straight into its rows of the
+    result, so the scaled copy of all the pixels (75 MB for a 384 image, the model's largest temporary) is never
+    allocated: its fresh memory costs more than the products. Writes into preallocated tensors, so no autograd.
+    """
+    batch, rows, dim = pixels.shape
+    labels = text_embeds.transpose(-1, -2)
+    correlation = pixels.new_empty(batch, rows, labels.shape[-1])
+    buffer = pixels.new_empty(min(block_rows, rows), dim)
+    for index in range(batch):
+        matrix = labels[index] if labels.ndim == 3 else labels
+        for start in range(0, rows, block_rows):
+            block = pixels[index, start : start + block_rows]
+            scaled = torch.mul(block, scale, out=buffer[: block.shape[0]])
+            torch.mm(scaled, matrix, out=correlation[index, start : start + block.shape[0]])
+    return correlation
+
+
 class LSegWordPixelCorrelation(nn.Module):
     """Cosine similarity of every pixel embedding with every label embedding, divided by a fixed temperature."""
 
@@ -150,9 +174,12 @@ class LSegWordPixelCorrelation(nn.Module):
             `(batch, num_labels, h, w)`.
         """
         batch, dim, height, width = pixel_embeds.shape
-        # Scaling the pixels before the product, in this layout, keeps the original's rounding exactly.
-        pixels = self.logit_scale * pixel_embeds.permute(0, 2, 3, 1).reshape(batch, height * width, dim)
-        correlation = pixels @ text_embeds.transpose(-1, -2)
+        pixels = pixel_embeds.permute(0, 2, 3, 1).reshape(batch, height * width, dim)
+        if pixels.requires_grad or text_embeds.requires_grad or torch.compiler.is_compiling():
+            # Scaling the pixels before the product, in this layout, keeps the original's rounding exactly.
+            correlation = (self.logit_scale * pixels) @ text_embeds.transpose(-1, -2)
+        else:
+            correlation = scaled_correlation_in_row_blocks(pixels, text_embeds, self.logit_scale)
         return correlation.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 

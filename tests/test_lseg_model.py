@@ -7,7 +7,7 @@ from tiny_models import tiny_clip_config, tiny_lseg_config
 from transformers import CLIPConfig, CLIPModel, DPTConfig, DPTModel, ViTConfig, ViTModel
 
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation, LSegModel
-from modeling_lseg.modeling_lseg import dpt_neck_channels_last
+from modeling_lseg.modeling_lseg import dpt_neck_channels_last, scaled_correlation_in_row_blocks
 
 
 def pixels(batch: int = 1, height: int = 64, width: int = 64) -> torch.Tensor:
@@ -387,3 +387,24 @@ def test_the_channels_last_neck_is_dpts_neck(readout_type):
         for name, expected in plain_grads.items():
             scale = expected.abs().max()
             torch.testing.assert_close(fast_grads[name] / scale, expected / scale, msg=lambda text: f"{name}: {text}")
+
+
+@pytest.mark.parametrize("batched_text", [False, True])
+def test_the_row_block_correlation_is_the_scaled_product(batched_text):
+    generator = torch.Generator().manual_seed(0)
+    pixels = F.normalize(torch.randn(2, 37, 16, generator=generator), dim=-1)
+    text = F.normalize(torch.randn(*((2,) if batched_text else ()), 5, 16, generator=generator), dim=-1)
+    expected = (14.285714 * pixels) @ text.transpose(-1, -2)
+    for block_rows in (8, 37, 64):  # a partial last block, one block, a block larger than the image
+        torch.testing.assert_close(scaled_correlation_in_row_blocks(pixels, text, 14.285714, block_rows), expected)
+
+
+def test_inference_and_training_give_the_same_correlation(model):
+    # Without autograd the correlation goes through the row blocks and the normalisation in place; with it, the
+    # plain form runs.
+    with torch.no_grad():
+        inference = model.lseg(pixels(2), input_ids=label_ids(3))
+    training = model.lseg(pixels(2), input_ids=label_ids(3))
+    assert training.correlation.requires_grad and not inference.correlation.requires_grad
+    torch.testing.assert_close(inference.correlation, training.correlation)
+    torch.testing.assert_close(inference.pixel_embeds, training.pixel_embeds)
