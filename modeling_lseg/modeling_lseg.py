@@ -4,6 +4,10 @@ The data flow, top-down in this file: a DPT image encoder (transformers' ViT, re
 `pixel_embeddings` (a 1x1 convolution into the CLIP text space, L2-normalised per pixel) -> `word_pixel_correlation`
 with the L2-normalised CLIP text embeddings of the labels, divided by a fixed temperature -> optional
 `spatial_regularization` blocks -> bilinear upsampling to the input resolution.
+
+Two steps run in a faster form beside their plain one, each tested equal to it (to float summation order):
+`dpt_neck_channels_last` for transformers' `DPTNeck`, and, without autograd, `scaled_correlation_in_row_blocks` for
+the scaled product of the correlation.
 """
 
 from __future__ import annotations
@@ -345,6 +349,7 @@ class LSegModel(LSegPreTrainedModel):
         encoder_outputs = self.dpt(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
         hidden_states = encoder_outputs.hidden_states
         hooked = [hidden_states[index + 1] for index in dpt_config.backbone_out_indices]
+        # transformers' DPTNeck, computed in the ViT tokens' own channels-last layout (equality-tested against it).
         fused = dpt_neck_channels_last(
             self.neck,
             hooked,
