@@ -4,6 +4,10 @@ The data flow, top-down in this file: a DPT image encoder (transformers' ViT, re
 `pixel_embeddings` (a 1x1 convolution into the CLIP text space, L2-normalised per pixel) -> `word_pixel_correlation`
 with the L2-normalised CLIP text embeddings of the labels, divided by a fixed temperature -> optional
 `spatial_regularization` blocks -> bilinear upsampling to the input resolution.
+
+Two steps run in a faster form beside their plain one, each tested equal to it (to float summation order):
+`dpt_neck_channels_last` for transformers' `DPTNeck`, and, without autograd, `scaled_correlation_in_row_blocks` for
+the scaled product of the correlation.
 """
 
 from __future__ import annotations
@@ -88,6 +92,37 @@ class LSegSemanticSegmenterOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def dpt_neck_channels_last(
+    neck: DPTNeck, hidden_states: list[torch.Tensor], patch_height: int, patch_width: int
+) -> torch.Tensor:
+    """`neck(hidden_states, patch_height, patch_width)[-1]`, the finest fused map, computed in channels-last layout.
+
+    The same modules and weights as transformers' `DPTNeck`, to float summation order, in the layout the ViT tokens
+    already have: `(batch, 1 + patches, hidden)` is `(batch, height, width, channels)` in memory once the readout
+    token is dropped. `DPTNeck` turns it into contiguous NCHW and back around the readout projection, and its 1x1,
+    transposed and 3x3 convolutions, bilinear upsamplings and per-pixel ops then stride across channels; here every
+    one of them reads and writes rows of channels (oneDNN's and PyTorch's channels-last kernels), and the readout
+    `Linear(2 * hidden, hidden)` of `[patch ; cls]` is split into the patch half plus the cls half computed once per
+    image, which halves its cost. Returns the plain neck's last map, `(batch, fusion_hidden_size, 8 * patch_height,
+    8 * patch_width)` with LSeg's reassemble factors, in channels-last memory format.
+    """
+    stage = neck.reassemble_stage
+    readout_type = stage.config.readout_type
+    features = []
+    for index, hidden_state in enumerate(hidden_states):
+        cls_token, patches = hidden_state[:, :1], hidden_state[:, 1:]
+        if readout_type == "project":
+            project, activation = stage.readout_projects[index]
+            patch_weight, cls_weight = project.weight.split(patches.shape[-1], dim=1)
+            patches = activation(F.linear(patches, patch_weight) + F.linear(cls_token, cls_weight, project.bias))
+        elif readout_type == "add":
+            patches = patches + cls_token
+        batch, _, channels = patches.shape
+        image = patches.reshape(batch, patch_height, patch_width, channels).permute(0, 3, 1, 2)
+        features.append(neck.convs[index](stage.layers[index](image)))
+    return neck.fusion_stage(features)[-1]
+
+
 class LSegPixelEmbeddings(nn.Module):
     """Dense image embeddings in the text space: a 1x1 convolution of the finest fused DPT map, L2-normalised."""
 
@@ -97,7 +132,34 @@ class LSegPixelEmbeddings(nn.Module):
 
     def forward(self, fused_features: torch.Tensor) -> torch.Tensor:
         """`(batch, fusion_hidden_size, h, w)` -> `(batch, projection_dim, h, w)` unit vectors."""
-        return F.normalize(self.projection(fused_features), dim=1)
+        embeddings = self.projection(fused_features)
+        # Without autograd the division goes in place: this is the model's largest map, and a second one costs
+        # more in fresh memory (page faults) than the division itself.
+        return F.normalize(embeddings, dim=1, out=None if embeddings.requires_grad else embeddings)
+
+
+def scaled_correlation_in_row_blocks(
+    pixels: torch.Tensor, text_embeds: torch.Tensor, scale: float, block_rows: int = 2048
+) -> torch.Tensor:
+    """`(scale * pixels) @ text_embeds.transpose(-1, -2)`, the word-pixel correlation, for inference.
+
+    `pixels` `(batch, rows, dim)`; `text_embeds` `(num_labels, dim)` or `(batch, num_labels, dim)`; returns
+    `(batch, rows, num_labels)`. The same scaled products, to float summation order, but each block of rows is
+    scaled into one small buffer that is reused while it is in cache and multiplied straight into its rows of the
+    result, so the scaled copy of all the pixels (75 MB for a 384 image, the model's largest temporary) is never
+    allocated: its fresh memory costs more than the products. Writes into preallocated tensors, so no autograd.
+    """
+    batch, rows, dim = pixels.shape
+    labels = text_embeds.transpose(-1, -2)
+    correlation = pixels.new_empty(batch, rows, labels.shape[-1])
+    buffer = pixels.new_empty(min(block_rows, rows), dim)
+    for index in range(batch):
+        matrix = labels[index] if labels.ndim == 3 else labels
+        for start in range(0, rows, block_rows):
+            block = pixels[index, start : start + block_rows]
+            scaled = torch.mul(block, scale, out=buffer[: block.shape[0]])
+            torch.mm(scaled, matrix, out=correlation[index, start : start + block.shape[0]])
+    return correlation
 
 
 class LSegWordPixelCorrelation(nn.Module):
@@ -116,9 +178,12 @@ class LSegWordPixelCorrelation(nn.Module):
             `(batch, num_labels, h, w)`.
         """
         batch, dim, height, width = pixel_embeds.shape
-        # Scaling the pixels before the product, in this layout, keeps the original's rounding exactly.
-        pixels = self.logit_scale * pixel_embeds.permute(0, 2, 3, 1).reshape(batch, height * width, dim)
-        correlation = pixels @ text_embeds.transpose(-1, -2)
+        pixels = pixel_embeds.permute(0, 2, 3, 1).reshape(batch, height * width, dim)
+        if pixels.requires_grad or text_embeds.requires_grad or torch.compiler.is_compiling():
+            # Scaling the pixels before the product, in this layout, keeps the original's rounding exactly.
+            correlation = (self.logit_scale * pixels) @ text_embeds.transpose(-1, -2)
+        else:
+            correlation = scaled_correlation_in_row_blocks(pixels, text_embeds, self.logit_scale)
         return correlation.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
@@ -284,11 +349,13 @@ class LSegModel(LSegPreTrainedModel):
         encoder_outputs = self.dpt(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
         hidden_states = encoder_outputs.hidden_states
         hooked = [hidden_states[index + 1] for index in dpt_config.backbone_out_indices]
-        fused = self.neck(
+        # transformers' DPTNeck, computed in the ViT tokens' own channels-last layout (equality-tested against it).
+        fused = dpt_neck_channels_last(
+            self.neck,
             hooked,
             patch_height=pixel_values.shape[-2] // dpt_config.patch_size,
             patch_width=pixel_values.shape[-1] // dpt_config.patch_size,
-        )[-1]
+        )
         pixel_embeds = self.pixel_embeddings(fused)
         stride = pixel_values.shape[-2] // pixel_embeds.shape[-2]
         pixel_embeds = pixel_embeds[..., : -(-height // stride), : -(-width // stride)]

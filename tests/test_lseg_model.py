@@ -7,6 +7,7 @@ from tiny_models import tiny_clip_config, tiny_lseg_config
 from transformers import CLIPConfig, CLIPModel, DPTConfig, DPTModel, ViTConfig, ViTModel
 
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation, LSegModel
+from modeling_lseg.modeling_lseg import dpt_neck_channels_last, scaled_correlation_in_row_blocks
 
 
 def pixels(batch: int = 1, height: int = 64, width: int = 64) -> torch.Tensor:
@@ -113,7 +114,8 @@ def test_precomputed_text_embeds_give_the_same_logits(model):
         text_embeds = model.get_text_features(label_ids(4)).pooler_output
         assert text_embeds.shape == (4, 16)
         torch.testing.assert_close(text_embeds.norm(dim=-1), torch.ones(4))
-        torch.testing.assert_close(model(pixels(), text_embeds=text_embeds).logits, expected, atol=0, rtol=0)
+        # Normalising the unit vectors again moves them by up to an ulp, hence not atol=0.
+        torch.testing.assert_close(model(pixels(), text_embeds=text_embeds).logits, expected)
         # Any scale: they are normalised again.
         torch.testing.assert_close(model(pixels(), text_embeds=3 * text_embeds).logits, expected)
 
@@ -341,3 +343,68 @@ def test_the_unused_final_vit_layernorm_is_not_part_of_the_model(tmp_path, model
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
     loaded = LSegForSemanticSegmentation.from_pretrained(tmp_path)
     torch.testing.assert_close(loaded.state_dict()["lseg.neck.convs.0.weight"], model.state_dict()["lseg.neck.convs.0.weight"])
+
+
+def _randomised_batch_norms(model: torch.nn.Module) -> None:
+    """Give every BatchNorm non-trivial statistics and affine weights, so that a mistake in its layout shows."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            for tensor in (module.weight, module.bias, module.running_mean):
+                tensor.data.copy_(torch.randn(tensor.shape, generator=generator))
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+
+
+@pytest.mark.parametrize("readout_type", ["project", "add", "ignore"])
+def test_the_channels_last_neck_is_dpts_neck(readout_type):
+    config = tiny_lseg_config()
+    config.dpt_config.readout_type = readout_type
+    torch.manual_seed(0)
+    model = LSegModel(config)
+    _randomised_batch_norms(model)
+    images = pixels(2, 64, 96)  # a 4 x 6 patch grid, so height and width cannot be swapped unnoticed
+    for training in (False, True):
+        model.train(training)
+        hidden_states = model.dpt(images, output_hidden_states=True).hidden_states
+        hooked = [hidden_states[index + 1] for index in config.dpt_config.backbone_out_indices]
+        results = []
+        for neck in (dpt_neck_channels_last, lambda *args: model.neck(*args)[-1]):
+            model.zero_grad()
+            fused = neck(model.neck, hooked, 4, 6) if neck is dpt_neck_channels_last else neck(hooked, 4, 6)
+            (fused * torch.linspace(-1, 1, fused.numel()).view_as(fused)).sum().backward(retain_graph=True)
+            grads = {name: p.grad.clone() for name, p in model.neck.named_parameters() if p.grad is not None}
+            results.append((fused, grads))
+        (fast, fast_grads), (plain, plain_grads) = results
+        assert fast.shape == plain.shape == (2, 16, 32, 48)
+        assert fast.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fast, plain)
+        if training:
+            # Through batch statistics the gradients cancel so much that fp32 gets them only to about 1e-4 of
+            # their largest entry (either neck, against float64), so only the outputs are compared in training.
+            continue
+        assert fast_grads.keys() == plain_grads.keys() and len(fast_grads) > 0
+        # A gradient sums over every pixel of the batch: it is compared relative to its largest entry.
+        for name, expected in plain_grads.items():
+            scale = expected.abs().max()
+            torch.testing.assert_close(fast_grads[name] / scale, expected / scale, msg=lambda text: f"{name}: {text}")
+
+
+@pytest.mark.parametrize("batched_text", [False, True])
+def test_the_row_block_correlation_is_the_scaled_product(batched_text):
+    generator = torch.Generator().manual_seed(0)
+    pixels = F.normalize(torch.randn(2, 37, 16, generator=generator), dim=-1)
+    text = F.normalize(torch.randn(*((2,) if batched_text else ()), 5, 16, generator=generator), dim=-1)
+    expected = (14.285714 * pixels) @ text.transpose(-1, -2)
+    for block_rows in (8, 37, 64):  # a partial last block, one block, a block larger than the image
+        torch.testing.assert_close(scaled_correlation_in_row_blocks(pixels, text, 14.285714, block_rows), expected)
+
+
+def test_inference_and_training_give_the_same_correlation(model):
+    # Without autograd the correlation goes through the row blocks and the normalisation in place; with it, the
+    # plain form runs.
+    with torch.no_grad():
+        inference = model.lseg(pixels(2), input_ids=label_ids(3))
+    training = model.lseg(pixels(2), input_ids=label_ids(3))
+    assert training.correlation.requires_grad and not inference.correlation.requires_grad
+    torch.testing.assert_close(inference.correlation, training.correlation)
+    torch.testing.assert_close(inference.pixel_embeds, training.pixel_embeds)
