@@ -97,15 +97,17 @@ def resolve_official_root(root: str | os.PathLike | None) -> Path | None:
 
     A folder that is named but lacks a piece raises `OfficialCodeError` saying which piece and how to add it.
     """
-    root = root or os.environ.get(OFFICIAL_ROOT_ENV)
+    source = "--official-root"
+    if not root and os.environ.get(OFFICIAL_ROOT_ENV):
+        root, source = os.environ[OFFICIAL_ROOT_ENV], f"${OFFICIAL_ROOT_ENV}"
     if not root:
         return None
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise OfficialCodeError(f"--official-root {root} is not a folder (see benchmarks/official_harness.py)")
+        raise OfficialCodeError(f"{source} {root} is not a folder (benchmarks/official_harness.py says what it holds)")
     for relative, how in LAYOUT.items():
         if not (root / relative).exists():
-            raise OfficialCodeError(f"--official-root {root} lacks {relative} ({how})")
+            raise OfficialCodeError(f"{source} {root} lacks {relative} ({how})")
     return root
 
 
