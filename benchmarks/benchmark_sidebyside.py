@@ -86,8 +86,12 @@ class UsageError(Exception):
 
 @contextlib.contextmanager
 def competing_load(processes: int):
-    """``processes`` busy pure-Python loops on the same cores while the block runs (a shared machine)."""
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    """``processes`` busy pure-Python loops on the same cores while the block runs (a shared machine).
+
+    Each loop also ends by itself when this process dies (it is re-parented), so a killed run leaves none behind.
+    """
+    loop = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+    busy = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(processes)]
     try:
         yield
     finally:
