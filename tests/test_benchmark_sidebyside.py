@@ -1,0 +1,184 @@
+"""The side-by-side benchmark: the official column is optional and skipped in one line, a bad official folder is
+refused in one line before any model is built, and the harness's detectron2 stand-ins follow detectron2's contract.
+
+None of these needs the official code (the full comparison is a benchmark, not a test).
+"""
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import tiny_catseg_config
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import benchmark_sidebyside  # noqa: E402
+import official_harness  # noqa: E402
+
+
+@pytest.fixture
+def no_official_env(monkeypatch):
+    monkeypatch.delenv(official_harness.OFFICIAL_ROOT_ENV, raising=False)
+
+
+def test_without_official_code_the_column_is_skipped_in_one_line(tmp_path, monkeypatch, capsys, no_official_env):
+    # A tiny model at the benchmark's 384 input keeps this fast; the code path is the full one.
+    monkeypatch.setattr(benchmark_sidebyside, "ours_catseg_config", lambda: tiny_catseg_config(image_size=384))
+    monkeypatch.setattr(benchmark_sidebyside, "matmul_gflops", lambda repeats: 100.0)
+    code = benchmark_sidebyside.main(["--cases", "catseg-20", "--repeats", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    skipped = [line for line in out.splitlines() if line.startswith("official column skipped")]
+    assert skipped == [
+        f"official column skipped: no --official-root given and ${official_harness.OFFICIAL_ROOT_ENV} is not set"
+    ]
+    row = next(line for line in out.splitlines() if line.startswith("| CAT-Seg B/16, one 384 view, 20 classes"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert float(cells[1]) > 0 and cells[2] == "" and cells[3] == "" and cells[5] == "not checked"
+    report = json.loads((tmp_path / "sidebyside.json").read_text())
+    (case,) = report["cases"]
+    assert case["official_s"] is None and case["ratio"] is None and case["outputs_agree"] is None
+    assert case["ours_gflop"] > 0 and report["official"] is None and report["loadavg_start"]
+    assert (tmp_path / "sidebyside.md").read_text() in out
+
+
+@pytest.mark.parametrize(
+    "make_root, message",
+    [
+        (lambda tmp: tmp / "absent", "is not a folder"),
+        (lambda tmp: tmp, "lacks CAT-Seg/cat_seg/cat_seg_model.py (git archive of cvlab-kaist/CAT-Seg)"),
+    ],
+)
+def test_a_bad_official_root_is_one_line_before_any_model(tmp_path, monkeypatch, capsys, make_root, message):
+    def no_model(*args):
+        raise AssertionError("a model was built before the official folder was checked")
+
+    monkeypatch.setattr(benchmark_sidebyside, "CatSegPair", no_model)
+    root = make_root(tmp_path)
+    code = benchmark_sidebyside.main(["--official-root", str(root), "--cases", "catseg-20", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: --official-root {root} ") and message in err
+
+
+def test_the_environment_variable_names_the_official_root(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(official_harness.OFFICIAL_ROOT_ENV, str(tmp_path / "nowhere"))
+    assert benchmark_sidebyside.main(["--cases", "catseg-20"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: ${official_harness.OFFICIAL_ROOT_ENV} {tmp_path / 'nowhere'} is not a folder")
+
+
+def test_bad_numbers_are_one_line_errors(capsys, no_official_env):
+    assert benchmark_sidebyside.main(["--competing-load", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --competing-load must be 0 or more, got -1"
+    assert benchmark_sidebyside.main(["--train-batch", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --train-batch must be at least 1, got 0"
+
+
+def test_image_list_pads_bottom_right_to_the_size_divisibility():
+    first, second = torch.rand(3, 5, 7), torch.rand(3, 6, 4)
+    images = official_harness.ImageList.from_tensors([first, second], size_divisibility=4)
+    assert images.tensor.shape == (2, 3, 8, 8) and images.image_sizes == [(5, 7), (6, 4)]
+    assert torch.equal(images.tensor[0, :, :5, :7], first) and torch.equal(images.tensor[1, :, :6, :4], second)
+    assert images.tensor[0, :, 5:].abs().sum() == 0 and images.tensor[0, :, :, 7:].abs().sum() == 0
+    assert torch.equal(images[1], second)
+    # Without divisibility: the largest size only.
+    assert official_harness.ImageList.from_tensors([first, second]).tensor.shape == (2, 3, 6, 7)
+
+
+def test_sem_seg_postprocess_crops_the_padding_then_resizes():
+    scores = torch.rand(4, 8, 8)
+    scores[:, 5:], scores[:, :, 7:] = 1e6, 1e6  # padding: must not leak into the output
+    output = official_harness.sem_seg_postprocess(scores, (5, 7), 10, 14)
+    expected = F.interpolate(scores[None, :, :5, :7], size=(10, 14), mode="bilinear", align_corners=False)[0]
+    assert output.shape == (4, 10, 14)
+    torch.testing.assert_close(output, expected, rtol=0, atol=0)
+    assert output.max() <= 1
+
+
+def test_configurable_and_registries_leave_the_class_unchanged():
+    class Model:
+        def __init__(self, *, width):
+            self.width = width
+
+    assert official_harness.configurable(Model.__init__) is Model.__init__
+    assert official_harness._Registry().register()(Model) is Model
+
+
+def test_stand_in_modules_serve_the_contract_and_fail_when_a_placeholder_is_used():
+    # The finder is used directly, not installed: this test process keeps its real import system.
+    finder = official_harness._StandInFinder(("detectron2", "torchvision"))
+    assert finder.find_spec("numpy") is None
+
+    def load(name):
+        spec = finder.find_spec(name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    assert load("detectron2.structures").ImageList is official_harness.ImageList
+    assert load("detectron2.modeling.postprocessing").sem_seg_postprocess is official_harness.sem_seg_postprocess
+    assert load("detectron2.config").configurable is official_harness.configurable
+    misc = load("torchvision.ops.misc")  # any submodule imports
+    transforms = load("torchvision.transforms")
+    {transforms.InterpolationMode.NEAREST: "nearest"}  # class attributes work as dict keys, as timm uses them
+    with pytest.raises(official_harness.OfficialCodeError, match="FrozenBatchNorm2d is an import-only stand-in"):
+        misc.FrozenBatchNorm2d(8)
+
+
+def test_randomize_is_seeded_and_moves_every_parameter_off_its_default():
+    def build():
+        return torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.LayerNorm(8), torch.nn.Conv2d(8, 4, 3))
+
+    first, again, other = (official_harness.randomize_(build(), seed) for seed in (0, 0, 1))
+    for a, b, c in zip(first.parameters(), again.parameters(), other.parameters()):
+        assert torch.equal(a, b) and not torch.equal(a, c)
+    layer_norm = first[1]
+    assert not torch.equal(layer_norm.weight, torch.ones(8)) and layer_norm.bias.abs().sum() > 0
+    assert abs(layer_norm.weight.mean().item() - 1) < 0.1
+    # Unit gain: a matrix's rows have about unit norm, whatever its fan-in.
+    assert 0.5 < first[0].weight.norm(dim=1).mean().item() < 1.5
+
+
+def _children() -> set[int]:
+    children = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                children.add(int(entry))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to list child processes")
+def test_competing_load_runs_busy_processes_only_during_the_block():
+    before = _children()
+    with benchmark_sidebyside.competing_load(2):
+        during = _children() - before
+        assert len(during) == 2
+    assert not (_children() & during)
+
+
+def test_interleaved_alternates_the_order_and_takes_medians(monkeypatch):
+    monkeypatch.setattr(benchmark_sidebyside, "matmul_gflops", lambda repeats: 50.0)
+    calls = []
+    result = benchmark_sidebyside.interleaved({"ours": lambda: calls.append("o"), "official": lambda: calls.append("x")}, 3)
+    assert calls == ["o", "x", "x", "o", "o", "x"]
+    assert result["matmul"] == 50.0 and result["ours"] >= 0 and result["official"] >= 0
+
+
+def test_agreement_reports_the_difference_and_refuses_other_shapes():
+    official = torch.tensor([1.0, 2.0, 3.0])
+    close = benchmark_sidebyside.agreement(official + 1e-6, official, dict(atol=1e-5, rtol=0), "x")
+    assert close["ok"] and close["max_abs_diff"] == pytest.approx(1e-6, rel=0.2) and close["max_abs"] == 3.0
+    assert not benchmark_sidebyside.agreement(official + 1e-3, official, dict(atol=1e-5, rtol=0), "x")["ok"]
+    assert not benchmark_sidebyside.agreement(official[:2], official, dict(atol=1, rtol=0), "x")["ok"]
