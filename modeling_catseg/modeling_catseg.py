@@ -4,6 +4,12 @@ The data flow, top-down in this file: dense CLIP image features and text feature
 `spatial_aggregation` (Swin blocks guided by the image features) and `class_aggregation` (linear attention over
 classes guided by the text features), repeated -> `upsampling_decoder` guided by intermediate CLIP layers ->
 per-class logits at 4x the CLIP patch grid.
+
+Each stage's module is written in the paper's form. Beside it, as its own function, sits an exact reformulation
+that computes once per image what every class shares, and works in cache-sized chunks of classes or positions
+([`chunked`], the one place that chunks): [`shared_guidance_spatial_aggregation`],
+[`closed_form_padding_class_aggregation`] and [`folded_upsampling_decoder`]. The modules call them when
+`config.fast_paths` is set (the default); tests check that both forms agree.
 """
 
 from __future__ import annotations
