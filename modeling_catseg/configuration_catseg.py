@@ -72,7 +72,15 @@ class CatSegConfig(PreTrainedConfig):
             process together; the class aggregation takes the same number of tokens at a time. It bounds peak memory
             for large vocabularies and batches (sliding windows) and does not change the result. `None` picks by
             device: 8 on CPU, where chunks that stay in the cache run fastest, and 256 elsewhere; under
-            `torch.compile` nothing is chunked, so the graph is not traced once per chunk.
+            `torch.compile` nothing is chunked, so the graph is not traced once per chunk. Only the fast paths
+            chunk.
+        fast_paths (`bool`, *optional*, defaults to `True`):
+            Run spatial aggregation, class aggregation and the upsampling decoder through their exact
+            reformulations, which compute what all classes share once per image (the guidance half of the
+            query/key projections, the padding tokens' share of the class attention, the guidance half of the
+            decoder's first convolution, folded into the transposed convolution) and work in cache-sized chunks.
+            `False` runs the paper's form (upsample -> concatenate -> convolve, guidance concatenated into every
+            query and key); both give the same logits up to float rounding (tested).
         decoder_dims (`list[int]`, *optional*, defaults to `[64, 32]`):
             Output channels of the two upsampling stages (multiples of 16: the stages use `GroupNorm(dim // 16)`).
         decoder_guidance_dims (`list[int]`, *optional*, defaults to `[256, 128]`):
@@ -119,6 +127,7 @@ class CatSegConfig(PreTrainedConfig):
         dropped_class_logit: float = -100.0,
         top_k_classes: int | None = None,
         cost_map_chunk_size: int | None = None,
+        fast_paths: bool = True,
         decoder_dims: list[int] | tuple[int, ...] = (64, 32),
         decoder_guidance_dims: list[int] | tuple[int, ...] = (256, 128),
         decoder_guidance_proj_dims: list[int] | tuple[int, ...] = (32, 16),
@@ -162,6 +171,7 @@ class CatSegConfig(PreTrainedConfig):
         self.dropped_class_logit = dropped_class_logit
         self.top_k_classes = top_k_classes
         self.cost_map_chunk_size = cost_map_chunk_size
+        self.fast_paths = fast_paths
         self.decoder_dims = list(decoder_dims)
         self.decoder_guidance_dims = list(decoder_guidance_dims)
         self.decoder_guidance_proj_dims = list(decoder_guidance_proj_dims)
@@ -212,6 +222,8 @@ class CatSegConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}={value!r} must be a positive integer, or None for the default.")
+        if not isinstance(self.fast_paths, bool):
+            raise ValueError(f"fast_paths={self.fast_paths!r} must be True or False.")
         if self.clip_finetune == "prompt" and not (self.prompt_depth and self.prompt_length):
             raise ValueError('clip_finetune="prompt" needs prompt_depth > 0 and prompt_length > 0.')
 

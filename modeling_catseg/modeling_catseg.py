@@ -4,12 +4,17 @@ The data flow, top-down in this file: dense CLIP image features and text feature
 `spatial_aggregation` (Swin blocks guided by the image features) and `class_aggregation` (linear attention over
 classes guided by the text features), repeated -> `upsampling_decoder` guided by intermediate CLIP layers ->
 per-class logits at 4x the CLIP patch grid.
+
+Each stage's module is written in the paper's form. Beside it, as its own function, sits an exact reformulation
+that computes once per image what every class shares, and works in cache-sized chunks of classes or positions
+([`chunked`], the one place that chunks): [`shared_guidance_spatial_aggregation`],
+[`closed_form_padding_class_aggregation`] and [`folded_upsampling_decoder`]. The modules call them when
+`config.fast_paths` is set (the default); tests check that both forms agree.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -108,27 +113,39 @@ class CatSegSemanticSegmenterOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def cost_maps_per_chunk(config: CatSegConfig, device: torch.device) -> int:
+    """`config.cost_map_chunk_size`, or when it is `None` the default for `device` (see [`CatSegConfig`])."""
+    if config.cost_map_chunk_size is not None:
+        return config.cost_map_chunk_size
+    return 8 if device.type == "cpu" else 256
+
+
+def chunked(function, tensor: torch.Tensor, dim: int, config: CatSegConfig, maps_per_slice: float) -> torch.Tensor:
+    """`function(tensor)` computed on chunks along `dim` and concatenated, to bound peak memory.
+
+    A chunk holds about [`cost_maps_per_chunk`] (image, class) cost maps' worth of data, `maps_per_slice` being what
+    one slice along `dim` holds. Only for functions that treat the slices along `dim` independently, so the result
+    does not depend on the chunking. Under `torch.compile` / `torch.export` it is one call: a traced graph would
+    otherwise hold one copy per chunk, and the chunk count would tie the graph to the number of classes.
+    """
+    if torch.compiler.is_compiling():
+        return function(tensor)
+    chunk_size = max(1, int(cost_maps_per_chunk(config, tensor.device) / maps_per_slice))
+    if chunk_size >= tensor.shape[dim]:
+        return function(tensor)
+    return torch.cat([function(chunk) for chunk in tensor.split(chunk_size, dim=dim)], dim=dim)
+
+
 def guidance_query_key(q_proj: nn.Linear, k_proj: nn.Linear, guidance: torch.Tensor) -> torch.Tensor:
     """The guidance half of query and key projections whose input is `cat([features, guidance], -1)`.
 
-    The guidance is shared by every class (spatial aggregation) or every position (class aggregation), so this half
-    is computed once and added to the feature half, instead of concatenating the guidance to every token.
+    A linear map of a concatenation is the sum of the maps of its parts. The guidance is shared by every class
+    (spatial aggregation) or every position (class aggregation), so the fast paths compute this half once and add
+    it to the feature half, instead of concatenating the guidance to every token.
     `(..., guidance_dim)` -> `(..., 2 * dim)`, queries first.
     """
     start = q_proj.in_features - guidance.shape[-1]
     return F.linear(guidance, torch.cat([q_proj.weight[:, start:], k_proj.weight[:, start:]]))
-
-
-def chunked(function, tensor: torch.Tensor, chunk_size: int, dim: int) -> torch.Tensor:
-    """`function(tensor)` computed on chunks of `chunk_size` along `dim` and concatenated, to bound peak memory.
-
-    Only for functions that treat the slices along `dim` independently, so the result does not depend on the
-    chunking. Under `torch.compile` / `torch.export` it is one call: a traced graph would otherwise hold one copy per
-    chunk, and the chunk count would tie the graph to the number of classes.
-    """
-    if torch.compiler.is_compiling() or chunk_size >= tensor.shape[dim]:
-        return function(tensor)
-    return torch.cat([function(chunk) for chunk in tensor.split(chunk_size, dim=dim)], dim=dim)
 
 
 class CatSegMLP(nn.Module):
@@ -140,6 +157,21 @@ class CatSegMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+def window_partition(hidden_states: torch.Tensor, window_size: int) -> torch.Tensor:
+    """`(batch, height, width, dim)` -> `(batch, windows, window_size**2, dim)`: non-overlapping windows in row-major
+    order, tokens row-major inside each window."""
+    batch, height, width, dim = hidden_states.shape
+    windows = hidden_states.view(batch, height // window_size, window_size, width // window_size, window_size, dim)
+    return windows.transpose(2, 3).reshape(batch, -1, window_size * window_size, dim)
+
+
+def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of [`window_partition`]: `(batch, windows, window_size**2, dim)` -> `(batch, height, width, dim)`."""
+    batch, dim = windows.shape[0], windows.shape[-1]
+    grid = windows.view(batch, height // window_size, width // window_size, window_size, window_size, dim)
+    return grid.transpose(2, 3).reshape(batch, height, width, dim)
 
 
 class CatSegWindowAttention(nn.Module):
@@ -158,34 +190,67 @@ class CatSegWindowAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(
-        self, hidden_states: torch.Tensor, guided_query_key: torch.Tensor, attention_mask: torch.Tensor | None
+        self, hidden_states: torch.Tensor, guidance: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """
         Args:
-            hidden_states: `(batch, classes, windows, window_area, dim)`.
-            guided_query_key: `(batch, 1, windows, window_area, 2 * dim)` from [`guidance_query_key`], shared by
-                the classes.
+            hidden_states: `(batch, windows, window_area, dim)`.
+            guidance: `(batch, windows, window_area, guidance_dim)`, concatenated into the queries' and keys' input.
             attention_mask: additive `(windows, window_area, window_area)` shift mask, or `None`.
         Returns:
-            `(batch, classes, windows, window_area, dim)`.
+            `(batch, windows, window_area, dim)`.
         """
-        batch, classes, windows, area, dim = hidden_states.shape
+        guided = torch.cat([hidden_states, guidance], dim=-1)
+        return self.attend(self.q_proj(guided), self.k_proj(guided), self.v_proj(hidden_states), attention_mask)
+
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Attention of projected `(batch, windows, window_area, dim)` queries, keys and values within each window,
+        then the output projection."""
+        batch, windows, area, dim = query.shape
         heads = self.num_heads
-        # One matmul projects the class features for q, k and v.
-        weight = torch.cat([self.q_proj.weight[:, :dim], self.k_proj.weight[:, :dim], self.v_proj.weight])
-        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        qkv = F.linear(hidden_states, weight, bias).view(batch, classes, windows, area, 3, dim)
-        qkv[..., :2, :] += guided_query_key.view(batch, 1, windows, area, 2, dim)
-        # Windows and heads share one axis, so a single (windows * heads) mask broadcasts over batch and classes.
-        qkv = qkv.view(batch * classes, windows, area, 3, heads, dim // heads).permute(3, 0, 1, 4, 2, 5)
-        query, key, value = qkv.reshape(3, batch * classes, windows * heads, area, dim // heads).unbind(0)
+
+        def split_heads(states: torch.Tensor) -> torch.Tensor:
+            # Windows and heads share one axis, so a single (windows * heads) mask broadcasts over the batch.
+            states = states.reshape(batch, windows, area, heads, dim // heads).transpose(2, 3)
+            return states.reshape(batch, windows * heads, area, dim // heads)
+
         if attention_mask is not None:
             attention_mask = attention_mask.repeat_interleave(heads, dim=0).unsqueeze(0)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        context, _ = attention(self, query, key, value, attention_mask, scaling=self.scaling, dropout=0.0)
-        # (batch * classes, area, windows * heads, head_dim) -> (batch, classes, windows, area, dim)
-        context = context.reshape(batch, classes, area, windows, dim).transpose(2, 3)
-        return self.out_proj(context)
+        context, _ = attention(
+            self, split_heads(query), split_heads(key), split_heads(value), attention_mask, scaling=self.scaling,
+            dropout=0.0,
+        )
+        # (batch, area, windows * heads, head_dim) -> (batch, windows, area, dim)
+        return self.out_proj(context.reshape(batch, area, windows, dim).transpose(1, 2))
+
+
+def shared_guidance_window_attention(
+    attention: CatSegWindowAttention,
+    hidden_states: torch.Tensor,
+    guided_query_key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """[`CatSegWindowAttention`] of every class of an image, with the guidance half of the queries and keys computed
+    once per image.
+
+    Args:
+        hidden_states: `(batch, classes, windows, window_area, dim)`.
+        guided_query_key: `(batch, 1, windows, window_area, 2 * dim)` from [`guidance_query_key`].
+        attention_mask: as for [`CatSegWindowAttention`].
+    Returns:
+        `(batch * classes, windows, window_area, dim)`.
+    """
+    dim = hidden_states.shape[-1]
+    # One matmul projects the class features for q, k and v.
+    weight = torch.cat([attention.q_proj.weight[:, :dim], attention.k_proj.weight[:, :dim], attention.v_proj.weight])
+    bias = torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias])
+    qkv = F.linear(hidden_states, weight, bias)
+    qkv[..., : 2 * dim] += guided_query_key
+    query, key, value = qkv.flatten(0, 1).split(dim, dim=-1)
+    return attention.attend(query, key, value, attention_mask)
 
 
 class CatSegSwinBlock(nn.Module):
@@ -208,49 +273,81 @@ class CatSegSwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, nn.GELU())
 
-    def window_order(self, device: torch.device | None = None) -> torch.Tensor:
-        """Flat grid index of each token in window order, after the cyclic shift (roll by `-shift_size`).
-
-        Gathering with it does the shift and the window partition in one copy. Windows are row-major, and so are
-        the tokens inside a window.
-        """
-        n, ws, shift = self.resolution, self.window_size, self.shift_size
-        grid = torch.arange(n * n, device=device).view(n, n).roll((-shift, -shift), dims=(0, 1))
-        return grid.view(n // ws, ws, n // ws, ws).transpose(1, 2).reshape(-1)
-
     def shift_mask(self, device: torch.device | None = None) -> torch.Tensor | None:
         """`(windows, area, area)` additive mask, -100 between tokens that the shift brought from different regions."""
         if not self.shift_size:
             return None
         n, ws, shift = self.resolution, self.window_size, self.shift_size
-        region = torch.zeros(n, n, device=device)
+        region = torch.zeros(1, n, n, 1, device=device)
         bounds = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
         for label, (rows, cols) in enumerate((rows, cols) for rows in bounds for cols in bounds):
-            region[rows, cols] = label
-        # The regions are laid out on the shifted grid, which the unshifted window order partitions.
-        region = region.view(n // ws, ws, n // ws, ws).transpose(1, 2).reshape(-1, ws * ws)
+            region[:, rows, cols] = label
+        # The regions are laid out on the shifted grid, which the (unshifted) window partition cuts.
+        region = window_partition(region, ws)[0, ..., 0]
         return (region[:, None, :] != region[:, :, None]).float() * -100.0
 
-    def guidance_term(self, guidance: torch.Tensor) -> torch.Tensor:
-        """`(batch, 1, grid * grid, guidance_dim)` layer-normalised guidance -> its query and key projections in
-        window order, `(batch, 1, windows, window_area, 2 * hidden_dim)`."""
-        order = self.window_order(guidance.device)
-        guided = guidance_query_key(self.attention.q_proj, self.attention.k_proj, guidance.index_select(2, order))
-        return guided.view(guided.shape[0], 1, -1, self.window_size**2, guided.shape[-1])
-
-    def forward(self, hidden_states: torch.Tensor, guidance_term: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            hidden_states: `(batch, classes, grid * grid, hidden_dim)`, contiguous.
-            guidance_term: from [`~CatSegSwinBlock.guidance_term`].
+            hidden_states: `(batch, classes, grid, grid, hidden_dim)`.
+            guidance: `(batch, grid, grid, guidance_dim)`, layer-normalised; the same for every class.
+        Returns:
+            `(batch, classes, grid, grid, hidden_dim)`.
         """
-        batch, classes, tokens, dim = hidden_states.shape
-        area = self.window_size**2
-        order = self.window_order(hidden_states.device)
-        windows = self.norm1(hidden_states).index_select(2, order).view(batch, classes, -1, area, dim)
-        attended = self.attention(windows, guidance_term, self.shift_mask(hidden_states.device))
-        hidden_states = hidden_states + attended.view(batch, classes, tokens, dim).index_select(2, order.argsort())
+        batch, classes, height, width, dim = hidden_states.shape
+        shift, window = self.shift_size, self.window_size
+        states = self.norm1(hidden_states).flatten(0, 1)
+        guidance = guidance.repeat_interleave(classes, dim=0)
+        if shift:
+            states = torch.roll(states, (-shift, -shift), dims=(1, 2))
+            guidance = torch.roll(guidance, (-shift, -shift), dims=(1, 2))
+        attended = self.attention(
+            window_partition(states, window), window_partition(guidance, window), self.shift_mask(states.device)
+        )
+        attended = window_reverse(attended, window, height, width)
+        if shift:
+            attended = torch.roll(attended, (shift, shift), dims=(1, 2))
+        hidden_states = hidden_states + attended.view(hidden_states.shape)
         return hidden_states + self.mlp(self.norm2(hidden_states))
+
+
+def window_order(block: CatSegSwinBlock, device: torch.device | None = None) -> torch.Tensor:
+    """Flat grid index of each token of [`window_partition`] after the cyclic shift (roll by `-shift_size`), so that
+    one gather does the shift and the partition, and one gather with its inverse permutation undoes them."""
+    n = block.resolution
+    grid = torch.arange(n * n, device=device).view(1, n, n, 1)
+    grid = torch.roll(grid, (-block.shift_size, -block.shift_size), dims=(1, 2))
+    return window_partition(grid, block.window_size).reshape(-1)
+
+
+def swin_guidance_term(block: CatSegSwinBlock, guidance: torch.Tensor) -> torch.Tensor:
+    """The guidance half of `block`'s queries and keys in window order, for [`shared_guidance_swin_block`].
+
+    `(batch, 1, grid * grid, guidance_dim)` layer-normalised guidance -> `(batch, 1, windows, window_area,
+    2 * hidden_dim)`.
+    """
+    order = window_order(block, guidance.device)
+    attention = block.attention
+    guided = guidance_query_key(attention.q_proj, attention.k_proj, guidance.index_select(2, order))
+    return guided.view(guided.shape[0], 1, -1, block.window_size**2, guided.shape[-1])
+
+
+def shared_guidance_swin_block(
+    block: CatSegSwinBlock, hidden_states: torch.Tensor, guidance_term: torch.Tensor
+) -> torch.Tensor:
+    """[`CatSegSwinBlock`] with the guidance's share of the queries and keys from [`swin_guidance_term`] (computed
+    once for all classes) and the shift and window partition done as one gather ([`window_order`]).
+
+    `hidden_states` `(batch, classes, grid * grid, hidden_dim)`, contiguous -> the same shape.
+    """
+    batch, classes, tokens, dim = hidden_states.shape
+    order = window_order(block, hidden_states.device)
+    windows = block.norm1(hidden_states).index_select(2, order).view(batch, classes, -1, block.window_size**2, dim)
+    attended = shared_guidance_window_attention(
+        block.attention, windows, guidance_term, block.shift_mask(hidden_states.device)
+    )
+    hidden_states = hidden_states + attended.view(batch, classes, tokens, dim).index_select(2, order.argsort())
+    return hidden_states + block.mlp(block.norm2(hidden_states))
 
 
 class CatSegSpatialAggregation(nn.Module):
@@ -258,20 +355,39 @@ class CatSegSpatialAggregation(nn.Module):
 
     def __init__(self, config: CatSegConfig) -> None:
         super().__init__()
+        self.config = config
         self.guidance_norm = nn.LayerNorm(config.appearance_guidance_dim)
         self.blocks = nn.ModuleList([CatSegSwinBlock(config, shift=False), CatSegSwinBlock(config, shift=True)])
 
-    def guidance_terms(self, appearance_guidance: torch.Tensor) -> list[torch.Tensor]:
-        """Each block's guidance term from `(batch, grid, grid, guidance_dim)`; shared by all class chunks."""
-        guidance = self.guidance_norm(appearance_guidance).flatten(1, 2).unsqueeze(1)
-        return [block.guidance_term(guidance) for block in self.blocks]
+    def forward(self, hidden_states: torch.Tensor, appearance_guidance: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: `(batch, classes, grid, grid, hidden_dim)`.
+            appearance_guidance: `(batch, grid, grid, guidance_dim)`: the projected dense CLIP features.
+        """
+        if self.config.fast_paths:
+            return shared_guidance_spatial_aggregation(self, hidden_states, appearance_guidance)
+        guidance = self.guidance_norm(appearance_guidance)
+        for block in self.blocks:
+            hidden_states = block(hidden_states, guidance)
+        return hidden_states
 
-    def forward(self, hidden_states: torch.Tensor, guidance_terms: list[torch.Tensor]) -> torch.Tensor:
-        """`hidden_states` `(batch, classes, grid, grid, dim)`; `guidance_terms` from `guidance_terms()`."""
-        tokens = hidden_states.flatten(2, 3)
-        for block, guidance_term in zip(self.blocks, guidance_terms):
-            tokens = block(tokens, guidance_term)
-        return tokens.view(hidden_states.shape)
+
+def shared_guidance_spatial_aggregation(
+    spatial: CatSegSpatialAggregation, hidden_states: torch.Tensor, appearance_guidance: torch.Tensor
+) -> torch.Tensor:
+    """[`CatSegSpatialAggregation`] through [`shared_guidance_swin_block`], in chunks of classes ([`chunked`]): each
+    class's map is aggregated on its own, and the guidance terms are shared by all chunks."""
+    guidance = spatial.guidance_norm(appearance_guidance).flatten(1, 2).unsqueeze(1)
+    guidance_terms = [swin_guidance_term(block, guidance) for block in spatial.blocks]
+
+    def aggregate(chunk: torch.Tensor) -> torch.Tensor:
+        tokens = chunk.flatten(2, 3)
+        for block, guidance_term in zip(spatial.blocks, guidance_terms):
+            tokens = shared_guidance_swin_block(block, tokens, guidance_term)
+        return tokens.view(chunk.shape)
+
+    return chunked(aggregate, hidden_states, dim=1, config=spatial.config, maps_per_slice=hidden_states.shape[0])
 
 
 class CatSegLinearAttention(nn.Module):
@@ -288,60 +404,109 @@ class CatSegLinearAttention(nn.Module):
         self.k_proj = nn.Linear(dim + guidance_dim, dim)
         self.v_proj = nn.Linear(dim, dim)
 
-    def query_key(self, states: torch.Tensor, guided_query_key: torch.Tensor) -> torch.Tensor:
-        """Queries and keys `(..., 2, heads, head_dim)` after the `elu + 1` feature map.
-
-        `states` `(..., dim)`; `guided_query_key` from [`guidance_query_key`], broadcastable to `(..., 2 * dim)`.
-        """
-        dim = states.shape[-1]
-        weight = torch.cat([self.q_proj.weight[:, :dim], self.k_proj.weight[:, :dim]])
-        projected = F.linear(states, weight, torch.cat([self.q_proj.bias, self.k_proj.bias])) + guided_query_key
-        return F.elu(projected).add(1).unflatten(-1, (2, self.num_heads, dim // self.num_heads))
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        guided_query_key: torch.Tensor,
-        padding: tuple[torch.Tensor, torch.Tensor] | None = None,
-        length: int | None = None,
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            hidden_states: `(batch, positions, classes, dim)`, layer-normalised.
-            guided_query_key: `(batch, 1, classes, 2 * dim)` from [`guidance_query_key`], shared by the positions.
-            padding: the key and value `(heads, head_dim)` of a padding token (from
-                [`~CatSegLinearAttention.padding_key_value`]), repeated after the classes up to `length` tokens. They
-                are the same everywhere, so their share of the key-value sums is computed once; padded queries are
-                never needed.
-            length: the padded sequence length (defaults to `classes`).
+            hidden_states: `(batch, length, dim)`, layer-normalised.
+            guidance: `(batch, length, guidance_dim)`, concatenated into the queries' and keys' input.
         Returns:
-            `(batch, positions, classes, dim)`: the attention output of the real classes.
+            `(batch, length, dim)`.
         """
-        *leading, classes, dim = hidden_states.shape
-        length = length or classes
-        query, key = self.query_key(hidden_states, guided_query_key).unbind(-3)
-        value = self.v_proj(hidden_states).view(*leading, classes, self.num_heads, -1) / length
+        guided = torch.cat([hidden_states, guidance], dim=-1)
+        length = hidden_states.shape[-2]
+        query = self.feature_map(self.q_proj(guided))
+        key = self.feature_map(self.k_proj(guided))
+        # The official code divides the values by the sequence length and multiplies the output back by it.
+        value = self.v_proj(hidden_states).unflatten(-1, (self.num_heads, -1)) / length
         key_value = torch.einsum("...shd,...she->...hde", key, value)
-        key_sum = key.sum(dim=-3)
-        if length > classes:
-            padding_key, padding_value = padding
-            repeats = length - classes
-            key_value = key_value + repeats * torch.einsum("hd,he->hde", padding_key, padding_value / length)
-            key_sum = key_sum + repeats * padding_key
+        return self.attend(query, key.sum(dim=-3), key_value, length)
+
+    def feature_map(self, projected: torch.Tensor) -> torch.Tensor:
+        """`elu + 1` of projected queries or keys `(..., dim)`, split into heads `(..., heads, head_dim)`."""
+        return (F.elu(projected) + 1).unflatten(-1, (self.num_heads, -1))
+
+    def attend(
+        self, query: torch.Tensor, key_sum: torch.Tensor, key_value: torch.Tensor, length: int
+    ) -> torch.Tensor:
+        """`(..., queries, heads, head_dim)` queries against the sums over the `length` tokens of the sequence of the
+        keys `(..., heads, head_dim)` and of the outer products of keys and values divided by `length` `(..., heads,
+        head_dim, head_dim)` -> `(..., queries, dim)`."""
         normaliser = 1.0 / (torch.einsum("...lhd,...hd->...lh", query, key_sum) + self.eps)
         context = torch.einsum("...lhd,...hde,...lh->...lhe", query, key_value, normaliser) * length
-        return context.reshape(*leading, classes, dim)
+        return context.flatten(-2)
 
-    def padding_key_value(
-        self, padding_state: torch.Tensor, padding_guidance: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Key and value `(heads, head_dim)` of a padding token.
 
-        `padding_state` `(dim,)` is layer-normalised; `padding_guidance` is `(guidance_dim,)`.
-        """
-        guided = guidance_query_key(self.q_proj, self.k_proj, padding_guidance)
-        key = self.query_key(padding_state, guided)[1]
-        return key, self.v_proj(padding_state).view(self.num_heads, -1)
+def shared_guidance_query_key(
+    attention: CatSegLinearAttention, states: torch.Tensor, guided_query_key: torch.Tensor
+) -> torch.Tensor:
+    """Queries and keys `(..., 2, heads, head_dim)` of `states` `(..., dim)` after the `elu + 1` feature map, the
+    guidance half `guided_query_key` (from [`guidance_query_key`], broadcastable to `(..., 2 * dim)`) computed
+    apart."""
+    dim = states.shape[-1]
+    weight = torch.cat([attention.q_proj.weight[:, :dim], attention.k_proj.weight[:, :dim]])
+    bias = torch.cat([attention.q_proj.bias, attention.k_proj.bias])
+    projected = F.linear(states, weight, bias) + guided_query_key
+    return attention.feature_map(projected.unflatten(-1, (2, dim)))
+
+
+def padding_key_value(
+    attention: CatSegLinearAttention, padding_state: torch.Tensor, padding_guidance: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value `(heads, head_dim)` of a padding token: `padding_state` `(dim,)` layer-normalised and
+    `padding_guidance` `(guidance_dim,)`."""
+    guided = guidance_query_key(attention.q_proj, attention.k_proj, padding_guidance)
+    key = shared_guidance_query_key(attention, padding_state, guided)[1]
+    return key, attention.v_proj(padding_state).view(attention.num_heads, -1)
+
+
+def padded_linear_attention(
+    attention: CatSegLinearAttention,
+    hidden_states: torch.Tensor,
+    guided_query_key: torch.Tensor,
+    padding: tuple[torch.Tensor, torch.Tensor],
+    length: int,
+) -> torch.Tensor:
+    """[`CatSegLinearAttention`] of the real classes of a sequence padded to `length` tokens with copies of one
+    padding token, without the padding tokens.
+
+    The padding tokens are all the same, so their share of the key and key-value sums is one term times their count;
+    their own outputs are never needed. The text guidance's half of the queries and keys is computed once per class
+    for all positions.
+
+    Args:
+        hidden_states: `(batch, positions, classes, dim)`, layer-normalised.
+        guided_query_key: `(batch, 1, classes, 2 * dim)` from [`guidance_query_key`].
+        padding: the key and value of a padding token, from [`padding_key_value`].
+        length: the padded sequence length, at least `classes`.
+    Returns:
+        `(batch, positions, classes, dim)`.
+    """
+    query, key = shared_guidance_query_key(attention, hidden_states, guided_query_key).unbind(-3)
+    value = attention.v_proj(hidden_states).unflatten(-1, (attention.num_heads, -1)) / length
+    padding_key, padding_value = padding
+    # No branch on the count (it may be 0), so that a traced graph does not depend on the number of classes.
+    repeats = length - hidden_states.shape[-2]
+    key_value = torch.einsum("...shd,...she->...hde", key, value)
+    key_value = key_value + repeats * torch.einsum("hd,he->hde", padding_key, padding_value / length)
+    return attention.attend(query, key.sum(dim=-3) + repeats * padding_key, key_value, length)
+
+
+def pool_maps(hidden_states: torch.Tensor, pooling_size: int) -> torch.Tensor:
+    """Average pooling of `(batch, classes, height, width, dim)` maps over the spatial axes."""
+    if pooling_size == 1:
+        return hidden_states
+    pooled = F.avg_pool2d(hidden_states.permute(0, 1, 4, 2, 3).flatten(0, 1), pooling_size)
+    return pooled.unflatten(0, hidden_states.shape[:2]).permute(0, 1, 3, 4, 2)
+
+
+def upsample_maps(hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling (`align_corners=True`, the official choice) of `(batch, classes, h, w, dim)` maps."""
+    if tuple(hidden_states.shape[2:4]) == tuple(size):
+        return hidden_states
+    upsampled = F.interpolate(
+        hidden_states.permute(0, 1, 4, 2, 3).flatten(0, 1), size=size, mode="bilinear", align_corners=True
+    )
+    return upsampled.unflatten(0, hidden_states.shape[:2]).permute(0, 1, 3, 4, 2)
 
 
 class CatSegClassAggregation(nn.Module):
@@ -354,6 +519,7 @@ class CatSegClassAggregation(nn.Module):
 
     def __init__(self, config: CatSegConfig) -> None:
         super().__init__()
+        self.config = config
         dim, guidance_dim = config.hidden_dim, config.text_guidance_dim
         self.max_classes = config.max_classes
         self.padding_tokens = nn.Parameter(torch.zeros(1, 1, dim))
@@ -363,54 +529,56 @@ class CatSegClassAggregation(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, nn.ReLU())
 
-    def forward(
-        self, hidden_states: torch.Tensor, text_guidance: torch.Tensor, pooling_size: int, maps_per_chunk: int
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, text_guidance: torch.Tensor, pooling_size: int) -> torch.Tensor:
         """
         Args:
-            hidden_states: `(batch, classes, grid, grid, dim)`.
-            text_guidance: `(batch, classes, guidance_dim)`.
+            hidden_states: `(batch, classes, grid, grid, dim)`, at most `config.max_classes` classes.
+            text_guidance: `(batch, classes, guidance_dim)`: the projected text features.
             pooling_size: average-pooling window of the attended positions.
-            maps_per_chunk: positions are attended in chunks of about this many cost maps' worth of tokens. Each
-                position attends on its own, so this bounds the working set only.
         """
-        batch, classes, h, w, dim = hidden_states.shape
-        pooled = hidden_states
-        if pooling_size > 1:
-            pooled = F.avg_pool2d(hidden_states.permute(0, 1, 4, 2, 3).flatten(0, 1), pooling_size)
-            pooled = pooled.unflatten(0, (batch, classes)).permute(0, 1, 3, 4, 2)
-        # Padded tokens only feed the keys and values of the real classes; their own outputs are dropped.
-        attention = self.attention
-        padding = attention.padding_key_value(
-            self.norm1(self.padding_tokens.view(dim)), self.padding_guidance.view(-1)
-        )
-        length = max(classes, self.max_classes)
-        guided_query_key = guidance_query_key(attention.q_proj, attention.k_proj, text_guidance.unsqueeze(1))
-        tokens = chunked(
-            lambda chunk: self._aggregate(
-                chunk.transpose(1, 2).contiguous(), guided_query_key, padding, length
-            ).transpose(1, 2),
-            pooled.flatten(2, 3),
-            max(1, maps_per_chunk * h * w // (batch * classes)),
-            dim=2,
-        ).view(pooled.shape)
-        if pooling_size > 1:
-            tokens = F.interpolate(
-                tokens.permute(0, 1, 4, 2, 3).flatten(0, 1), size=(h, w), mode="bilinear", align_corners=True
-            )
-            tokens = tokens.unflatten(0, (batch, classes)).permute(0, 1, 3, 4, 2)
-        return hidden_states + tokens
+        if self.config.fast_paths:
+            return closed_form_padding_class_aggregation(self, hidden_states, text_guidance, pooling_size)
+        batch, classes, height, width, dim = hidden_states.shape
+        pooled = pool_maps(hidden_states, pooling_size)
+        if classes < self.max_classes:
+            padding = self.max_classes - classes
+            tokens = self.padding_tokens.view(1, 1, 1, 1, dim).expand(batch, padding, *pooled.shape[2:4], dim)
+            pooled = torch.cat([pooled, tokens], dim=1)
+            text_guidance = torch.cat([text_guidance, self.padding_guidance.expand(batch, padding, -1)], dim=1)
+        _, length, pooled_height, pooled_width, _ = pooled.shape
+        tokens = pooled.permute(0, 2, 3, 1, 4).reshape(-1, length, dim)  # (batch * positions, classes, dim)
+        guidance = text_guidance.repeat_interleave(pooled_height * pooled_width, dim=0)
+        tokens = tokens + self.attention(self.norm1(tokens), guidance)
+        tokens = tokens + self.mlp(self.norm2(tokens))
+        tokens = tokens.view(batch, pooled_height, pooled_width, length, dim).permute(0, 3, 1, 2, 4)
+        return hidden_states + upsample_maps(tokens, (height, width))[:, :classes]
 
-    def _aggregate(
-        self,
-        tokens: torch.Tensor,
-        guided_query_key: torch.Tensor,
-        padding: tuple[torch.Tensor, torch.Tensor],
-        length: int,
-    ) -> torch.Tensor:
-        """Attention and MLP of `(batch, positions, classes, dim)` tokens."""
-        tokens = tokens + self.attention(self.norm1(tokens), guided_query_key, padding, length)
-        return tokens + self.mlp(self.norm2(tokens))
+
+def closed_form_padding_class_aggregation(
+    aggregation: CatSegClassAggregation, hidden_states: torch.Tensor, text_guidance: torch.Tensor, pooling_size: int
+) -> torch.Tensor:
+    """[`CatSegClassAggregation`] through [`padded_linear_attention`]: the padding tokens enter only the key and
+    value sums, in closed form, and their MLP (whose output is dropped) is skipped. Each position attends on its
+    own, so the positions go in chunks ([`chunked`])."""
+    batch, classes, height, width, dim = hidden_states.shape
+    pooled = pool_maps(hidden_states, pooling_size)
+    attention = aggregation.attention
+    padding = padding_key_value(
+        attention, aggregation.norm1(aggregation.padding_tokens.view(dim)), aggregation.padding_guidance.view(-1)
+    )
+    length = torch.sym_max(classes, aggregation.max_classes)
+    guided_query_key = guidance_query_key(attention.q_proj, attention.k_proj, text_guidance.unsqueeze(1))
+
+    def aggregate(chunk: torch.Tensor) -> torch.Tensor:
+        tokens = chunk.transpose(1, 2).contiguous()  # (batch, positions, classes, dim)
+        tokens = tokens + padded_linear_attention(
+            attention, aggregation.norm1(tokens), guided_query_key, padding, length
+        )
+        return (tokens + aggregation.mlp(aggregation.norm2(tokens))).transpose(1, 2)
+
+    maps_per_position = batch * classes / (height * width)
+    tokens = chunked(aggregate, pooled.flatten(2, 3), 2, aggregation.config, maps_per_slice=maps_per_position)
+    return hidden_states + upsample_maps(tokens.view(pooled.shape), (height, width))
 
 
 class CatSegAggregationLayer(GradientCheckpointingLayer):
@@ -427,17 +595,41 @@ class CatSegAggregationLayer(GradientCheckpointingLayer):
         appearance_guidance: torch.Tensor,
         text_guidance: torch.Tensor,
         pooling_size: int,
-        maps_per_chunk: int,
     ) -> torch.Tensor:
-        # Each class's map is aggregated on its own, so chunks of classes bound the working set of large vocabularies.
-        guidance_terms = self.spatial_aggregation.guidance_terms(appearance_guidance)
-        hidden_states = chunked(
-            lambda chunk: self.spatial_aggregation(chunk, guidance_terms),
-            hidden_states,
-            max(1, maps_per_chunk // hidden_states.shape[0]),
-            dim=1,
-        )
-        return self.class_aggregation(hidden_states, text_guidance, pooling_size, maps_per_chunk)
+        hidden_states = self.spatial_aggregation(hidden_states, appearance_guidance)
+        return self.class_aggregation(hidden_states, text_guidance, pooling_size)
+
+
+class CatSegDecoderStage(nn.Module):
+    """x2 transposed convolution of each class's map, concatenation of the projected CLIP guidance, then two
+    conv-GroupNorm-ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, guidance_channels: int) -> None:
+        super().__init__()
+        self.upsample = nn.ConvTranspose2d(in_channels, in_channels - guidance_channels, kernel_size=2, stride=2)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(out_channels // 16, out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(out_channels // 16, out_channels)
+
+    def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: `(batch, classes, in_channels, size, size)`.
+            guidance: `(batch, guidance_channels, 2 * size, 2 * size)`, the same for every class.
+        Returns:
+            `(batch, classes, out_channels, 2 * size, 2 * size)`.
+        """
+        batch, classes = hidden_states.shape[:2]
+        upsampled = self.upsample(hidden_states.flatten(0, 1))
+        guidance = guidance.repeat_interleave(classes, dim=0)
+        hidden_states = self.conv1(torch.cat([upsampled, guidance], dim=1))
+        return self.refine(hidden_states).unflatten(0, (batch, classes))
+
+    def refine(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Everything after conv1: GroupNorm-ReLU, conv2, GroupNorm-ReLU, on `(maps, out_channels, size, size)`."""
+        hidden_states = F.relu(self.norm1(hidden_states), inplace=True)
+        return F.relu(self.norm2(self.conv2(hidden_states)), inplace=True)
 
 
 def _phase_taps() -> torch.Tensor:
@@ -457,59 +649,48 @@ def _phase_taps() -> torch.Tensor:
 _PHASE_TAPS = _phase_taps()
 
 
-class CatSegDecoderStage(nn.Module):
-    """x2 transposed convolution, concatenation of the projected CLIP guidance, then two conv-GroupNorm-ReLU.
+def folded_upsample_conv_terms(
+    stage: CatSegDecoderStage, guidance: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What [`folded_upsample_conv`] shares between all classes: the folded kernel and conv1's response to the
+    inputs that do not depend on the class.
 
-    Nothing non-linear separates the transposed convolution from conv1, so they are computed as one: the class half
-    of conv1 folded into the transposed convolution is a 2x2 convolution per output phase at the input resolution
-    (half the FLOPs of the pair), and everything the classes share (the guidance and the transposed convolution's
-    bias) is convolved once per image. The parameters are the official ones.
+    Args:
+        guidance: `(batch, guidance_channels, 2 * size, 2 * size)`.
+    Returns:
+        The folded kernel `(4 * out_channels, in_channels, 2, 2)`, phases `(row, column)` major, and
+        `(batch, out_channels, 2 * size, 2 * size)`: conv1 of `[transposed convolution's bias, guidance]`.
     """
+    upsampled_channels = stage.upsample.out_channels
+    taps = _PHASE_TAPS.to(guidance)
+    kernel = torch.einsum(
+        "akyt,blxs,poyx,cots->abpckl", taps, taps, stage.conv1.weight[:, :upsampled_channels], stage.upsample.weight
+    )
+    bias = stage.upsample.bias[None, :, None, None].expand(guidance.shape[0], -1, *guidance.shape[2:])
+    shared = F.conv2d(torch.cat([bias, guidance], dim=1), stage.conv1.weight, padding=1)
+    return kernel.flatten(0, 2), shared
 
-    def __init__(self, in_channels: int, out_channels: int, guidance_channels: int) -> None:
-        super().__init__()
-        self.upsample = nn.ConvTranspose2d(in_channels, in_channels - guidance_channels, kernel_size=2, stride=2)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
-        self.norm1 = nn.GroupNorm(out_channels // 16, out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
-        self.norm2 = nn.GroupNorm(out_channels // 16, out_channels)
 
-    def shared_terms(self, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What every class of a chunk reuses: the folded kernel and conv1's response to the shared inputs.
+def folded_upsample_conv(
+    stage: CatSegDecoderStage, hidden_states: torch.Tensor, terms: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """`stage.conv1(cat([stage.upsample(x), guidance]))` computed as one convolution at the input resolution.
 
-        Args:
-            guidance: `(batch, guidance_channels, 2 * size, 2 * size)`.
-        Returns:
-            The folded kernel `(4 * out_channels, in_channels, 2, 2)`, phases `(row, column)` major, and
-            `(batch, out_channels, 2 * size, 2 * size)`: conv1 of `[upsampling bias, guidance]`.
-        """
-        upsampled_channels = self.upsample.out_channels
-        taps = _PHASE_TAPS.to(guidance)
-        kernel = torch.einsum(
-            "akyt,blxs,poyx,cots->abpckl", taps, taps, self.conv1.weight[:, :upsampled_channels], self.upsample.weight
-        )
-        bias = self.upsample.bias[None, :, None, None].expand(guidance.shape[0], -1, *guidance.shape[2:])
-        shared = F.conv2d(torch.cat([bias, guidance], dim=1), self.conv1.weight, padding=1)
-        return kernel.flatten(0, 2), shared
+    Nothing non-linear separates the transposed convolution from conv1, so the class half of conv1 folded into the
+    transposed convolution is a 2x2 convolution per output phase at the input resolution (half the FLOPs of the
+    pair), and everything the classes share (the guidance and the transposed convolution's bias) is convolved once
+    per image ([`folded_upsample_conv_terms`]).
 
-    def forward(self, hidden_states: torch.Tensor, shared_terms: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """
-        Args:
-            hidden_states: `(batch, classes, in_channels, size, size)`.
-            shared_terms: from [`~CatSegDecoderStage.shared_terms`].
-        Returns:
-            `(batch, classes, out_channels, 2 * size, 2 * size)`.
-        """
-        kernel, shared = shared_terms
-        batch, classes, _, size, _ = hidden_states.shape
-        # Output pixel (2i + a, 2j + b) is phase (a, b) of the padded 2x2 convolution at (i + a, j + b).
-        phases = F.conv2d(hidden_states.flatten(0, 1), kernel, padding=1).unflatten(1, (2, 2, -1))
-        phases = [phases[:, a, b, :, a : a + size, b : b + size] for a in (0, 1) for b in (0, 1)]
-        hidden_states = F.pixel_shuffle(torch.stack(phases, dim=2).flatten(1, 2), 2)
-        hidden_states = hidden_states.unflatten(0, (batch, classes)) + shared.unsqueeze(1)
-        hidden_states = F.relu(self.norm1(hidden_states.flatten(0, 1)), inplace=True)
-        hidden_states = F.relu(self.norm2(self.conv2(hidden_states)), inplace=True)
-        return hidden_states.unflatten(0, (batch, classes))
+    `hidden_states` `(batch, classes, in_channels, size, size)` -> `(batch * classes, out_channels, 2 * size,
+    2 * size)`.
+    """
+    kernel, shared = terms
+    batch, classes, _, size, _ = hidden_states.shape
+    # Output pixel (2i + a, 2j + b) is phase (a, b) of the padded 2x2 convolution at (i + a, j + b).
+    phases = F.conv2d(hidden_states.flatten(0, 1), kernel, padding=1).unflatten(1, (2, 2, -1))
+    phases = [phases[:, a, b, :, a : a + size, b : b + size] for a in (0, 1) for b in (0, 1)]
+    upsampled = F.pixel_shuffle(torch.stack(phases, dim=2).flatten(1, 2), 2)
+    return (upsampled.unflatten(0, (batch, classes)) + shared.unsqueeze(1)).flatten(0, 1)
 
 
 class CatSegUpsamplingDecoder(nn.Module):
@@ -521,6 +702,7 @@ class CatSegUpsamplingDecoder(nn.Module):
 
     def __init__(self, config: CatSegConfig) -> None:
         super().__init__()
+        self.config = config
         vision_dim = config.clip_config.vision_config.hidden_size
         self.guidance_upsamplers = nn.ModuleList(
             nn.ConvTranspose2d(vision_dim, dim, kernel_size=2 ** (i + 1), stride=2 ** (i + 1))
@@ -537,32 +719,48 @@ class CatSegUpsamplingDecoder(nn.Module):
         )
         self.head = nn.Conv2d(config.decoder_dims[-1], 1, kernel_size=3, padding=1)
 
-    def forward(
-        self, aggregated_features: torch.Tensor, guidance_features: tuple[torch.Tensor, ...], maps_per_chunk: int
-    ) -> torch.Tensor:
+    def forward(self, aggregated_features: torch.Tensor, guidance_features: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """
         Args:
             aggregated_features: `(batch, classes, grid, grid, hidden_dim)`.
             guidance_features: per stage `(batch, vision_hidden_size, grid, grid)`.
-            maps_per_chunk: about how many (image, class) maps are decoded together; each class is decoded on its
-                own, so this bounds the working set only.
         Returns:
             Logits `(batch, classes, 4 * grid, 4 * grid)`.
         """
-        shared_terms = [
-            stage.shared_terms(F.relu(project(upsample(features))))
-            for stage, upsample, project, features in zip(
-                self.stages, self.guidance_upsamplers, self.guidance_projections, guidance_features
+        guidance = [
+            F.relu(project(upsample(features)))
+            for upsample, project, features in zip(
+                self.guidance_upsamplers, self.guidance_projections, guidance_features
             )
         ]
+        if self.config.fast_paths:
+            return folded_upsampling_decoder(self, aggregated_features, guidance)
+        hidden_states = aggregated_features.permute(0, 1, 4, 2, 3)
+        for stage, stage_guidance in zip(self.stages, guidance):
+            hidden_states = stage(hidden_states, stage_guidance)
+        return self.head(hidden_states.flatten(0, 1)).view(*hidden_states.shape[:2], *hidden_states.shape[-2:])
 
-        def decode(chunk: torch.Tensor) -> torch.Tensor:
-            hidden_states = chunk.permute(0, 1, 4, 2, 3)
-            for stage, terms in zip(self.stages, shared_terms):
-                hidden_states = stage(hidden_states, terms)
-            return self.head(hidden_states.flatten(0, 1)).view(*chunk.shape[:2], *hidden_states.shape[-2:])
 
-        return chunked(decode, aggregated_features, max(1, maps_per_chunk // aggregated_features.shape[0]), dim=1)
+def folded_upsampling_decoder(
+    decoder: CatSegUpsamplingDecoder, aggregated_features: torch.Tensor, guidance: list[torch.Tensor]
+) -> torch.Tensor:
+    """[`CatSegUpsamplingDecoder`] with each stage's upsampling and conv1 as [`folded_upsample_conv`], in chunks of
+    classes ([`chunked`]); each class is decoded on its own, and the terms shared by the classes are computed once.
+
+    `guidance`: the projected guidance of each stage, `(batch, guidance_channels, size, size)`.
+    """
+    terms = [folded_upsample_conv_terms(stage, features) for stage, features in zip(decoder.stages, guidance)]
+
+    def decode(chunk: torch.Tensor) -> torch.Tensor:
+        hidden_states = chunk.permute(0, 1, 4, 2, 3)
+        for stage, stage_terms in zip(decoder.stages, terms):
+            hidden_states = stage.refine(folded_upsample_conv(stage, hidden_states, stage_terms))
+            hidden_states = hidden_states.unflatten(0, chunk.shape[:2])
+        return decoder.head(hidden_states.flatten(0, 1)).view(*chunk.shape[:2], *hidden_states.shape[-2:])
+
+    return chunked(
+        decode, aggregated_features, dim=1, config=decoder.config, maps_per_slice=aggregated_features.shape[0]
+    )
 
 
 class CatSegPreTrainedModel(PreTrainedModel):
@@ -670,15 +868,6 @@ class CatSegPreTrainedModel(PreTrainedModel):
         prefix = f"vision_model.encoder.layers.{last}.self_attn."
         clip_name = name.split("clip.", 1)[1] if ".clip." in f".{name}" else ""
         return clip_name.startswith((prefix + "q_proj.", prefix + "k_proj."))
-
-    def maps_per_chunk(self, device: torch.device) -> int:
-        """`config.cost_map_chunk_size`, or when it is `None` the default for `device` (see [`CatSegConfig`])."""
-        if self.config.cost_map_chunk_size is not None:
-            return self.config.cost_map_chunk_size
-        if torch.compiler.is_compiling():
-            # The compiler would trace every chunk separately; it fuses the stages itself instead.
-            return sys.maxsize
-        return 8 if device.type == "cpu" else 256
 
     def learnable_parameter_counts(self) -> dict[str, int]:
         """Learnable parameters as the official code counts them: `{"clip": ..., "cost_aggregation": ..., "total": ...}`.
@@ -891,13 +1080,7 @@ class CatSegModel(CatSegPreTrainedModel):
         appearance_guidance = F.relu(self.appearance_guidance_projection(dense_image_features)).permute(0, 2, 3, 1)
         text_guidance = F.relu(self.text_guidance_projection(F.normalize(class_features, dim=-1)))
         for layer in self.layers:
-            hidden_states = layer(
-                hidden_states,
-                appearance_guidance,
-                text_guidance,
-                class_pooling_size,
-                self.maps_per_chunk(pixel_values.device),
-            )
+            hidden_states = layer(hidden_states, appearance_guidance, text_guidance, class_pooling_size)
 
         return CatSegModelOutput(
             aggregated_features=hidden_states.permute(0, 4, 1, 2, 3),
@@ -1012,7 +1195,7 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
             return_dict=True,
         )
         aggregated = base.aggregated_features.permute(0, 2, 3, 4, 1)
-        logits = self.upsampling_decoder(aggregated, base.guidance_features, self.maps_per_chunk(pixel_values.device))
+        logits = self.upsampling_decoder(aggregated, base.guidance_features)
         if base.selected_classes is not None:
             full = logits.new_full(
                 (logits.shape[0], base.cost_volume.shape[1], *logits.shape[2:]), self.config.dropped_class_logit

@@ -7,7 +7,7 @@ from conftest import shared_path
 from safetensors.torch import load_file
 from test_lseg_parity import converted_model, pixel_values
 
-from training.export import check_onnx, export_onnx, export_program, main, onnx_logits
+from training.export import ExportError, check_onnx, export_onnx, export_program, main, onnx_logits
 
 pytest.importorskip("onnxruntime", reason="ONNX export needs the export extra (onnx, onnxruntime, onnxscript)")
 pytest.importorskip("onnxscript", reason="ONNX export needs the export extra (onnx, onnxruntime, onnxscript)")
@@ -78,14 +78,22 @@ def catseg():
     return model, clip_pixels(io["image"]), text_embeds
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="CatSeg does not export with a dynamic number of classes yet: torch.export raises ConstraintViolationError "
-    "(guards max(256, num_classes) > num_classes and ceil(num_classes / min(2**63 - 1, num_classes)) == 1 from the "
-    "class chunking; a Dim with max=256 does not help)",
-)
 def test_catseg_onnx_runtime_matches_pytorch_on_the_fixture(catseg, tmp_path):
     model, image, text_embeds = catseg
     path = export_onnx(model, tmp_path / "catseg.onnx", image, text_embeds)
-    for embeds in (text_embeds, text_embeds[:2]):
+    for embeds in (text_embeds, text_embeds[:2]):  # 5 and 2 classes from one export
         assert check_onnx(model, path, image, embeds, atol=1e-4) <= 1e-4
+    # Above max_classes the official model selects classes by data-dependent top-k, which the graph leaves out.
+    with pytest.raises(ExportError, match="takes at most 256 classes .*got 300"):
+        onnx_logits(path, image, torch.randn(300, text_embeds.shape[1]))
+
+
+def test_catseg_torch_export_takes_up_to_max_classes(catseg):
+    model, image, text_embeds = catseg
+    program = export_program(model, image, text_embeds)
+    with torch.no_grad():
+        for embeds in (text_embeds, text_embeds[:2]):
+            expected = model(image, text_embeds=embeds).logits
+            torch.testing.assert_close(program.module()(image, embeds), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(Exception, match="<= 256"):
+        program.module()(image, torch.randn(300, text_embeds.shape[1]))

@@ -4,8 +4,10 @@
 
 The exported graph takes `pixel_values` `(batch_size, 3, height, width)` and `text_embeds` `(num_classes,
 projection_dim)` (from the model's `get_text_features`, so the text tower is not part of the graph) and returns the
-`logits`. The number of classes is a dynamic dimension: one export serves every vocabulary; the image size is fixed
-at export time. The ONNX file is written by torch's dynamo exporter (`torch.onnx.export(..., dynamo=True)`) from the
+`logits`. The number of classes is a dynamic dimension: one export serves every vocabulary (for CAT-Seg, every
+vocabulary of at most `config.max_classes` classes, 256 for the released models, or `config.top_k_classes`: a larger
+one goes through the top-k class selection, which depends on the data and stays out of the graph; both the program
+and `onnx_logits` refuse more classes); the image size is fixed at export time. The ONNX file is written by torch's dynamo exporter (`torch.onnx.export(..., dynamo=True)`) from the
 same program, and checked against PyTorch with ONNX Runtime before the command reports success.
 
 Needs the `export` extra: `pip install "ovseg-hf[export]"` (onnx, onnxruntime, onnxscript).
@@ -47,10 +49,27 @@ def example_inputs(model: nn.Module, height: int, width: int, num_classes: int =
     return pixel_values, torch.randn(num_classes, dim, generator=generator)
 
 
+MAX_CLASSES_KEY = "max_num_classes"
+
+
+def class_limit(model: nn.Module) -> int:
+    """The most classes an exported graph takes: CAT-Seg aggregates at most `max_classes` (or `top_k_classes`) and
+    selects them from larger vocabularies by data-dependent top-k, which the graph leaves out."""
+    config = model.config
+    max_classes = getattr(config, "max_classes", None)
+    if max_classes is None:
+        return 4096
+    return min(max_classes, getattr(config, "top_k_classes", None) or max_classes)
+
+
 def export_program(model: nn.Module, pixel_values: torch.Tensor, text_embeds: torch.Tensor):
-    """`torch.export` of `model`'s logits from `text_embeds`, with a dynamic number of classes."""
+    """`torch.export` of `model`'s logits from `text_embeds`, with a dynamic number of classes (2 to
+    [`class_limit`])."""
+    limit = class_limit(model)
+    if not 2 <= text_embeds.shape[0] <= limit:
+        raise ExportError(f"Export with 2 to {limit} example classes; got {text_embeds.shape[0]}.")
     # At least 2 classes: torch.export specialises a dimension of size 1.
-    num_classes = torch.export.Dim("num_classes", min=2, max=4096)
+    num_classes = torch.export.Dim("num_classes", min=2, max=limit)
     try:
         return torch.export.export(
             LogitsFromTextEmbeds(model.eval()),
@@ -77,6 +96,7 @@ def export_onnx(
             dynamo=True,
             external_data=False,
         )
+        onnx_program.model.metadata_props[MAX_CLASSES_KEY] = str(class_limit(model))
         write_files_atomic({output: lambda staged: onnx_program.save(str(staged))})
     except Exception as error:
         raise ExportError(f"ONNX export of {type(model).__name__} failed: {type(error).__name__}: {error}") from error
@@ -88,6 +108,12 @@ def onnx_logits(path: str | os.PathLike, pixel_values: torch.Tensor, text_embeds
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    limit = session.get_modelmeta().custom_metadata_map.get(MAX_CLASSES_KEY)
+    if limit is not None and text_embeds.shape[0] > int(limit):
+        raise ExportError(
+            f"This ONNX graph takes at most {limit} classes (the model's class aggregation limit); got "
+            f"{text_embeds.shape[0]}. Use the PyTorch model for larger vocabularies."
+        )
     feeds = {"pixel_values": pixel_values.numpy(), "text_embeds": text_embeds.numpy()}
     return torch.from_numpy(session.run(["logits"], feeds)[0])
 
