@@ -7,11 +7,12 @@ For each model and vocabulary size it measures one view's latency (warm text cac
 window on a 640x480 image, the text encoding of the vocabulary (cold: ours, which stops at the longest prompt, and
 the official-style encoding padded to 77 tokens; warm: a cache hit), the FLOPs (`torch.utils.flop_counter`) and
 the peak resident memory added by the call; for vocabularies above `--top-k`, also one view with CAT-Seg's
-opt-in top-K class pruning. LSeg runs at 384 (`--lseg-size`), the size of the official figure. The training step
+opt-in top-K class pruning. LSeg runs at 384 (`--lseg-size`), the side-by-side size. The training step
 (CAT-Seg ViT-B/16, batch 4 at 384, 171 classes) uses activation checkpointing unless `--train-without-checkpointing`:
 without it the step needs about 32 GB. The achieved FLOP rate is reported as a fraction of the fp32 matmul
 rate measured in the same run, which makes runs on different machines comparable. Results go to `--out` as JSON,
-a Markdown table and a PNG plot of latency against vocabulary size.
+a Markdown table and a PNG plot of latency against vocabulary size. Comparisons with the official code, run in the
+same process on the same weights, are `benchmarks/benchmark_sidebyside.py`'s job.
 """
 
 from __future__ import annotations
@@ -51,9 +52,6 @@ MODELS = {
     "catseg-l": lambda: CatSegForSemanticSegmentation(CatSegConfig.vit_large_patch14_336()),
     "lseg": lambda: LSegForSemanticSegmentation(LSegConfig()),
 }
-# The official implementations on this 2-core CPU class (issue #6 and the specs), fp32, one 384 view, pooling 1.
-# LSeg's official figure is a range, 18-25 s; its lower end is used.
-OFFICIAL_SECONDS = {("catseg-b", 20): 4.5, ("catseg-b", 171): 20.0, ("catseg-b", 847): 21.0, ("lseg", 150): 18.0}
 
 
 class PeakMemory:
@@ -170,10 +168,6 @@ def run_case(name: str, model, processor, size: int, args) -> dict:
         result["view_gflop"] = flops_of(forward) / 1e9
         result["view_gflops_per_s"] = result["view_gflop"] / result["view_s"]
         result["view_fraction_of_matmul"] = result["view_gflops_per_s"] / matmul_rate
-        official = OFFICIAL_SECONDS.get((name, size))
-        if official:
-            result["official_view_s"] = official
-            result["speedup_vs_official"] = official / result["view_s"]
 
         if name.startswith("catseg") and args.top_k and size > args.top_k:
             model.config.top_k_classes = args.top_k
@@ -231,17 +225,16 @@ def markdown(report: dict) -> str:
         f"matmul rate at the start {report['matmul_gflops']:.0f} GFLOP/s (and next to each case); "
         f"{report['date']}.",
         "",
-        "| model | classes | view side | view s | GFLOP | matmul GFLOP/s | % of matmul | official s | speed-up "
+        "| model | classes | view side | view s | GFLOP | matmul GFLOP/s | % of matmul "
         "| view peak MiB | top-K view s | sliding s | sliding peak MiB | text cold s | text padded-77 s "
         "| text warm ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["cases"]:
         top_k = f"{r['view_top_k_s']:.2f} (K={r['top_k']})" if "view_top_k_s" in r else ""
         lines.append(
             f"| {r['model']} | {r['classes']} | {r['view_size']} | {r['view_s']:.2f} | {r['view_gflop']:.0f} | "
-            f"{r['matmul_gflops']:.0f} | {100 * r['view_fraction_of_matmul']:.0f}% | {r.get('official_view_s', '')} | "
-            f"{'%.1fx' % r['speedup_vs_official'] if 'speedup_vs_official' in r else ''} | "
+            f"{r['matmul_gflops']:.0f} | {100 * r['view_fraction_of_matmul']:.0f}% | "
             f"{r['view_peak_added_mib']:.0f} | {top_k} | {'%.1f' % r['sliding_s'] if 'sliding_s' in r else ''} | "
             f"{'%.0f' % r['sliding_peak_rss_mib'] if 'sliding_peak_rss_mib' in r else ''} | "
             f"{r['text_cold_s']:.2f} | {r['text_padded77_s']:.2f} | {1000 * r['text_warm_s']:.1f} |"
