@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -136,6 +137,33 @@ def chunked(function, tensor: torch.Tensor, dim: int, config: CatSegConfig, maps
     return torch.cat([function(chunk) for chunk in tensor.split(chunk_size, dim=dim)], dim=dim)
 
 
+def linear_activation(
+    hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None
+) -> torch.Tensor:
+    """`F.linear(hidden_states, weight, bias)` followed by `activation`: `None`, `"gelu"` (exact, erf) or `"relu"`.
+
+    In CPU fp32 inference this is one oneDNN call with the activation as a post-op. At the aggregation's shapes
+    (thousands of tokens, 128 to 512 features) oneDNN's kernel runs 1.1-1.7x faster than the `addmm` behind
+    `F.linear`, which first copies the bias into every output row, and the activation costs no extra pass over
+    memory. Under autograd (the oneDNN op has no backward), on other devices and dtypes, and while tracing for
+    `torch.compile` / `torch.export`, it is the plain composition.
+    """
+    if (
+        hidden_states.device.type == "cpu"
+        and hidden_states.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and not torch.compiler.is_compiling()
+        and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
+    ):
+        return torch.ops.mkldnn._linear_pointwise(
+            hidden_states, weight, bias, activation or "none", [], "none" if activation == "gelu" else ""
+        )
+    hidden_states = F.linear(hidden_states, weight, bias)
+    if activation is None:
+        return hidden_states
+    return F.gelu(hidden_states) if activation == "gelu" else F.relu(hidden_states)
+
+
 def guidance_query_key(q_proj: nn.Linear, k_proj: nn.Linear, guidance: torch.Tensor) -> torch.Tensor:
     """The guidance half of query and key projections whose input is `cat([features, guidance], -1)`.
 
@@ -149,14 +177,21 @@ def guidance_query_key(q_proj: nn.Linear, k_proj: nn.Linear, guidance: torch.Ten
 
 
 class CatSegMLP(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int, activation: nn.Module) -> None:
+    def __init__(self, dim: int, hidden_dim: int, activation: str) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
-        self.activation = activation
+        self.activation_name = activation
+        self.activation = ACT2FN[activation]
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation(self.fc1(hidden_states)))
+
+
+def fused_mlp(mlp: CatSegMLP, hidden_states: torch.Tensor) -> torch.Tensor:
+    """[`CatSegMLP`] with the activation fused into the first layer ([`linear_activation`])."""
+    hidden_states = linear_activation(hidden_states, mlp.fc1.weight, mlp.fc1.bias, mlp.activation_name)
+    return linear_activation(hidden_states, mlp.fc2.weight, mlp.fc2.bias)
 
 
 def window_partition(hidden_states: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -247,7 +282,7 @@ def shared_guidance_window_attention(
     # One matmul projects the class features for q, k and v.
     weight = torch.cat([attention.q_proj.weight[:, :dim], attention.k_proj.weight[:, :dim], attention.v_proj.weight])
     bias = torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias])
-    qkv = F.linear(hidden_states, weight, bias)
+    qkv = linear_activation(hidden_states, weight, bias)
     qkv[..., : 2 * dim] += guided_query_key
     query, key, value = qkv.flatten(0, 1).split(dim, dim=-1)
     return attention.attend(query, key, value, attention_mask)
@@ -271,7 +306,7 @@ class CatSegSwinBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attention = CatSegWindowAttention(config, dim, config.appearance_guidance_dim, config.num_heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, nn.GELU())
+        self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, "gelu")
 
     def shift_mask(self, device: torch.device | None = None) -> torch.Tensor | None:
         """`(windows, area, area)` additive mask, -100 between tokens that the shift brought from different regions."""
@@ -347,7 +382,7 @@ def shared_guidance_swin_block(
         block.attention, windows, guidance_term, block.shift_mask(hidden_states.device)
     )
     hidden_states = hidden_states + attended.view(batch, classes, tokens, dim).index_select(2, order.argsort())
-    return hidden_states + block.mlp(block.norm2(hidden_states))
+    return hidden_states + fused_mlp(block.mlp, block.norm2(hidden_states))
 
 
 class CatSegSpatialAggregation(nn.Module):
@@ -445,7 +480,7 @@ def shared_guidance_query_key(
     dim = states.shape[-1]
     weight = torch.cat([attention.q_proj.weight[:, :dim], attention.k_proj.weight[:, :dim]])
     bias = torch.cat([attention.q_proj.bias, attention.k_proj.bias])
-    projected = F.linear(states, weight, bias) + guided_query_key
+    projected = linear_activation(states, weight, bias) + guided_query_key
     return attention.feature_map(projected.unflatten(-1, (2, dim)))
 
 
@@ -482,7 +517,8 @@ def padded_linear_attention(
         `(batch, positions, classes, dim)`.
     """
     query, key = shared_guidance_query_key(attention, hidden_states, guided_query_key).unbind(-3)
-    value = attention.v_proj(hidden_states).unflatten(-1, (attention.num_heads, -1)) / length
+    value = linear_activation(hidden_states, attention.v_proj.weight, attention.v_proj.bias)
+    value = value.unflatten(-1, (attention.num_heads, -1)) / length
     padding_key, padding_value = padding
     # No branch on the count (it may be 0), so that a traced graph does not depend on the number of classes.
     repeats = length - hidden_states.shape[-2]
@@ -527,7 +563,7 @@ class CatSegClassAggregation(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attention = CatSegLinearAttention(dim, guidance_dim, config.num_heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, nn.ReLU())
+        self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, "relu")
 
     def forward(self, hidden_states: torch.Tensor, text_guidance: torch.Tensor, pooling_size: int) -> torch.Tensor:
         """
@@ -574,7 +610,7 @@ def closed_form_padding_class_aggregation(
         tokens = tokens + padded_linear_attention(
             attention, aggregation.norm1(tokens), guided_query_key, padding, length
         )
-        return (tokens + aggregation.mlp(aggregation.norm2(tokens))).transpose(1, 2)
+        return (tokens + fused_mlp(aggregation.mlp, aggregation.norm2(tokens))).transpose(1, 2)
 
     maps_per_position = batch * classes / (height * width)
     tokens = chunked(aggregate, pooled.flatten(2, 3), 2, aggregation.config, maps_per_slice=maps_per_position)
@@ -682,15 +718,26 @@ def folded_upsample_conv(
     per image ([`folded_upsample_conv_terms`]).
 
     `hidden_states` `(batch, classes, in_channels, size, size)` -> `(batch * classes, out_channels, 2 * size,
-    2 * size)`.
+    2 * size)` in channels-last memory format: the phases are interleaved into it with the shared term added in one
+    pass, and the convolutions after it run faster on channels-last input than on the default layout.
     """
     kernel, shared = terms
     batch, classes, _, size, _ = hidden_states.shape
+    channels = kernel.shape[0] // 4
+    # (maps, 2 * 2 * channels, size + 1, size + 1), viewed channels-last.
+    phases = F.conv2d(hidden_states.flatten(0, 1), kernel, padding=1).permute(0, 2, 3, 1)
+    shared = shared.permute(0, 2, 3, 1).reshape(batch, 1, size, 2, size, 2, channels)
+    upsampled = phases.new_empty(batch, classes, size, 2, size, 2, channels)
     # Output pixel (2i + a, 2j + b) is phase (a, b) of the padded 2x2 convolution at (i + a, j + b).
-    phases = F.conv2d(hidden_states.flatten(0, 1), kernel, padding=1).unflatten(1, (2, 2, -1))
-    phases = [phases[:, a, b, :, a : a + size, b : b + size] for a in (0, 1) for b in (0, 1)]
-    upsampled = F.pixel_shuffle(torch.stack(phases, dim=2).flatten(1, 2), 2)
-    return (upsampled.unflatten(0, (batch, classes)) + shared.unsqueeze(1)).flatten(0, 1)
+    for a in (0, 1):
+        for b in (0, 1):
+            phase = phases[:, a : a + size, b : b + size, (2 * a + b) * channels : (2 * a + b + 1) * channels]
+            phase, target = phase.unflatten(0, (batch, classes)), upsampled[..., a, :, b, :]
+            if torch.is_grad_enabled():  # `out=` has no autograd
+                target.copy_(phase + shared[..., a, :, b, :])
+            else:
+                torch.add(phase, shared[..., a, :, b, :], out=target)
+    return upsampled.view(batch * classes, 2 * size, 2 * size, channels).permute(0, 3, 1, 2)
 
 
 class CatSegUpsamplingDecoder(nn.Module):

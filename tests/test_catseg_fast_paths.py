@@ -6,6 +6,8 @@ with learned tokens, the guidance concatenated into queries and keys (class aggr
 upsampling -> concatenated guidance -> convolution (upsampling decoder). `config.fast_paths` picks between them.
 """
 
+import contextlib
+
 import pytest
 import torch
 from tiny_models import tiny_catseg_config
@@ -24,6 +26,7 @@ from modeling_catseg.modeling_catseg import (
     folded_upsample_conv_terms,
     folded_upsampling_decoder,
     guidance_query_key,
+    linear_activation,
     padded_linear_attention,
     padding_key_value,
     shared_guidance_spatial_aggregation,
@@ -35,6 +38,10 @@ from modeling_catseg.modeling_catseg import (
 )
 
 EXACT = dict(atol=1e-5, rtol=1e-5)
+
+
+# The fast paths take other kernels in inference (oneDNN linears, `out=` writes) than under autograd: both are tested.
+GRAD_MODES = pytest.mark.parametrize("grad_mode", [contextlib.nullcontext, torch.inference_mode], ids=["autograd", "inference"])
 
 
 def config(**overrides):
@@ -55,6 +62,36 @@ def states(*shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(len(shape)))
 
 
+def ran_onednn_linear(function) -> bool:
+    with torch.profiler.profile() as profile:
+        function()
+    return any(event.name == "mkldnn::_linear_pointwise" for event in profile.events())
+
+
+@pytest.mark.parametrize("activation", [None, "gelu", "relu"])
+def test_linear_activation_is_one_onednn_call_in_inference_and_plain_under_autograd(activation):
+    linear = randomised(torch.nn.Linear(16, 24))
+    hidden = states(2, 5, 16)
+    projected = linear(hidden)
+    assert (projected < -1).any() and (projected > 0).any()  # the activation matters
+    plain = {None: projected, "gelu": torch.nn.functional.gelu(projected), "relu": torch.relu(projected)}[activation]
+
+    def fused():
+        return linear_activation(hidden, linear.weight, linear.bias, activation)
+
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(), plain, **EXACT)
+        if torch.backends.mkldnn.is_available():
+            assert ran_onednn_linear(fused)
+    # Under autograd it is the plain composition, and gradients reach the weights.
+    assert not ran_onednn_linear(fused)
+    fused().sum().backward()
+    gradient = linear.weight.grad.clone()
+    linear.zero_grad()
+    plain.sum().backward()
+    torch.testing.assert_close(gradient, linear.weight.grad, **EXACT)
+
+
 def test_window_partition_and_reverse_are_inverse_and_row_major():
     grid = torch.arange(64.0).view(1, 8, 8, 1)
     windows = window_partition(grid, 4)
@@ -73,14 +110,16 @@ def test_window_order_is_roll_then_window_partition(shift):
     assert torch.equal(gathered, window_partition(rolled, 4))
 
 
+@GRAD_MODES
 @pytest.mark.parametrize("shift", [False, True])
-def test_shared_guidance_swin_block_equals_the_swin_block(shift):
+def test_shared_guidance_swin_block_equals_the_swin_block(shift, grad_mode):
     spatial = randomised(CatSegSpatialAggregation(config()))
     block = spatial.blocks[int(shift)]
     hidden, guidance = states(2, 3, 8, 8, 16), states(2, 8, 8, 8)
     plain = block(hidden, guidance)
-    term = swin_guidance_term(block, guidance.flatten(1, 2).unsqueeze(1))
-    fast = shared_guidance_swin_block(block, hidden.flatten(2, 3), term)
+    with grad_mode():
+        term = swin_guidance_term(block, guidance.flatten(1, 2).unsqueeze(1))
+        fast = shared_guidance_swin_block(block, hidden.flatten(2, 3), term)
     torch.testing.assert_close(fast.view(plain.shape), plain, **EXACT)
 
 
@@ -111,15 +150,17 @@ def test_padded_linear_attention_equals_attention_over_the_padded_sequence():
     torch.testing.assert_close(padded_linear_attention(attention, hidden, guided, padding, 3), full, **EXACT)
 
 
+@GRAD_MODES
 @pytest.mark.parametrize("pooling", [1, 2])
 @pytest.mark.parametrize("classes", [3, 8])  # padded to max_classes=8, and not padded
-def test_closed_form_padding_class_aggregation_equals_the_plain_form(pooling, classes):
+def test_closed_form_padding_class_aggregation_equals_the_plain_form(pooling, classes, grad_mode):
     aggregation = randomised(CatSegClassAggregation(config(fast_paths=False)))
     hidden, guidance = states(2, classes, 8, 8, 16), states(2, classes, 8)
     plain = aggregation(hidden, guidance, pooling)
     for chunk in (None, 3):  # one call, and a few positions at a time
         aggregation.config.cost_map_chunk_size = chunk
-        fast = closed_form_padding_class_aggregation(aggregation, hidden, guidance, pooling)
+        with grad_mode():
+            fast = closed_form_padding_class_aggregation(aggregation, hidden, guidance, pooling)
         torch.testing.assert_close(fast, plain, **EXACT)
 
 
@@ -133,14 +174,21 @@ def test_folded_upsample_conv_equals_transposed_convolution_then_conv1(size):
     plain_gradient = stage.upsample.weight.grad.clone()
     stage.zero_grad()
 
-    fast = stage.refine(folded_upsample_conv(stage, hidden, folded_upsample_conv_terms(stage, guidance)))
+    terms = folded_upsample_conv_terms(stage, guidance)
+    upsampled = folded_upsample_conv(stage, hidden, terms)
+    # The convolutions after it run on channels-last input.
+    assert upsampled.is_contiguous(memory_format=torch.channels_last)
+    fast = stage.refine(upsampled)
     fast.sum().backward()
     assert plain.shape == (2, 3, 16, 2 * size, 2 * size)
     torch.testing.assert_close(fast, plain.flatten(0, 1), **EXACT)
     torch.testing.assert_close(stage.upsample.weight.grad, plain_gradient, atol=1e-4, rtol=1e-5)
+    with torch.inference_mode():  # written in place with `out=`, which autograd cannot record
+        torch.testing.assert_close(stage.refine(folded_upsample_conv(stage, hidden, terms)), fast, **EXACT)
 
 
-def test_folded_upsampling_decoder_equals_the_plain_decoder_also_in_chunks():
+@GRAD_MODES
+def test_folded_upsampling_decoder_equals_the_plain_decoder_also_in_chunks(grad_mode):
     decoder = randomised(CatSegUpsamplingDecoder(config(fast_paths=False)))
     aggregated = states(2, 5, 8, 8, 16)
     guidance_features = (states(2, 32, 8, 8), 2 * states(2, 32, 8, 8))
@@ -150,7 +198,9 @@ def test_folded_upsampling_decoder_equals_the_plain_decoder_also_in_chunks():
     projected = [torch.relu(project(upsample(features))) for upsample, project, features in layers]
     for chunk in (None, 2):
         decoder.config.cost_map_chunk_size = chunk
-        torch.testing.assert_close(folded_upsampling_decoder(decoder, aggregated, projected), plain, **EXACT)
+        with grad_mode():
+            fast = folded_upsampling_decoder(decoder, aggregated, projected)
+        torch.testing.assert_close(fast, plain, **EXACT)
 
 
 @pytest.mark.parametrize("pooling", [1, 2])
