@@ -244,22 +244,20 @@ class CatSegWindowAttention(nn.Module):
         """Attention of projected `(batch, windows, window_area, dim)` queries, keys and values within each window,
         then the output projection."""
         batch, windows, area, dim = query.shape
-        heads = self.num_heads
 
         def split_heads(states: torch.Tensor) -> torch.Tensor:
-            # Windows and heads share one axis, so a single (windows * heads) mask broadcasts over the batch.
-            states = states.reshape(batch, windows, area, heads, dim // heads).transpose(2, 3)
-            return states.reshape(batch, windows * heads, area, dim // heads)
+            # Windows join the batch axis, so that the heads are a view of the projections and need no copy.
+            return states.unflatten(-1, (self.num_heads, -1)).flatten(0, 1).transpose(1, 2)
 
         if attention_mask is not None:
-            attention_mask = attention_mask.repeat_interleave(heads, dim=0).unsqueeze(0)
+            attention_mask = attention_mask.repeat(batch, 1, 1).unsqueeze(1)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         context, _ = attention(
             self, split_heads(query), split_heads(key), split_heads(value), attention_mask, scaling=self.scaling,
             dropout=0.0,
         )
-        # (batch, area, windows * heads, head_dim) -> (batch, windows, area, dim)
-        return self.out_proj(context.reshape(batch, area, windows, dim).transpose(1, 2))
+        # (batch * windows, area, heads, head_dim) -> (batch, windows, area, dim)
+        return self.out_proj(context.reshape(batch, windows, area, dim))
 
 
 def shared_guidance_window_attention(
