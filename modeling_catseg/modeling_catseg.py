@@ -15,6 +15,7 @@ that computes once per image what every class shares, and works in cache-sized c
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -127,14 +128,48 @@ def chunked(function, tensor: torch.Tensor, dim: int, config: CatSegConfig, maps
     A chunk holds about [`cost_maps_per_chunk`] (image, class) cost maps' worth of data, `maps_per_slice` being what
     one slice along `dim` holds. Only for functions that treat the slices along `dim` independently, so the result
     does not depend on the chunking. Under `torch.compile` / `torch.export` it is one call: a traced graph would
-    otherwise hold one copy per chunk, and the chunk count would tie the graph to the number of classes.
+    otherwise hold one copy per chunk, and the chunk count would tie the graph to the number of classes. In CPU
+    inference the chunks are spread over the intra-op threads ([`map_chunks_in_threads`]).
     """
     if torch.compiler.is_compiling():
         return function(tensor)
     chunk_size = max(1, int(cost_maps_per_chunk(config, tensor.device) / maps_per_slice))
     if chunk_size >= tensor.shape[dim]:
         return function(tensor)
-    return torch.cat([function(chunk) for chunk in tensor.split(chunk_size, dim=dim)], dim=dim)
+    chunks = tensor.split(chunk_size, dim=dim)
+    threads = torch.get_num_threads()
+    if (
+        tensor.device.type == "cpu"
+        and threads > 1
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return torch.cat(map_chunks_in_threads(function, chunks, threads), dim=dim)
+    return torch.cat([function(chunk) for chunk in chunks], dim=dim)
+
+
+def map_chunks_in_threads(function, chunks: tuple[torch.Tensor, ...], threads: int) -> list[torch.Tensor]:
+    """`[function(chunk) for chunk in chunks]` with the chunks shared among `threads` threads, each running its ops
+    single-threaded.
+
+    The chunks are many small kernels each. Split across OpenMP threads, every kernel ends in a barrier, which
+    stalls whenever one thread loses its core to another process: on a shared machine that made the model several
+    times slower. Independent chunks on independent threads keep both cores busy without waiting for each other.
+    `torch.set_num_threads` is process-wide, so it is restored afterwards. [`chunked`] uses it without autograd and
+    autocast only; the grad mode and inference mode are per thread and are carried into the workers.
+    """
+    inference = torch.is_inference_mode_enabled()
+
+    def run(chunk: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode() if inference else torch.no_grad():
+            return function(chunk)
+
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=min(threads, len(chunks))) as pool:
+            return list(pool.map(run, chunks))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def linear_activation(

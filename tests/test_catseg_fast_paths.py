@@ -7,6 +7,8 @@ upsampling -> concatenated guidance -> convolution (upsampling decoder). `config
 """
 
 import contextlib
+import threading
+import time
 
 import pytest
 import torch
@@ -27,6 +29,7 @@ from modeling_catseg.modeling_catseg import (
     folded_upsampling_decoder,
     guidance_query_key,
     linear_activation,
+    map_chunks_in_threads,
     padded_linear_attention,
     padding_key_value,
     shared_guidance_spatial_aggregation,
@@ -236,3 +239,42 @@ def test_chunk_size_defaults_to_the_device_and_to_one_call_when_compiling(monkey
     calls.clear()
     chunked(double, tensor, 1, settings, maps_per_slice=1)
     assert calls == [12]
+
+
+def test_cpu_inference_spreads_the_chunks_over_threads_and_restores_the_thread_count():
+    settings = config(cost_map_chunk_size=2)
+    seen = []
+
+    def record(chunk):
+        seen.append((threading.get_ident(), torch.get_num_threads(), torch.is_inference_mode_enabled()))
+        time.sleep(0.05)  # long enough for the second worker to take a chunk
+        return chunk * 3
+
+    tensor = torch.arange(10.0).view(1, 10, 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.inference_mode():
+            result = chunked(record, tensor, 1, settings, maps_per_slice=1)
+        assert torch.get_num_threads() == 2
+        torch.testing.assert_close(result, 3 * tensor)  # in order
+        assert len(seen) == 5 and len({ident for ident, _, _ in seen}) == 2
+        assert threading.get_ident() not in {ident for ident, _, _ in seen}
+        assert all(count == 1 and inference for _, count, inference in seen)
+        # Under autograd the chunks run in the calling thread, with its threads.
+        seen.clear()
+        chunked(record, tensor.requires_grad_(), 1, settings, maps_per_slice=1)
+        assert {ident for ident, _, _ in seen} == {threading.get_ident()} and {n for _, n, _ in seen} == {2}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_an_error_in_a_chunk_reaches_the_caller_and_the_thread_count_is_restored():
+    def fail(chunk):
+        raise ValueError("chunk failed")
+
+    threads = torch.get_num_threads()
+    with pytest.raises(ValueError, match="chunk failed"):
+        map_chunks_in_threads(fail, torch.zeros(4).split(1), threads=max(2, threads))
+    assert torch.get_num_threads() == max(2, threads)
+    torch.set_num_threads(threads)
