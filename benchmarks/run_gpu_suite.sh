@@ -4,8 +4,9 @@
 #
 #   bash benchmarks/run_gpu_suite.sh [benchmark_gpu.py options, e.g. --repeats 10]
 #
-# Python: $PYTHON if set, else .venv/bin/python if this checkout has one, else python3. Results go to $OUT (default
-# ./gpu-results): benchmark_gpu.json, benchmark_gpu.md and the run's log, benchmark_gpu.log.
+# Python: $PYTHON if set, else .venv/bin/python if this checkout has one, else python3. Wheels in .whl/ (for a
+# machine whose transformers is older than this project needs) are installed into /tmp/ovseg-site first. Results go
+# to $OUT (default ./gpu-results): benchmark_gpu.json, benchmark_gpu.md and the run's log, benchmark_gpu.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
@@ -16,12 +17,18 @@ if ! "$PYTHON" -m pip show torch >/dev/null 2>&1; then
     echo "run_gpu_suite: $PYTHON has no torch: install a CUDA build of torch first" >&2
     exit 2
 fi
-# The benchmark imports the project from this checkout; an install is needed only where that fails.
-if ! "$PYTHON" -c "import modeling_catseg, processing.inference_ovseg, training.presets" 2>/dev/null; then
-    "$PYTHON" -m pip install --quiet --no-deps --no-build-isolation -e . || {
-        echo "run_gpu_suite: the project does not import with $PYTHON, and pip install -e . failed" >&2
-        exit 2
-    }
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/ovseg-site .whl/*.whl || exit 2
+    export PYTHONPATH="/tmp/ovseg-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+# The benchmark imports the project from this checkout, so it needs no install (and `pip install -e .` would repoint
+# an environment shared with another checkout); what can be missing is a dependency.
+imports="import modeling_catseg, modeling_lseg, processing.inference_ovseg, training.presets"
+if ! error=$("$PYTHON" -c "$imports" 2>&1); then
+    echo "run_gpu_suite: the project does not import with $PYTHON ($(tail -n 1 <<<"$error")); if its" \
+        "transformers is too old, put a wheel of a newer one in .whl/" >&2
+    exit 2
 fi
 mkdir -p "$OUT"
 "$PYTHON" -c "import torch, transformers; print('torch', torch.__version__, '| CUDA', torch.version.cuda, \
