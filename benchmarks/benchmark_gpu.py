@@ -182,10 +182,11 @@ def describe_device(device: torch.device) -> dict:
 
 
 class Models:
-    """One model in fp32 on the CPU, its copies in each dtype on the device, and the reference copy."""
+    """One model built in fp32 on the CPU, its copies in each dtype on the device, and the reference copy."""
 
-    def __init__(self, model: torch.nn.Module, args, device: torch.device):
+    def __init__(self, build, args, device: torch.device):
         start = time.perf_counter()
+        model = build(args)
         self.base = model.eval().requires_grad_(False)
         self.processor = processor_for_config(model.config)
         if args.tiny and model.config.model_type == "catseg":
@@ -568,11 +569,12 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "tiny": args.tiny,
         "repeats": args.repeats,
+        "dtypes": args.dtypes,
         "reference": "float64 copy on the device" if args.reference == "float64" else "fp32 copy on the CPU",
         "memory": "peak added by the calls, above what was allocated before them (weights excluded): "
         + ("torch.cuda.max_memory_allocated" if device.type == "cuda" else "resident memory"),
         "loadavg_start": load_average(),
-        "builds": {},
+        "build_s": {},
         "cases": [],
     }
     groups = {
@@ -582,9 +584,16 @@ def main(argv: list[str] | None = None) -> int:
     for family, (build, cases) in groups.items():
         if not cases:
             continue
-        models = Models(build(args), args, device)
-        report["builds"][family] = models.build_s
-        print(f"{family}: built and copied in {models.build_s:.1f} s", flush=True)
+        try:
+            models = Models(build, args, device)
+        except Exception as error:  # the other family may still build
+            traceback.print_exc()
+            message = f"building the models: {type(error).__name__}: {error}".splitlines()[0]
+            report["cases"] += [{"case": name, "error": message} for name in cases]
+            write(report, args.out)
+            continue
+        report["build_s"][family] = models.build_s
+        print(f"{family}: built and copied to {device} in {models.build_s:.1f} s", flush=True)
         for name in cases:
             case_start = time.perf_counter()
             kind, classes = name.rsplit("-", 1)

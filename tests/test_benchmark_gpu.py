@@ -146,3 +146,14 @@ def test_a_failing_case_or_reference_is_reported_and_the_rest_kept(tmp_path, mon
     assert "- catseg-text-847: RuntimeError: CUDA out of memory" in out
     assert "- lseg-150, reference: RuntimeError: no float64 here" in out
     assert "| lseg-150 | fp32 |" in out
+
+
+def test_a_model_that_fails_to_build_fails_its_cases_only(tmp_path, monkeypatch):
+    def out_of_memory(args):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(benchmark_gpu, "build_lseg", out_of_memory)
+    assert benchmark_gpu.main([*TINY, "--cases", "catseg-text-847", "lseg-150", "--out", str(tmp_path)]) == 1
+    text, lseg = json.loads((tmp_path / "benchmark_gpu.json").read_text())["cases"]
+    assert text["dtypes"]["bf16"]["cold_ms"] > 0 and "error" not in text
+    assert lseg == {"case": "lseg-150", "error": "building the models: RuntimeError: CUDA out of memory"}
