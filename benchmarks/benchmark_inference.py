@@ -122,10 +122,22 @@ def flops_of(function) -> int:
     return counter.get_total_flops()
 
 
+def class_names_file(size: int) -> Path | None:
+    """The benchmark's class-name list of ``size`` classes, from ``../shared`` beside the checkout or ``shared/`` in
+    it (a copy of the checkout on another machine carries only the latter)."""
+    if size not in CLASS_NAME_FILES:
+        return None
+    for shared in (REPO.parent / "shared", REPO / "shared"):
+        path = shared / "data" / "class-names" / CLASS_NAME_FILES[size]
+        if path.is_file():
+            return path
+    return None
+
+
 def vocabulary(size: int) -> list[str]:
-    """The benchmark's real class names when ../shared is there (same sizes), otherwise numbered names."""
-    path = REPO.parent / "shared" / "data" / "class-names" / CLASS_NAME_FILES.get(size, "")
-    if path.is_file():
+    """The benchmark's real class names when a class-name list is there (same sizes), otherwise numbered names."""
+    path = class_names_file(size)
+    if path is not None:
         return json.loads(path.read_text())
     return [f"object number {index}" for index in range(size)]
 

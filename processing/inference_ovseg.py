@@ -217,7 +217,8 @@ def sliding_window_probability_chunks(image_processor, view_logits: torch.Tensor
     """Blend the logits of one image's views into class probabilities at ``image_size`` squared, chunk by chunk.
 
     Args:
-        view_logits: ``(V, T, h, w)`` logits of ``sliding_window_views`` (crops first, the global view last).
+        view_logits: ``(V, T, h, w)`` logits of ``sliding_window_views`` (crops first, the global view last), on
+            any device: the blend runs where they are.
         chunk_size: classes per yielded chunk.
 
     Yields:
@@ -228,7 +229,8 @@ def sliding_window_probability_chunks(image_processor, view_logits: torch.Tensor
     image_size, crop_size, stride = _sliding_settings(image_processor)
     num_crops = view_logits.shape[0] - 1
     fold = dict(output_size=(image_size, image_size), kernel_size=crop_size, stride=stride)
-    coverage = F.fold(F.unfold(torch.ones(1, 1, image_size, image_size), crop_size, stride=stride), **fold)
+    ones = torch.ones(1, 1, image_size, image_size, device=view_logits.device)
+    coverage = F.fold(F.unfold(ones, crop_size, stride=stride), **fold)
     for start in range(0, view_logits.shape[1], chunk_size):
         logits = view_logits[:, start : start + chunk_size].float()
         probabilities = F.interpolate(
