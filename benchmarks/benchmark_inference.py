@@ -116,9 +116,19 @@ def best_of(function, repeats: int) -> float:
 
 
 def flops_of(function) -> int:
+    """FLOPs of one call. It runs single-threaded, because the counter sees only the ops of its own thread (with one
+    thread CAT-Seg keeps its chunks in the calling thread), and with oneDNN off, because the counter does not see
+    oneDNN's fused linear op (CAT-Seg then takes the plain `F.linear`, the same FLOPs)."""
     counter = FlopCounterMode(display=False)
-    with counter:
-        function()
+    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    try:
+        with counter:
+            function()
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = onednn
     return counter.get_total_flops()
 
 

@@ -180,13 +180,15 @@ def linear_activation(
     In CPU fp32 inference this is one oneDNN call with the activation as a post-op. At the aggregation's shapes
     (thousands of tokens, 128 to 512 features) oneDNN's kernel runs 1.1-1.7x faster than the `addmm` behind
     `F.linear`, which first copies the bias into every output row, and the activation costs no extra pass over
-    memory. Under autograd (the oneDNN op has no backward), on other devices and dtypes, and while tracing for
-    `torch.compile` / `torch.export`, it is the plain composition.
+    memory. Under autograd (the oneDNN op has no backward), on other devices and dtypes, with oneDNN switched off
+    (`torch.backends.mkldnn.enabled = False`), and while tracing for `torch.compile` / `torch.export`, it is the plain
+    composition.
     """
     if (
         hidden_states.device.type == "cpu"
         and hidden_states.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
         and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
     ):

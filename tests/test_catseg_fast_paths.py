@@ -86,6 +86,9 @@ def test_linear_activation_is_one_onednn_call_in_inference_and_plain_under_autog
         torch.testing.assert_close(fused(), plain, **EXACT)
         if torch.backends.mkldnn.is_available():
             assert ran_onednn_linear(fused)
+        with torch.backends.mkldnn.flags(enabled=False):  # the switch users have for oneDNN is respected
+            assert not ran_onednn_linear(fused)
+            torch.testing.assert_close(fused(), plain, **EXACT)
     # Under autograd it is the plain composition, and gradients reach the weights.
     assert not ran_onednn_linear(fused)
     fused().sum().backward()
