@@ -15,6 +15,7 @@ that computes once per image what every class shares, and works in cache-sized c
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -144,32 +145,45 @@ def chunked(function, tensor: torch.Tensor, dim: int, config: CatSegConfig, maps
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
     ):
-        return torch.cat(map_chunks_in_threads(function, chunks, threads), dim=dim)
+        return map_chunks_in_threads(function, chunks, dim, threads)
     return torch.cat([function(chunk) for chunk in chunks], dim=dim)
 
 
-def map_chunks_in_threads(function, chunks: tuple[torch.Tensor, ...], threads: int) -> list[torch.Tensor]:
-    """`[function(chunk) for chunk in chunks]` with the chunks shared among `threads` threads, each running its ops
-    single-threaded.
+def map_chunks_in_threads(function, chunks: tuple[torch.Tensor, ...], dim: int, threads: int) -> torch.Tensor:
+    """`torch.cat([function(chunk) for chunk in chunks], dim)` with the chunks shared among `threads` threads, each
+    running its ops single-threaded; `function` keeps the length of `dim`.
 
     The chunks are many small kernels each. Split across OpenMP threads, every kernel ends in a barrier, which
     stalls whenever one thread loses its core to another process: on a shared machine that made the model several
-    times slower. Independent chunks on independent threads keep both cores busy without waiting for each other.
-    `torch.set_num_threads` is process-wide, so it is restored afterwards. [`chunked`] uses it without autograd and
-    autocast only; the grad mode and inference mode are per thread and are carried into the workers.
+    times slower. Independent chunks on independent threads keep both cores busy without waiting for each other,
+    and each worker copies its result into the output while it is still in cache. `torch.set_num_threads` is
+    process-wide, so it is restored afterwards. [`chunked`] uses it without autograd and autocast only; the grad mode
+    and inference mode are per thread and are carried into the workers.
     """
     inference = torch.is_inference_mode_enabled()
+    starts = [0]
+    for chunk in chunks:
+        starts.append(starts[-1] + chunk.shape[dim])
+    output = None
+    allocation = threading.Lock()
 
-    def run(chunk: torch.Tensor) -> torch.Tensor:
+    def run(index: int) -> None:
+        nonlocal output
         with torch.inference_mode() if inference else torch.no_grad():
-            return function(chunk)
+            result = function(chunks[index])
+            with allocation:
+                if output is None:
+                    output = result.new_empty((*result.shape[:dim], starts[-1], *result.shape[dim + 1 :]))
+            output.narrow(dim, starts[index], chunks[index].shape[dim]).copy_(result)
 
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(max_workers=min(threads, len(chunks))) as pool:
-            return list(pool.map(run, chunks))
+            # list() waits for every chunk and raises the first error.
+            list(pool.map(run, range(len(chunks))))
     finally:
         torch.set_num_threads(threads)
+    return output
 
 
 def linear_activation(
@@ -645,10 +659,14 @@ def closed_form_padding_class_aggregation(
         tokens = tokens + padded_linear_attention(
             attention, aggregation.norm1(tokens), guided_query_key, padding, length
         )
-        return (tokens + fused_mlp(aggregation.mlp, aggregation.norm2(tokens))).transpose(1, 2)
+        tokens = (tokens + fused_mlp(aggregation.mlp, aggregation.norm2(tokens))).transpose(1, 2)
+        # Unpooled, the chunk is the block's input at the same positions: its residual is added here, in cache.
+        return chunk + tokens if pooling_size == 1 else tokens
 
     maps_per_position = batch * classes / (height * width)
     tokens = chunked(aggregate, pooled.flatten(2, 3), 2, aggregation.config, maps_per_slice=maps_per_position)
+    if pooling_size == 1:
+        return tokens.view(hidden_states.shape)
     return hidden_states + upsample_maps(tokens.view(pooled.shape), (height, width))
 
 

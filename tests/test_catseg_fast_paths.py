@@ -278,6 +278,6 @@ def test_an_error_in_a_chunk_reaches_the_caller_and_the_thread_count_is_restored
 
     threads = torch.get_num_threads()
     with pytest.raises(ValueError, match="chunk failed"):
-        map_chunks_in_threads(fail, torch.zeros(4).split(1), threads=max(2, threads))
+        map_chunks_in_threads(fail, torch.zeros(4).split(1), 0, threads=max(2, threads))
     assert torch.get_num_threads() == max(2, threads)
     torch.set_num_threads(threads)
