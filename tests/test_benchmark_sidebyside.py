@@ -79,6 +79,10 @@ def test_bad_numbers_are_one_line_errors(capsys, no_official_env):
     assert capsys.readouterr().err.strip() == "error: --competing-load must be 0 or more, got -1"
     assert benchmark_sidebyside.main(["--train-batch", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --train-batch must be at least 1, got 0"
+    assert benchmark_sidebyside.main(["--train-batch", "2", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --train-batch must be at least 1, got 0"
+    assert benchmark_sidebyside.main(["--memory-limit-gb", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --memory-limit-gb must be positive, got 0"
 
 
 def test_image_list_pads_bottom_right_to_the_size_divisibility():
@@ -182,3 +186,82 @@ def test_agreement_reports_the_difference_and_refuses_other_shapes():
     assert close["ok"] and close["max_abs_diff"] == pytest.approx(1e-6, rel=0.2) and close["max_abs"] == 3.0
     assert not benchmark_sidebyside.agreement(official + 1e-3, official, dict(atol=1e-5, rtol=0), "x")["ok"]
     assert not benchmark_sidebyside.agreement(official[:2], official, dict(atol=1, rtol=0), "x")["ok"]
+
+
+def _train(tmp_path, monkeypatch, *extra):
+    # Each side's step runs in a spawned child, which builds our model from the config in its spec: the tiny one.
+    monkeypatch.setattr(benchmark_sidebyside, "ours_catseg_config", lambda: tiny_catseg_config())
+    monkeypatch.setattr(benchmark_sidebyside, "matmul_gflops", lambda repeats: 100.0)
+    arguments = ["--cases", "catseg-train", "--repeats", "2", "--train-classes", "3", "--out", str(tmp_path)]
+    return benchmark_sidebyside.main([*arguments, *extra])
+
+
+def test_the_training_step_runs_in_a_child_process_and_reports_its_peak_memory(
+    tmp_path, monkeypatch, capsys, no_official_env
+):
+    assert _train(tmp_path, monkeypatch, "--train-batch", "1") == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("official column skipped")] == [
+        f"official column skipped: no --official-root given and ${official_harness.OFFICIAL_ROOT_ENV} is not set"
+    ]
+    report = json.loads((tmp_path / "sidebyside.json").read_text())
+    (case,) = report["cases"]
+    assert case["batch"] == 1 and case["fits"] and case["ours_s"] > 0 and case["ours_gflop"] > 0
+    assert case["official_s"] is None and case["ratio"] is None and case["outputs_agree"] is None
+    # The child's own peak: the interpreter with torch is already hundreds of MiB, the step adds to it.
+    assert case["ours_peak_mib"] > 100 and 0 < case["ours_peak_added_mib"] < case["ours_peak_mib"]
+    assert case["official_peak_mib"] is None and case["official_peak_added_mib"] is None
+    assert report["train_batches_not_fitting"] == [] and report["train_memory_limit_gib"] == 24
+    markdown = (tmp_path / "sidebyside.md").read_text()
+    assert "the largest batch measured at which ours (official not measured) fit in 24 GiB: batch 1." in markdown
+    peaks = f"ours {case['ours_peak_mib']:.0f} MiB (+{case['ours_peak_added_mib']:.0f} MiB), official not measured"
+    assert peaks in markdown
+
+
+def test_a_batch_over_the_memory_limit_is_stopped_and_the_larger_ones_skipped_in_one_line_each(
+    tmp_path, monkeypatch, capsys, no_official_env
+):
+    # No interpreter with torch fits in 10 MiB: the child is stopped by its resident memory, this process goes on.
+    assert _train(tmp_path, monkeypatch, "--train-batch", "2", "1", "--memory-limit-gb", "0.01") == 0
+    out = capsys.readouterr().out
+    assert "Traceback" not in out
+    lines = [line for line in out.splitlines() if line.startswith("training step, batch")]
+    assert lines == [
+        "training step, batch 1: does not fit in 0.01 GiB (ours: stopped: its resident memory passed the 0.01 GiB "
+        "limit)",
+        "training step, batch 2: does not fit in 0.01 GiB (not measured: batch 1 did not fit)",
+    ]
+    report = json.loads((tmp_path / "sidebyside.json").read_text())
+    assert report["cases"] == [] and [r["batch"] for r in report["train_batches_not_fitting"]] == [1, 2]
+    assert "the largest batch measured at which ours (official not measured) fit in 0.01 GiB: none." in out
+
+
+def test_a_failed_allocation_in_the_child_is_written_as_does_not_fit(tmp_path, monkeypatch):
+    def out_of_memory(*args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes.")
+
+    monkeypatch.setattr(benchmark_sidebyside, "_ours_train_step", out_of_memory)
+    spec = dict(side="ours", root=None, ours_config=None, seed=0, batch=1, classes=3, repeats=1, threads=1)
+    benchmark_sidebyside.train_child({**spec, "out": str(tmp_path / "ours.pt")})
+    result = torch.load(tmp_path / "ours.pt", weights_only=True)
+    assert result == {
+        "status": "does not fit",
+        "detail": "RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes.",
+    }
+
+    def broken(*args):
+        raise RuntimeError("shapes do not match")
+
+    monkeypatch.setattr(benchmark_sidebyside, "_ours_train_step", broken)
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        benchmark_sidebyside.train_child({**spec, "out": str(tmp_path / "again.pt")})
+
+
+def test_the_peak_resident_count_restarts():
+    if not benchmark_sidebyside.reset_peak_resident():
+        pytest.skip("this kernel cannot reset the peak resident memory (/proc/self/clear_refs)")
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    del block
+    high = benchmark_sidebyside.peak_resident_bytes()
+    assert benchmark_sidebyside.reset_peak_resident()
+    assert benchmark_sidebyside.peak_resident_bytes() < high - 32 * 2**20
