@@ -242,6 +242,7 @@ def test_a_failed_allocation_in_the_child_is_written_as_does_not_fit(tmp_path, m
 
     monkeypatch.setattr(benchmark_sidebyside, "_ours_train_step", out_of_memory)
     spec = dict(side="ours", root=None, ours_config=None, seed=0, batch=1, classes=3, repeats=1, threads=1)
+    spec["checkpointing"] = False
     benchmark_sidebyside.train_child({**spec, "out": str(tmp_path / "ours.pt")})
     result = torch.load(tmp_path / "ours.pt", weights_only=True)
     assert result == {
@@ -265,3 +266,30 @@ def test_the_peak_resident_count_restarts():
     high = benchmark_sidebyside.peak_resident_bytes()
     assert benchmark_sidebyside.reset_peak_resident()
     assert benchmark_sidebyside.peak_resident_bytes() < high - 32 * 2**20
+
+
+def test_the_child_with_activation_checkpointing_gives_the_same_loss_and_gradients(tmp_path, monkeypatch):
+    # Run in this process (the function a spawned child runs), once plain and once checkpointed.
+    spec = dict(side="ours", root=None, ours_config=tiny_catseg_config().to_dict(), seed=0, batch=2, classes=3)
+    spec.update(repeats=2, threads=torch.get_num_threads())
+    build, models = benchmark_sidebyside._ours_train_step, []
+
+    def recording(*args):
+        model, step = build(*args)
+        models.append(model)
+        return model, step
+
+    monkeypatch.setattr(benchmark_sidebyside, "_ours_train_step", recording)
+    results = []
+    for checkpointing in (False, True):
+        out = tmp_path / f"{checkpointing}.pt"
+        benchmark_sidebyside.train_child({**spec, "checkpointing": checkpointing, "out": str(out)})
+        results.append(torch.load(out, weights_only=True))
+    plain, checkpointed = results
+    assert [model.catseg.layers[0].gradient_checkpointing for model in models] == [False, True]
+    assert plain["status"] == checkpointed["status"] == "ok"
+    assert len(plain["seconds"]) == 2 and plain["gflop"] > 0 and plain["start_bytes"] > 0
+    torch.testing.assert_close(checkpointed["loss"], plain["loss"], rtol=1e-6, atol=1e-7)
+    assert plain["gradients"].keys() == checkpointed["gradients"].keys() and len(plain["gradients"]) > 10
+    for name, gradient in plain["gradients"].items():
+        torch.testing.assert_close(checkpointed["gradients"][name], gradient, rtol=1e-5, atol=1e-6, msg=name)
