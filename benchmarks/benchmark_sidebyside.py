@@ -624,9 +624,9 @@ def lseg_case(pair: LSegPair, warm_text: bool, args) -> dict:
         return measure(f"LSeg ViT-L/16, 384, 150 labels, {text}", functions, ours, checks, args)
 
 
-def measure(case: str, functions: dict, ours, checks: list[dict], args, grad: bool = False) -> dict:
+def measure(case: str, functions: dict, ours, checks: list[dict], args) -> dict:
     """Interleaved medians, ours' FLOPs and their share of the matmul rate, and the agreement checks."""
-    with torch.set_grad_enabled(grad):
+    with torch.no_grad():
         if not checks:  # the checks ran every function once already
             for function in functions.values():
                 function()  # warm-up: allocator, kernel selection, official caches
@@ -667,11 +667,14 @@ def machine() -> str:
 
 def markdown(report: dict) -> str:
     official = report["official"] or "not measured"
+    order = "interleaved"
+    if "train_memory_limit_gib" in report:
+        order += " (the training step: each side's process after the other)"
     lines = [
         f"{report['date']}; {report['machine']}; torch {report['torch']}, {report['threads']} threads, fp32, "
         f"OMP_WAIT_POLICY={report['omp_wait_policy']}; competing load: {report['competing_load']} busy processes; "
         f"/proc/loadavg {report['loadavg_start']} at the start, {report['loadavg_end']} at the end; "
-        f"medians of {report['repeats']}, interleaved; official: {official}.",
+        f"medians of {report['repeats']}, {order}; official: {official}.",
         "",
         "| case | ours s | official s | ratio | ours, share of the matmul rate | outputs agree | load (1 min) |",
         "|---|---|---|---|---|---|---|",
@@ -679,7 +682,7 @@ def markdown(report: dict) -> str:
     for r in report["cases"]:
         agree = {None: "not checked", True: "yes", False: "**NO**"}[r["outputs_agree"]]
         if r["checks"]:
-            agree += " (" + ", ".join(f"{c['what']} {c.get('max_abs_diff', 0):.1e}" for c in r["checks"]) + ")"
+            agree += " (" + ", ".join(_check_cell(c) for c in r["checks"]) + ")"
         lines.append(
             f"| {r['case']} | {r['ours_s']:.2f} | {_cell(r['official_s'], '{:.2f}')} | {_cell(r['ratio'], '{:.2f}x')} "
             f"| {100 * r['ours_share_of_matmul']:.0f}% of {r['matmul_gflops']:.0f} GFLOP/s | {agree} "
@@ -707,6 +710,13 @@ def markdown(report: dict) -> str:
         for r in report["train_batches_not_fitting"]:
             lines += [f"Training step, batch {r['batch']}: does not fit in {limit:g} GiB ({r['detail']})."]
     return "\n".join(lines) + "\n"
+
+
+def _check_cell(check: dict) -> str:
+    """A check's name, with its largest difference where it compares numbers."""
+    if "max_abs_diff" in check:
+        return f"{check['what']} {check['max_abs_diff']:.1e}"
+    return check["what"] + ("" if check["ok"] else " **NO**")
 
 
 def _cell(value, form: str) -> str:

@@ -293,3 +293,34 @@ def test_the_child_with_activation_checkpointing_gives_the_same_loss_and_gradien
     assert plain["gradients"].keys() == checkpointed["gradients"].keys() and len(plain["gradients"]) > 10
     for name, gradient in plain["gradients"].items():
         torch.testing.assert_close(checkpointed["gradients"][name], gradient, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_training_rows_name_the_set_check_without_a_number_and_list_the_batches_that_do_not_fit():
+    loss = benchmark_sidebyside.agreement(torch.tensor(0.5), torch.tensor(0.5), benchmark_sidebyside.LOSS, "loss")
+    case = dict(
+        case="training step, batch 1",
+        batch=1,
+        ours_s=2.0,
+        official_s=5.0,
+        ratio=2.5,
+        ours_share_of_matmul=0.5,
+        matmul_gflops=100.0,
+        loadavg_before="1.00 1.00 1.00 1/1 1",
+        checks=[loss, {"what": "same trained tensors", "ok": False, "detail": ["x"]}],
+        outputs_agree=False,
+        ours_peak_mib=3000.0,
+        ours_peak_added_mib=2000.0,
+        official_peak_mib=6000.0,
+        official_peak_added_mib=5000.0,
+    )
+    report = dict(
+        date="d", machine="m", torch="t", threads=2, omp_wait_policy="unset", competing_load=0, repeats=3,
+        official="/official", loadavg_start="1", loadavg_end="1", cases=[case], train_memory_limit_gib=24.0,
+        train_batches_not_fitting=[{"batch": 2, "fits": False, "detail": "official: killed"}],
+    )
+    text = benchmark_sidebyside.markdown(report)
+    assert "| **NO** (loss 0.0e+00, same trained tensors **NO**) |" in text
+    assert "ours 3000 MiB (+2000 MiB), official 6000 MiB (+5000 MiB)." in text
+    assert "the largest batch measured at which both sides fit in 24 GiB: batch 1." in text
+    assert "Training step, batch 2: does not fit in 24 GiB (official: killed)." in text
+    assert "interleaved (the training step: each side's process after the other)" in text
