@@ -361,13 +361,19 @@ def _allocation_failed(error: BaseException) -> bool:
     )
 
 
+def _save_atomic(result: dict, path: str) -> None:
+    # The parent may stop the child at any moment; it must never read a half-written file.
+    torch.save(result, path + ".part")
+    os.replace(path + ".part", path)
+
+
 def train_child(spec: dict) -> None:
     """One side's training steps in a process of its own (started by [`run_train_child`]); writes to spec["out"]:
 
     the loss and gradients of a first step (also the warm-up), the seconds of ``spec["repeats"]`` more steps, and
     the process's peak resident memory during those steps (the kernel's count, reset just before them: model,
-    optimiser-free gradients and activations), with the resident memory just before them. Running out of memory is
-    written as ``status: "does not fit"``.
+    optimiser-free gradients and activations), with the resident memory just before them; for ours, the FLOPs of a
+    step, counted last. Running out of memory before the FLOP count is written as ``status: "does not fit"``.
     """
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(spec["seed"])
@@ -381,7 +387,7 @@ def train_child(spec: dict) -> None:
         result["gradients"] = {
             name: p.grad for name, p in model.named_parameters() if p.requires_grad and p.grad is not None
         }
-        torch.save(result, spec["out"])
+        _save_atomic(result, spec["out"])
         result = {"status": "ok"}
         model.zero_grad(set_to_none=True)
         gc.collect()
@@ -398,15 +404,17 @@ def train_child(spec: dict) -> None:
         if measured:
             result["peak_bytes"] = peak_resident_bytes()
         result["seconds"] = times
+        result = {**torch.load(spec["out"], weights_only=True), **result, "gflop": None}
         if spec["side"] == "ours":
+            # Written first: the FLOP count's step holds more memory than a plain one, and may be stopped.
+            _save_atomic(result, spec["out"])
             result["gflop"] = flops_of(step) / 1e9
-            model.zero_grad(set_to_none=True)
-        result = {**torch.load(spec["out"], weights_only=True), **result}
     except (MemoryError, RuntimeError) as error:
         if not _allocation_failed(error):
             raise
-        result = {"status": "does not fit", "detail": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
-    torch.save(result, spec["out"])
+        if "seconds" not in result:  # else only the FLOP count failed: the timed result stands, without FLOPs
+            result = {"status": "does not fit", "detail": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
+    _save_atomic(result, spec["out"])
 
 
 def _memory_available_bytes() -> int | None:
@@ -455,13 +463,15 @@ def run_train_child(spec: dict, limit_bytes: float) -> dict:
         if process.is_alive():
             process.kill()
         process.join()
-    if stopped is not None:
+    # Without FLOPs when only the FLOP count was stopped (the child saves its timed result before counting).
+    result = torch.load(spec["out"], weights_only=True) if Path(spec["out"]).exists() else {}
+    timed = "seconds" in result
+    if stopped is not None and not timed:
         return {"status": "does not fit", "detail": f"stopped: {stopped}"}
-    if process.exitcode == -signal.SIGKILL:
+    if process.exitcode == -signal.SIGKILL and not timed:
         return {"status": "does not fit", "detail": "killed by SIGKILL (the kernel's out-of-memory killer?)"}
-    if process.exitcode != 0 or not Path(spec["out"]).exists():
+    if process.exitcode not in (0, -signal.SIGKILL) or not result:
         raise RuntimeError(f"the {spec['side']} training child failed (exit status {process.exitcode})")
-    result = torch.load(spec["out"], weights_only=True)
     if result["status"] == "ok" and result["peak_bytes"] is not None and result["peak_bytes"] > limit_bytes:
         return {
             "status": "does not fit",
@@ -533,7 +543,7 @@ def catseg_train_case(root: Path | None, batch: int, args) -> dict:
         "ratio": seconds["official"] / seconds["ours"] if official else None,
         "ours_gflop": ours["gflop"],
         "matmul_gflops": matmul,
-        "ours_share_of_matmul": ours["gflop"] / seconds["ours"] / matmul,
+        "ours_share_of_matmul": None if ours["gflop"] is None else ours["gflop"] / seconds["ours"] / matmul,
         "checks": train_checks(ours, official) if official else [],
         "loadavg_before": start_load,
         "loadavg_after": load_average(),
@@ -685,7 +695,7 @@ def markdown(report: dict) -> str:
             agree += " (" + ", ".join(_check_cell(c) for c in r["checks"]) + ")"
         lines.append(
             f"| {r['case']} | {r['ours_s']:.2f} | {_cell(r['official_s'], '{:.2f}')} | {_cell(r['ratio'], '{:.2f}x')} "
-            f"| {100 * r['ours_share_of_matmul']:.0f}% of {r['matmul_gflops']:.0f} GFLOP/s | {agree} "
+            f"| {_cell(r['ours_share_of_matmul'], '{:.0%}')} of {r['matmul_gflops']:.0f} GFLOP/s | {agree} "
             f"| {r['loadavg_before'].split()[0]} |"
         )
     for r in report["cases"]:

@@ -324,3 +324,16 @@ def test_the_training_rows_name_the_set_check_without_a_number_and_list_the_batc
     assert "the largest batch measured at which both sides fit in 24 GiB: batch 1." in text
     assert "Training step, batch 2: does not fit in 24 GiB (official: killed)." in text
     assert "interleaved (the training step: each side's process after the other)" in text
+
+
+def test_a_failed_allocation_in_the_flop_count_keeps_the_timed_result(tmp_path, monkeypatch):
+    def out_of_memory(step):
+        raise MemoryError()
+
+    monkeypatch.setattr(benchmark_sidebyside, "flops_of", out_of_memory)
+    spec = dict(side="ours", root=None, ours_config=tiny_catseg_config().to_dict(), seed=0, batch=1, classes=3)
+    spec.update(repeats=1, threads=torch.get_num_threads(), checkpointing=False, out=str(tmp_path / "ours.pt"))
+    benchmark_sidebyside.train_child(spec)
+    result = torch.load(tmp_path / "ours.pt", weights_only=True)
+    assert result["status"] == "ok" and result["gflop"] is None and len(result["seconds"]) == 1
+    assert result["loss"] > 0 and result["gradients"] and not (tmp_path / "ours.pt.part").exists()
