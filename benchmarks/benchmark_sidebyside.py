@@ -16,8 +16,15 @@ Cases: CAT-Seg ViT-B/16, one 384 view, warm text, 20 / 171 / 847 classes (`catse
 the cold text encoding of 847 prompts (`catseg-text-847`); the official sliding-window evaluation of one 640x480
 image at 171 classes (`catseg-sliding-171`); LSeg ViT-L/16 at 384 with 150 labels, warm text (`lseg-150`) and text
 encoded in the call (`lseg-150-text`); one CAT-Seg training step (`catseg-train`: 384, class pooling 2, CLIP q/v
-trained as the official "attention" policy, BCE loss, `--train-batch` images, `--train-classes` of COCO-Stuff's 171),
-with peak memory.
+trained as the official "attention" policy, BCE loss, `--train-classes` of COCO-Stuff's 171), with peak memory.
+
+The training step runs each side in a process of its own, one after the other (never both at once), with the same
+seeded weights and inputs: the median of `--repeats` steps after one warm-up step, whose loss and gradients the
+child saves for the agreement checks. Peak memory is the kernel's peak resident memory (VmHWM) of that process during
+the timed steps, reset just before them, given whole and as added to what the process held before them. Each
+`--train-batch` is measured in turn (smallest first) until one does not fit `--memory-limit-gb`: a side whose process
+passes that resident memory is stopped, as is a side whose allocation fails or that the kernel kills; larger batches
+are then skipped, each with one line.
 Results go to `--out` as sidebyside.json and sidebyside.md.
 """
 
@@ -25,12 +32,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
+import multiprocessing
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +55,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import official_harness as harness  # noqa: E402
-from benchmark_inference import PeakMemory, flops_of, matmul_gflops, vocabulary  # noqa: E402
+from benchmark_inference import _resident_bytes, _trim_heap, flops_of, matmul_gflops, vocabulary  # noqa: E402
 
 from modeling_catseg import CatSegConfig, CatSegForSemanticSegmentation  # noqa: E402
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation  # noqa: E402
@@ -272,84 +283,297 @@ def catseg_sliding_case(pair: CatSegPair, classes: int, args) -> dict:
     return measure(f"CAT-Seg B/16, sliding window (5 views), 640x480, {classes} classes", functions, ours, checks, args)
 
 
-def catseg_train_case(pair: CatSegPair, args) -> dict:
-    """One training step: forward, BCE loss and backward, at batch ``--train-batch``, pooling 2, on the first
-    ``--train-classes`` COCO-Stuff classes (171: all, as the official training)."""
-    names = vocabulary(171)[: args.train_classes]
-    batch = args.train_batch
-    images = image_384(args.seed, batch)
-    targets = torch.randint(0, len(names), (batch, 384, 384), generator=torch.Generator().manual_seed(args.seed))
+def train_inputs(classes: int, batch: int, seed: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The training step's vocabulary (the first ``classes`` of COCO-Stuff's 171), images and labels."""
+    names = vocabulary(171)[:classes]
+    images = image_384(seed, batch)
+    targets = torch.randint(0, len(names), (batch, 384, 384), generator=torch.Generator().manual_seed(seed))
     targets[:, :, :32] = 255  # ignored pixels, which the official loss keeps as all-negative rows
-    input_ids = pair.processor(text=names, return_tensors="pt")["input_ids"]
-    pair.ours.train()
-    pair.ours.requires_grad_(True)
-    pair.ours.apply_clip_finetune_policy()
+    return names, images, targets
 
-    def ours():
-        loss = pair.ours(pixel_values=pair.normalise(images), input_ids=input_ids, labels=targets).loss
+
+def _ours_train_step(spec: dict, names: list[str], images: torch.Tensor, targets: torch.Tensor):
+    """Our model in training mode (CLIP per its fine-tuning policy) and its step; with the official code, the
+    weights are the seeded official ones, converted."""
+    if spec["root"] is None:
+        model = CatSegForSemanticSegmentation(CatSegConfig.from_dict(spec["ours_config"]))
+    else:
+        official = harness.build_official_catseg(Path(spec["root"]), ["object"], pooling=1, seed=spec["seed"])
+        state_dict = official.state_dict()
+        model = CatSegForSemanticSegmentation(infer_catseg_config(state_dict))
+        load_official_weights(model, state_dict)
+        del official, state_dict
+    model.train()
+    model.apply_clip_finetune_policy()
+    if spec["checkpointing"]:
+        model.activation_checkpointing_enable({"use_reentrant": False})  # as training/train.py does
+    processor = processor_for_config(model.config)
+    input_ids = processor(text=names, return_tensors="pt")["input_ids"]
+    mean = torch.tensor(harness.CLIP_PIXEL_MEAN).view(3, 1, 1)
+    std = torch.tensor(harness.CLIP_PIXEL_STD).view(3, 1, 1)
+
+    def step():
+        loss = model(pixel_values=(images - mean) / std, input_ids=input_ids, labels=targets).loss
         loss.backward()
         return loss
 
-    functions = {"ours": ours}
-    checks = []
-    if pair.official is not None:
-        official_model = pair.official
-        harness.set_official_catseg_classes(official_model, names)
-        harness.set_official_catseg_pooling(official_model, 2)
-        official_model.train()
-        inputs = [{"image": images[i], "sem_seg": targets[i]} for i in range(batch)]
+    return model, step
 
-        def official():
-            with harness.official_patches():
-                loss = official_model(inputs)["loss_sem_seg"]
-            loss.backward()
-            return loss
 
-        functions["official"] = official
-        pair.ours.zero_grad(set_to_none=True)
-        official_model.zero_grad(set_to_none=True)
-        checks = [agreement(ours(), official(), LOSS, "loss")]
-        official_grads = {
-            name: p.grad for name, p in official_model.named_parameters() if p.requires_grad and p.grad is not None
-        }
-        ours_grads = {name: p.grad for name, p in pair.ours.named_parameters() if p.grad is not None}
-        converted = convert_catseg_keys(official_grads)
-        common = sorted(set(converted) & set(ours_grads))
-        worst = max(common, key=lambda name: (ours_grads[name] - converted[name]).abs().max().item())
-        checks.append(agreement(ours_grads[worst], converted[worst], GRADIENTS, f"gradient ({len(common)} tensors)"))
-        checks.append(
-            {
-                "what": "same trained tensors",
-                "ok": set(converted) == set(ours_grads),
-                "detail": sorted(set(converted) ^ set(ours_grads))[:5],
-            }
-        )
+def _official_train_step(spec: dict, names: list[str], images: torch.Tensor, targets: torch.Tensor):
+    """The official model with the seeded weights, in training mode at pooling 2, and its step."""
+    model = harness.build_official_catseg(Path(spec["root"]), ["object"], pooling=1, seed=spec["seed"])
+    harness.set_official_catseg_classes(model, names)
+    harness.set_official_catseg_pooling(model, 2)
+    model.train()
+    inputs = [{"image": images[i], "sem_seg": targets[i]} for i in range(images.shape[0])]
 
-    def step(function):
-        def run():
-            function()
-            pair.ours.zero_grad(set_to_none=True)
-            if pair.official is not None:
-                pair.official.zero_grad(set_to_none=True)
+    def step():
+        with harness.official_patches():
+            loss = model(inputs)["loss_sem_seg"]
+        loss.backward()
+        return loss
 
-        return run
+    return model, step
 
-    result = measure(
-        f"CAT-Seg B/16 training step, batch {batch}, 384, {len(names)} classes, pooling 2",
-        {name: step(function) for name, function in functions.items()},
-        step(ours),
-        checks,
-        args,
-        grad=True,
+
+def reset_peak_resident() -> bool:
+    """Restart the kernel's peak-resident-memory count of this process (Linux: VmHWM); False where impossible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_resident_bytes() -> int:
+    """The kernel's peak resident memory of this process since it started or since [`reset_peak_resident`]."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("/proc/self/status has no VmHWM line")
+
+
+def _allocation_failed(error: BaseException) -> bool:
+    # torch reports a failed CPU allocation as a RuntimeError from its allocator.
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and "allocate" in str(error) and "memory" in str(error)
     )
-    for name, function in functions.items():
-        with PeakMemory() as memory:
-            step(function)()
-        result[f"{name}_peak_added_mib"] = memory.added_mib
-    pair.ours.eval().requires_grad_(False)
-    if pair.official is not None:
-        pair.official.eval()
+
+
+def _save_atomic(result: dict, path: str) -> None:
+    # The parent may stop the child at any moment; it must never read a half-written file.
+    torch.save(result, path + ".part")
+    os.replace(path + ".part", path)
+
+
+def train_child(spec: dict) -> None:
+    """One side's training steps in a process of its own (started by [`run_train_child`]); writes to spec["out"]:
+
+    the loss and gradients of a first step (also the warm-up), the seconds of ``spec["repeats"]`` more steps, and
+    the process's peak resident memory during those steps (the kernel's count, reset just before them: model,
+    optimiser-free gradients and activations), with the resident memory just before them; for ours, the FLOPs of a
+    step, counted last. Running out of memory before the FLOP count is written as ``status: "does not fit"``.
+    """
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(spec["seed"])
+    names, images, targets = train_inputs(spec["classes"], spec["batch"], spec["seed"])
+    build = _ours_train_step if spec["side"] == "ours" else _official_train_step
+    result: dict = {"status": "ok"}
+    try:
+        model, step = build(spec, names, images, targets)
+        model.zero_grad(set_to_none=True)
+        result["loss"] = step().detach()
+        result["gradients"] = {
+            name: p.grad for name, p in model.named_parameters() if p.requires_grad and p.grad is not None
+        }
+        _save_atomic(result, spec["out"])
+        result = {"status": "ok"}
+        model.zero_grad(set_to_none=True)
+        gc.collect()
+        _trim_heap()
+        result["start_bytes"] = _resident_bytes()
+        result["peak_bytes"] = None
+        measured = reset_peak_resident()
+        times = []
+        for _ in range(spec["repeats"]):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+            model.zero_grad(set_to_none=True)
+        if measured:
+            result["peak_bytes"] = peak_resident_bytes()
+        result["seconds"] = times
+        result = {**torch.load(spec["out"], weights_only=True), **result, "gflop": None}
+        if spec["side"] == "ours":
+            # Written first: the FLOP count's step holds more memory than a plain one, and may be stopped.
+            _save_atomic(result, spec["out"])
+            result["gflop"] = flops_of(step) / 1e9
+    except (MemoryError, RuntimeError) as error:
+        if not _allocation_failed(error):
+            raise
+        if "seconds" not in result:  # else only the FLOP count failed: the timed result stands, without FLOPs
+            result = {"status": "does not fit", "detail": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
+    _save_atomic(result, spec["out"])
+
+
+def _memory_available_bytes() -> int | None:
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        return None
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _resident_bytes_of(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+# A child is stopped when the machine's free memory falls below this, before the kernel picks a process to kill.
+MACHINE_RESERVE_BYTES = 512 * 2**20
+
+
+def run_train_child(spec: dict, limit_bytes: float) -> dict:
+    """[`train_child`] in a fresh (spawned) process, waited for; the parent holds no model meanwhile.
+
+    The child is stopped as soon as its resident memory passes ``limit_bytes`` or the machine's free memory falls
+    under [`MACHINE_RESERVE_BYTES`]; that, a kill from outside (the kernel's OOM killer) or an allocation failure in
+    the child come back as ``status: "does not fit"`` with one line of detail.
+    """
+    process = multiprocessing.get_context("spawn").Process(target=train_child, args=(spec,), daemon=True)
+    process.start()
+    stopped = None
+    try:
+        while process.is_alive() and stopped is None:
+            process.join(0.05)
+            resident, available = _resident_bytes_of(process.pid), _memory_available_bytes()
+            if resident is not None and resident > limit_bytes:
+                stopped = f"its resident memory passed the {limit_bytes / 2**30:g} GiB limit"
+            elif available is not None and available < MACHINE_RESERVE_BYTES:
+                stopped = f"this machine's free memory fell under {MACHINE_RESERVE_BYTES >> 20} MiB"
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+    # Without FLOPs when only the FLOP count was stopped (the child saves its timed result before counting).
+    result = torch.load(spec["out"], weights_only=True) if Path(spec["out"]).exists() else {}
+    timed = "seconds" in result
+    if stopped is not None and not timed:
+        return {"status": "does not fit", "detail": f"stopped: {stopped}"}
+    if process.exitcode == -signal.SIGKILL and not timed:
+        return {"status": "does not fit", "detail": "killed by SIGKILL (the kernel's out-of-memory killer?)"}
+    if process.exitcode not in (0, -signal.SIGKILL) or not result:
+        raise RuntimeError(f"the {spec['side']} training child failed (exit status {process.exitcode})")
+    if result["status"] == "ok" and result["peak_bytes"] is not None and result["peak_bytes"] > limit_bytes:
+        return {
+            "status": "does not fit",
+            "detail": f"peak resident memory {result['peak_bytes'] / 2**30:.1f} GiB > {limit_bytes / 2**30:g} GiB",
+        }
     return result
+
+
+def train_checks(ours: dict, official: dict) -> list[dict]:
+    """Loss, the worst gradient over the tensors both train, and whether they train the same tensors.
+
+    A tensor trains when its gradient has a nonzero entry: the official code marks the query projection of the last
+    CLIP vision block trainable, but its dense path gives it an all-zero gradient, and ours freezes it.
+    """
+    converted = convert_catseg_keys(official["gradients"])
+    ours_grads = ours["gradients"]
+    common = sorted(set(converted) & set(ours_grads))
+    worst = max(common, key=lambda name: (ours_grads[name] - converted[name]).abs().max().item())
+    trained = [{name for name, grad in grads.items() if bool(grad.any())} for grads in (ours_grads, converted)]
+    return [
+        agreement(ours["loss"], official["loss"], LOSS, "loss"),
+        agreement(ours_grads[worst], converted[worst], GRADIENTS, f"gradient ({len(common)} tensors)"),
+        {
+            "what": "same trained tensors",
+            "ok": trained[0] == trained[1],
+            "detail": sorted(trained[0] ^ trained[1])[:5],
+        },
+    ]
+
+
+def catseg_train_case(root: Path | None, batch: int, args) -> dict:
+    """One training step (forward, BCE loss, backward) at batch ``batch``, pooling 2, on the first
+    ``--train-classes`` COCO-Stuff classes (171: all, as the official training), each side in a process of its own,
+    one after the other (ours first): the median of ``--repeats`` steps after one warm-up, and peak memory.
+
+    Returns the case's result, or ``{"batch": ..., "fits": False, "detail": ...}`` when a side does not fit.
+    """
+    sides = ["ours"] + (["official"] if root is not None else [])
+    results, rates = {}, [matmul_gflops(repeats=5)]
+    start_load = load_average()
+    with tempfile.TemporaryDirectory() as folder:
+        for side in sides:
+            spec = {
+                "side": side,
+                "root": None if root is None else str(root),
+                "ours_config": ours_catseg_config().to_dict() if root is None else None,
+                "seed": args.seed,
+                "batch": batch,
+                "classes": args.train_classes,
+                "repeats": args.repeats,
+                "threads": args.threads,
+                "checkpointing": args.train_checkpointing,
+                "out": str(Path(folder) / f"{side}.pt"),
+            }
+            results[side] = run_train_child(spec, args.memory_limit_gb * 2**30)
+            if results[side]["status"] != "ok":
+                return {"batch": batch, "fits": False, "detail": f"{side}: {results[side]['detail']}"}
+            rates.append(matmul_gflops(repeats=5))
+    ours, official = results["ours"], results.get("official")
+    seconds = {side: statistics.median(result["seconds"]) for side, result in results.items()}
+    matmul = statistics.median(rates)
+    result = {
+        "case": f"CAT-Seg B/16 training step, batch {batch}, 384, {args.train_classes} classes, pooling 2"
+        + (", ours with activation checkpointing" if args.train_checkpointing else ""),
+        "batch": batch,
+        "fits": True,
+        "ours_s": seconds["ours"],
+        "official_s": seconds.get("official"),
+        "ratio": seconds["official"] / seconds["ours"] if official else None,
+        "ours_gflop": ours["gflop"],
+        "matmul_gflops": matmul,
+        "ours_share_of_matmul": None if ours["gflop"] is None else ours["gflop"] / seconds["ours"] / matmul,
+        "checks": train_checks(ours, official) if official else [],
+        "loadavg_before": start_load,
+        "loadavg_after": load_average(),
+    }
+    result["outputs_agree"] = all(check["ok"] for check in result["checks"]) if official else None
+    for side in ("ours", "official"):
+        peak = results[side]["peak_bytes"] if side in results else None
+        result[f"{side}_peak_mib"] = None if peak is None else peak / 2**20
+        result[f"{side}_peak_added_mib"] = None if peak is None else (peak - results[side]["start_bytes"]) / 2**20
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def catseg_train_cases(root: Path | None, args) -> tuple[list[dict], list[dict]]:
+    """[`catseg_train_case`] for each ``--train-batch`` in increasing order, stopping at the first that does not fit
+    ``--memory-limit-gb``: the measured cases and the batches that did not fit (with why) or were skipped."""
+    cases, not_fitting = [], []
+    for batch in sorted(set(args.train_batch)):
+        if not_fitting:
+            detail = f"not measured: batch {not_fitting[0]['batch']} did not fit"
+            result = {"batch": batch, "fits": False, "detail": detail}
+        else:
+            result = catseg_train_case(root, batch, args)
+            if result["fits"]:
+                cases.append(result)
+                continue
+        not_fitting.append(result)
+        line = f"training step, batch {batch}: does not fit in {args.memory_limit_gb:g} GiB ({result['detail']})"
+        print(line, flush=True)
+    return cases, not_fitting
 
 
 class LSegPair:
@@ -410,9 +634,9 @@ def lseg_case(pair: LSegPair, warm_text: bool, args) -> dict:
         return measure(f"LSeg ViT-L/16, 384, 150 labels, {text}", functions, ours, checks, args)
 
 
-def measure(case: str, functions: dict, ours, checks: list[dict], args, grad: bool = False) -> dict:
+def measure(case: str, functions: dict, ours, checks: list[dict], args) -> dict:
     """Interleaved medians, ours' FLOPs and their share of the matmul rate, and the agreement checks."""
-    with torch.set_grad_enabled(grad):
+    with torch.no_grad():
         if not checks:  # the checks ran every function once already
             for function in functions.values():
                 function()  # warm-up: allocator, kernel selection, official caches
@@ -453,11 +677,14 @@ def machine() -> str:
 
 def markdown(report: dict) -> str:
     official = report["official"] or "not measured"
+    order = "interleaved"
+    if "train_memory_limit_gib" in report:
+        order += " (the training step: each side's process after the other)"
     lines = [
         f"{report['date']}; {report['machine']}; torch {report['torch']}, {report['threads']} threads, fp32, "
         f"OMP_WAIT_POLICY={report['omp_wait_policy']}; competing load: {report['competing_load']} busy processes; "
         f"/proc/loadavg {report['loadavg_start']} at the start, {report['loadavg_end']} at the end; "
-        f"medians of {report['repeats']}, interleaved; official: {official}.",
+        f"medians of {report['repeats']}, {order}; official: {official}.",
         "",
         "| case | ours s | official s | ratio | ours, share of the matmul rate | outputs agree | load (1 min) |",
         "|---|---|---|---|---|---|---|",
@@ -465,20 +692,41 @@ def markdown(report: dict) -> str:
     for r in report["cases"]:
         agree = {None: "not checked", True: "yes", False: "**NO**"}[r["outputs_agree"]]
         if r["checks"]:
-            agree += " (" + ", ".join(f"{c['what']} {c.get('max_abs_diff', 0):.1e}" for c in r["checks"]) + ")"
+            agree += " (" + ", ".join(_check_cell(c) for c in r["checks"]) + ")"
         lines.append(
             f"| {r['case']} | {r['ours_s']:.2f} | {_cell(r['official_s'], '{:.2f}')} | {_cell(r['ratio'], '{:.2f}x')} "
-            f"| {100 * r['ours_share_of_matmul']:.0f}% of {r['matmul_gflops']:.0f} GFLOP/s | {agree} "
+            f"| {_cell(r['ours_share_of_matmul'], '{:.0%}')} of {r['matmul_gflops']:.0f} GFLOP/s | {agree} "
             f"| {r['loadavg_before'].split()[0]} |"
         )
     for r in report["cases"]:
-        if "ours_peak_added_mib" in r:
+        if "ours_peak_mib" in r:
+            ours, official = (
+                "not measured"
+                if r[f"{side}_peak_mib"] is None
+                else f"{r[f'{side}_peak_mib']:.0f} MiB (+{r[f'{side}_peak_added_mib']:.0f} MiB)"
+                for side in ("ours", "official")
+            )
             lines += [
                 "",
-                f"{r['case']}: peak added memory ours {r['ours_peak_added_mib']:.0f} MiB, official "
-                f"{_cell(r.get('official_peak_added_mib'), '{:.0f} MiB')}.",
+                f"{r['case']}: peak resident memory of each side's process during its steps (added to what it held "
+                f"before them): ours {ours}, official {official}.",
             ]
+    if "train_memory_limit_gib" in report:
+        limit = report["train_memory_limit_gib"]
+        fitting = [r["batch"] for r in report["cases"] if "batch" in r]
+        sides = "both sides" if report["official"] else "ours (official not measured)"
+        largest = f"batch {max(fitting)}" if fitting else "none"
+        lines += ["", f"Training step: the largest batch measured at which {sides} fit in {limit:g} GiB: {largest}."]
+        for r in report["train_batches_not_fitting"]:
+            lines += [f"Training step, batch {r['batch']}: does not fit in {limit:g} GiB ({r['detail']})."]
     return "\n".join(lines) + "\n"
+
+
+def _check_cell(check: dict) -> str:
+    """A check's name, with its largest difference where it compares numbers."""
+    if "max_abs_diff" in check:
+        return f"{check['what']} {check['max_abs_diff']:.1e}"
+    return check["what"] + ("" if check["ok"] else " **NO**")
 
 
 def _cell(value, form: str) -> str:
@@ -496,14 +744,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--competing-load", type=int, default=0, metavar="N", help="N busy processes meanwhile")
-    parser.add_argument("--train-batch", type=int, default=2, help="images in the training step")
+    parser.add_argument(
+        "--train-batch",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4],
+        metavar="N",
+        help="images in the training step; each is measured in turn, up to the first that does not fit",
+    )
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=24.0,
+        metavar="GIB",
+        help="a training side whose process passes this resident memory (GiB) does not fit (default 24)",
+    )
+    parser.add_argument(
+        "--train-checkpointing",
+        action="store_true",
+        help="our training step with activation checkpointing (training's gradient_checkpointing; exact, recomputes)",
+    )
     parser.add_argument("--train-classes", type=int, default=171, help="classes in the training step (of 171)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     for name in ("repeats", "threads", "train_batch", "train_classes"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+        value = min(getattr(args, name)) if name == "train_batch" else getattr(args, name)
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.memory_limit_gb <= 0:
+        raise UsageError(f"--memory-limit-gb must be positive, got {args.memory_limit_gb:g}")
     if args.train_classes > 171:
         raise UsageError(f"--train-classes is at most 171 (COCO-Stuff), got {args.train_classes}")
     if args.competing_load < 0:
@@ -537,21 +807,25 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_start": load_average(),
         "cases": [],
     }
-    catseg_cases = [case for case in args.cases if case.startswith("catseg")]
+    catseg_cases = [case for case in args.cases if case.startswith("catseg") and case != "catseg-train"]
     lseg_cases = [case for case in args.cases if case.startswith("lseg")]
     with competing_load(args.competing_load):
         if catseg_cases:
             pair = CatSegPair(root, args.seed)
             for case in catseg_cases:
-                if case == "catseg-train":
-                    report["cases"].append(catseg_train_case(pair, args))
-                elif case.startswith("catseg-text-"):
+                if case.startswith("catseg-text-"):
                     report["cases"].append(catseg_text_case(pair, int(case.rsplit("-", 1)[1]), args))
                 elif case.startswith("catseg-sliding-"):
                     report["cases"].append(catseg_sliding_case(pair, int(case.rsplit("-", 1)[1]), args))
                 else:
                     report["cases"].append(catseg_view_case(pair, int(case.rsplit("-", 1)[1]), args))
             del pair
+        if "catseg-train" in args.cases:
+            # Each side in a process of its own, while this one holds no model.
+            cases, not_fitting = catseg_train_cases(root, args)
+            report["cases"] += cases
+            report["train_memory_limit_gib"] = args.memory_limit_gb
+            report["train_batches_not_fitting"] = not_fitting
         if lseg_cases:
             pair = LSegPair(root, lseg_labels(150), args.seed)
             for case in lseg_cases:

@@ -79,6 +79,10 @@ def test_bad_numbers_are_one_line_errors(capsys, no_official_env):
     assert capsys.readouterr().err.strip() == "error: --competing-load must be 0 or more, got -1"
     assert benchmark_sidebyside.main(["--train-batch", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --train-batch must be at least 1, got 0"
+    assert benchmark_sidebyside.main(["--train-batch", "2", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --train-batch must be at least 1, got 0"
+    assert benchmark_sidebyside.main(["--memory-limit-gb", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --memory-limit-gb must be positive, got 0"
 
 
 def test_image_list_pads_bottom_right_to_the_size_divisibility():
@@ -182,3 +186,154 @@ def test_agreement_reports_the_difference_and_refuses_other_shapes():
     assert close["ok"] and close["max_abs_diff"] == pytest.approx(1e-6, rel=0.2) and close["max_abs"] == 3.0
     assert not benchmark_sidebyside.agreement(official + 1e-3, official, dict(atol=1e-5, rtol=0), "x")["ok"]
     assert not benchmark_sidebyside.agreement(official[:2], official, dict(atol=1, rtol=0), "x")["ok"]
+
+
+def _train(tmp_path, monkeypatch, *extra):
+    # Each side's step runs in a spawned child, which builds our model from the config in its spec: the tiny one.
+    monkeypatch.setattr(benchmark_sidebyside, "ours_catseg_config", lambda: tiny_catseg_config())
+    monkeypatch.setattr(benchmark_sidebyside, "matmul_gflops", lambda repeats: 100.0)
+    arguments = ["--cases", "catseg-train", "--repeats", "2", "--train-classes", "3", "--out", str(tmp_path)]
+    return benchmark_sidebyside.main([*arguments, *extra])
+
+
+def test_the_training_step_runs_in_a_child_process_and_reports_its_peak_memory(
+    tmp_path, monkeypatch, capsys, no_official_env
+):
+    assert _train(tmp_path, monkeypatch, "--train-batch", "1") == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("official column skipped")] == [
+        f"official column skipped: no --official-root given and ${official_harness.OFFICIAL_ROOT_ENV} is not set"
+    ]
+    report = json.loads((tmp_path / "sidebyside.json").read_text())
+    (case,) = report["cases"]
+    assert case["batch"] == 1 and case["fits"] and case["ours_s"] > 0 and case["ours_gflop"] > 0
+    assert case["official_s"] is None and case["ratio"] is None and case["outputs_agree"] is None
+    # The child's own peak: the interpreter with torch is already hundreds of MiB, the step adds to it.
+    assert case["ours_peak_mib"] > 100 and 0 < case["ours_peak_added_mib"] < case["ours_peak_mib"]
+    assert case["official_peak_mib"] is None and case["official_peak_added_mib"] is None
+    assert report["train_batches_not_fitting"] == [] and report["train_memory_limit_gib"] == 24
+    markdown = (tmp_path / "sidebyside.md").read_text()
+    assert "the largest batch measured at which ours (official not measured) fit in 24 GiB: batch 1." in markdown
+    peaks = f"ours {case['ours_peak_mib']:.0f} MiB (+{case['ours_peak_added_mib']:.0f} MiB), official not measured"
+    assert peaks in markdown
+
+
+def test_a_batch_over_the_memory_limit_is_stopped_and_the_larger_ones_skipped_in_one_line_each(
+    tmp_path, monkeypatch, capsys, no_official_env
+):
+    # No interpreter with torch fits in 10 MiB: the child is stopped by its resident memory, this process goes on.
+    assert _train(tmp_path, monkeypatch, "--train-batch", "2", "1", "--memory-limit-gb", "0.01") == 0
+    out = capsys.readouterr().out
+    assert "Traceback" not in out
+    lines = [line for line in out.splitlines() if line.startswith("training step, batch")]
+    assert lines == [
+        "training step, batch 1: does not fit in 0.01 GiB (ours: stopped: its resident memory passed the 0.01 GiB "
+        "limit)",
+        "training step, batch 2: does not fit in 0.01 GiB (not measured: batch 1 did not fit)",
+    ]
+    report = json.loads((tmp_path / "sidebyside.json").read_text())
+    assert report["cases"] == [] and [r["batch"] for r in report["train_batches_not_fitting"]] == [1, 2]
+    assert "the largest batch measured at which ours (official not measured) fit in 0.01 GiB: none." in out
+
+
+def test_a_failed_allocation_in_the_child_is_written_as_does_not_fit(tmp_path, monkeypatch):
+    def out_of_memory(*args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes.")
+
+    monkeypatch.setattr(benchmark_sidebyside, "_ours_train_step", out_of_memory)
+    spec = dict(side="ours", root=None, ours_config=None, seed=0, batch=1, classes=3, repeats=1, threads=1)
+    spec["checkpointing"] = False
+    benchmark_sidebyside.train_child({**spec, "out": str(tmp_path / "ours.pt")})
+    result = torch.load(tmp_path / "ours.pt", weights_only=True)
+    assert result == {
+        "status": "does not fit",
+        "detail": "RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes.",
+    }
+
+    def broken(*args):
+        raise RuntimeError("shapes do not match")
+
+    monkeypatch.setattr(benchmark_sidebyside, "_ours_train_step", broken)
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        benchmark_sidebyside.train_child({**spec, "out": str(tmp_path / "again.pt")})
+
+
+def test_the_peak_resident_count_restarts():
+    if not benchmark_sidebyside.reset_peak_resident():
+        pytest.skip("this kernel cannot reset the peak resident memory (/proc/self/clear_refs)")
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    del block
+    high = benchmark_sidebyside.peak_resident_bytes()
+    assert benchmark_sidebyside.reset_peak_resident()
+    assert benchmark_sidebyside.peak_resident_bytes() < high - 32 * 2**20
+
+
+def test_the_child_with_activation_checkpointing_gives_the_same_loss_and_gradients(tmp_path, monkeypatch):
+    # Run in this process (the function a spawned child runs), once plain and once checkpointed.
+    spec = dict(side="ours", root=None, ours_config=tiny_catseg_config().to_dict(), seed=0, batch=2, classes=3)
+    spec.update(repeats=2, threads=torch.get_num_threads())
+    build, models = benchmark_sidebyside._ours_train_step, []
+
+    def recording(*args):
+        model, step = build(*args)
+        models.append(model)
+        return model, step
+
+    monkeypatch.setattr(benchmark_sidebyside, "_ours_train_step", recording)
+    results = []
+    for checkpointing in (False, True):
+        out = tmp_path / f"{checkpointing}.pt"
+        benchmark_sidebyside.train_child({**spec, "checkpointing": checkpointing, "out": str(out)})
+        results.append(torch.load(out, weights_only=True))
+    plain, checkpointed = results
+    assert [model.catseg.layers[0].gradient_checkpointing for model in models] == [False, True]
+    assert plain["status"] == checkpointed["status"] == "ok"
+    assert len(plain["seconds"]) == 2 and plain["gflop"] > 0 and plain["start_bytes"] > 0
+    torch.testing.assert_close(checkpointed["loss"], plain["loss"], rtol=1e-6, atol=1e-7)
+    assert plain["gradients"].keys() == checkpointed["gradients"].keys() and len(plain["gradients"]) > 10
+    for name, gradient in plain["gradients"].items():
+        torch.testing.assert_close(checkpointed["gradients"][name], gradient, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_training_rows_name_the_set_check_without_a_number_and_list_the_batches_that_do_not_fit():
+    loss = benchmark_sidebyside.agreement(torch.tensor(0.5), torch.tensor(0.5), benchmark_sidebyside.LOSS, "loss")
+    case = dict(
+        case="training step, batch 1",
+        batch=1,
+        ours_s=2.0,
+        official_s=5.0,
+        ratio=2.5,
+        ours_share_of_matmul=0.5,
+        matmul_gflops=100.0,
+        loadavg_before="1.00 1.00 1.00 1/1 1",
+        checks=[loss, {"what": "same trained tensors", "ok": False, "detail": ["x"]}],
+        outputs_agree=False,
+        ours_peak_mib=3000.0,
+        ours_peak_added_mib=2000.0,
+        official_peak_mib=6000.0,
+        official_peak_added_mib=5000.0,
+    )
+    report = dict(
+        date="d", machine="m", torch="t", threads=2, omp_wait_policy="unset", competing_load=0, repeats=3,
+        official="/official", loadavg_start="1", loadavg_end="1", cases=[case], train_memory_limit_gib=24.0,
+        train_batches_not_fitting=[{"batch": 2, "fits": False, "detail": "official: killed"}],
+    )
+    text = benchmark_sidebyside.markdown(report)
+    assert "| **NO** (loss 0.0e+00, same trained tensors **NO**) |" in text
+    assert "ours 3000 MiB (+2000 MiB), official 6000 MiB (+5000 MiB)." in text
+    assert "the largest batch measured at which both sides fit in 24 GiB: batch 1." in text
+    assert "Training step, batch 2: does not fit in 24 GiB (official: killed)." in text
+    assert "interleaved (the training step: each side's process after the other)" in text
+
+
+def test_a_failed_allocation_in_the_flop_count_keeps_the_timed_result(tmp_path, monkeypatch):
+    def out_of_memory(step):
+        raise MemoryError()
+
+    monkeypatch.setattr(benchmark_sidebyside, "flops_of", out_of_memory)
+    spec = dict(side="ours", root=None, ours_config=tiny_catseg_config().to_dict(), seed=0, batch=1, classes=3)
+    spec.update(repeats=1, threads=torch.get_num_threads(), checkpointing=False, out=str(tmp_path / "ours.pt"))
+    benchmark_sidebyside.train_child(spec)
+    result = torch.load(tmp_path / "ours.pt", weights_only=True)
+    assert result["status"] == "ok" and result["gflop"] is None and len(result["seconds"]) == 1
+    assert result["loss"] > 0 and result["gradients"] and not (tmp_path / "ours.pt.part").exists()
