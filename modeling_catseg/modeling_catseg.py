@@ -139,7 +139,6 @@ def chunked(function, tensor: torch.Tensor, dim: int, config: CatSegConfig, maps
     chunk_size = max(1, int(cost_maps_per_chunk(config, tensor.device) / maps_per_slice))
     if chunk_size >= tensor.shape[dim]:
         return function(tensor)
-    chunks = tensor.split(chunk_size, dim=dim)
     threads = torch.get_num_threads()
     if (
         tensor.device.type == "cpu"
@@ -147,8 +146,12 @@ def chunked(function, tensor: torch.Tensor, dim: int, config: CatSegConfig, maps
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
     ):
-        return map_chunks_in_threads(function, chunks, dim, threads)
-    return torch.cat([function(chunk) for chunk in chunks], dim=dim)
+        # As many chunks for every thread (20 slices in chunks of 8 would leave one thread idle for the third).
+        count = -(-tensor.shape[dim] // chunk_size)
+        count = -(-count // threads) * threads
+        chunk_size = max(1, -(-tensor.shape[dim] // count))
+        return map_chunks_in_threads(function, tensor.split(chunk_size, dim=dim), dim, threads)
+    return torch.cat([function(chunk) for chunk in tensor.split(chunk_size, dim=dim)], dim=dim)
 
 
 def map_chunks_in_threads(function, chunks: tuple[torch.Tensor, ...], dim: int, threads: int) -> torch.Tensor:
