@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.append(str(REPO / "tests"))  # the tiny configurations (appended: its module names must not shadow others)
 
 from benchmark_inference import PeakMemory, class_names_file, vocabulary  # noqa: E402
-from benchmark_sidebyside import UsageError, load_average, machine  # noqa: E402
+from benchmark_sidebyside import UsageError, _cell, load_average, machine  # noqa: E402
 
 from modeling_catseg import CatSegConfig, CatSegForSemanticSegmentation  # noqa: E402
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation  # noqa: E402
@@ -414,10 +414,6 @@ def lseg_case(result: dict, models: Models, classes: int, args, device: torch.de
 
 # ----------------------------------------------------------------------------------------------------------------
 # Report
-
-
-def _cell(value, form: str) -> str:
-    return "" if value is None else form.format(value)
 
 
 def _time_cell(value: float, target: float | None) -> str:

@@ -346,12 +346,23 @@ def reset_peak_resident() -> bool:
         return False
 
 
+def _proc_bytes(path: str, field: str) -> int | None:
+    """The ``field:`` line of a /proc file that counts in kB (status, meminfo), in bytes; None when absent."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_resident_bytes() -> int:
     """The kernel's peak resident memory of this process since it started or since [`reset_peak_resident`]."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise OSError("/proc/self/status has no VmHWM line")
+    peak = _proc_bytes("/proc/self/status", "VmHWM")
+    if peak is None:
+        raise OSError("/proc/self/status has no VmHWM line")
+    return peak
 
 
 def _allocation_failed(error: BaseException) -> bool:
@@ -417,24 +428,6 @@ def train_child(spec: dict) -> None:
     _save_atomic(result, spec["out"])
 
 
-def _memory_available_bytes() -> int | None:
-    meminfo = Path("/proc/meminfo")
-    if not meminfo.exists():
-        return None
-    for line in meminfo.read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return None
-
-
-def _resident_bytes_of(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 # A child is stopped when the machine's free memory falls below this, before the kernel picks a process to kill.
@@ -454,7 +447,8 @@ def run_train_child(spec: dict, limit_bytes: float) -> dict:
     try:
         while process.is_alive() and stopped is None:
             process.join(0.05)
-            resident, available = _resident_bytes_of(process.pid), _memory_available_bytes()
+            resident = _proc_bytes(f"/proc/{process.pid}/status", "VmRSS")
+            available = _proc_bytes("/proc/meminfo", "MemAvailable")
             if resident is not None and resident > limit_bytes:
                 stopped = f"its resident memory passed the {limit_bytes / 2**30:g} GiB limit"
             elif available is not None and available < MACHINE_RESERVE_BYTES:
