@@ -367,18 +367,19 @@ class CatSegSwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = CatSegMLP(dim, dim * config.mlp_ratio, "gelu")
 
-    def shift_mask(self, device: torch.device | None = None) -> torch.Tensor | None:
-        """`(windows, area, area)` additive mask, -100 between tokens that the shift brought from different regions."""
+    def shift_mask(self, like: torch.Tensor) -> torch.Tensor | None:
+        """`(windows, area, area)` additive mask, -100 between tokens that the shift brought from different regions,
+        on the device and in the dtype of `like`: CPU SDPA silently misreads a float32 mask beside float64 queries."""
         if not self.shift_size:
             return None
         n, ws, shift = self.resolution, self.window_size, self.shift_size
-        region = torch.zeros(1, n, n, 1, device=device)
+        region = torch.zeros(1, n, n, 1, device=like.device)
         bounds = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
         for label, (rows, cols) in enumerate((rows, cols) for rows in bounds for cols in bounds):
             region[:, rows, cols] = label
         # The regions are laid out on the shifted grid, which the (unshifted) window partition cuts.
         region = window_partition(region, ws)[0, ..., 0]
-        return (region[:, None, :] != region[:, :, None]).float() * -100.0
+        return (region[:, None, :] != region[:, :, None]).to(like.dtype) * -100.0
 
     def forward(self, hidden_states: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """
@@ -396,7 +397,7 @@ class CatSegSwinBlock(nn.Module):
             states = torch.roll(states, (-shift, -shift), dims=(1, 2))
             guidance = torch.roll(guidance, (-shift, -shift), dims=(1, 2))
         attended = self.attention(
-            window_partition(states, window), window_partition(guidance, window), self.shift_mask(states.device)
+            window_partition(states, window), window_partition(guidance, window), self.shift_mask(states)
         )
         attended = window_reverse(attended, window, height, width)
         if shift:
@@ -438,7 +439,7 @@ def shared_guidance_swin_block(
     order = window_order(block, hidden_states.device)
     windows = block.norm1(hidden_states).index_select(2, order).view(batch, classes, -1, block.window_size**2, dim)
     attended = shared_guidance_window_attention(
-        block.attention, windows, guidance_term, block.shift_mask(hidden_states.device)
+        block.attention, windows, guidance_term, block.shift_mask(hidden_states)
     )
     hidden_states = hidden_states + attended.view(batch, classes, tokens, dim).index_select(2, order.argsort())
     return hidden_states + fused_mlp(block.mlp, block.norm2(hidden_states))

@@ -324,3 +324,21 @@ def test_every_trainable_parameter_gets_a_gradient(policy, tmp_path):
     loaded.train()
     loaded(pixels(2), input_ids=prompts(3), labels=torch.zeros(2, 16, 16, dtype=torch.long)).loss.backward()
     assert [name for name, p in loaded.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+def test_float64_computes_the_float32_function(attn_implementation):
+    # SDPA on CPU misreads a float32 additive mask beside float64 queries from 16 tokens on (torch 2.13), silently:
+    # the shifted-window mask must come in the states' dtype. An 8x8 grid gives 4x4 windows.
+    torch.manual_seed(0)
+    config = tiny_catseg_config(image_size=128, window_size=4)
+    config._attn_implementation = attn_implementation
+    model = CatSegForSemanticSegmentation(config).eval()
+    double = CatSegForSemanticSegmentation(config).eval()
+    double.load_state_dict(model.state_dict())
+    double.double()
+    with torch.no_grad():
+        single = model(pixel_values=pixels(size=128), input_ids=prompts(3)).logits
+        reference = double(pixel_values=pixels(size=128).double(), input_ids=prompts(3)).logits
+    assert reference.dtype == torch.float64
+    torch.testing.assert_close(single, reference.float(), atol=1e-5, rtol=1e-4)

@@ -249,8 +249,8 @@ def load_official_weights(model: CatSegForSemanticSegmentation, state_dict: dict
     for key, tensor in state_dict.items():
         if key.endswith("attn_mask"):
             layer = int(re.search(r"layers\.(\d+)\.", key)[1])
-            ours = model.catseg.layers[layer].spatial_aggregation.blocks[1].shift_mask()
-            if ours is None or ours.shape != tensor.shape or not torch.equal(ours, tensor.to(ours.dtype)):
+            ours = model.catseg.layers[layer].spatial_aggregation.blocks[1].shift_mask(tensor)
+            if ours is None or ours.shape != tensor.shape or not torch.equal(ours, tensor):
                 problems.append(f"{key} does not match the shift mask of the config (window_size / image_size)")
     try:
         load_state_dict_strictly(
@@ -306,7 +306,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-heads", type=int, help="CLIP text heads (default: width // 64)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     args = parser.parse_args(argv)
-    config = CatSegConfig.from_json_file(args.config) if args.config else None
+    try:
+        config = CatSegConfig.from_json_file(args.config) if args.config else None
+    except (OSError, ValueError) as error:
+        parser.error(f"--config {args.config}: {error}")
     try:
         output = convert_catseg_checkpoint(
             args.checkpoint,
