@@ -251,7 +251,7 @@ def test_a_failed_allocation_in_the_child_is_written_as_does_not_fit(tmp_path, m
 
     monkeypatch.setattr(benchmark_sidebyside, "_ours_train_step", out_of_memory)
     spec = dict(side="ours", root=None, ours_config=None, seed=0, batch=1, classes=3, repeats=1, threads=1)
-    spec["checkpointing"] = False
+    spec.update(checkpointing=False, float64=False)
     benchmark_sidebyside.train_child({**spec, "out": str(tmp_path / "ours.pt")})
     result = torch.load(tmp_path / "ours.pt", weights_only=True)
     assert result == {
@@ -285,7 +285,7 @@ def test_the_peak_resident_count_restarts():
 def test_the_child_with_activation_checkpointing_gives_the_same_loss_and_gradients(tmp_path, monkeypatch):
     # Run in this process (the function a spawned child runs), once plain and once checkpointed.
     spec = dict(side="ours", root=None, ours_config=tiny_catseg_config().to_dict(), seed=0, batch=2, classes=3)
-    spec.update(repeats=2, threads=torch.get_num_threads())
+    spec.update(repeats=2, threads=torch.get_num_threads(), float64=False)
     build, models = benchmark_sidebyside._ours_train_step, []
 
     def recording(*args):
@@ -346,8 +346,54 @@ def test_a_failed_allocation_in_the_flop_count_keeps_the_timed_result(tmp_path, 
 
     monkeypatch.setattr(benchmark_sidebyside, "flops_of", out_of_memory)
     spec = dict(side="ours", root=None, ours_config=tiny_catseg_config().to_dict(), seed=0, batch=1, classes=3)
-    spec.update(repeats=1, threads=torch.get_num_threads(), checkpointing=False, out=str(tmp_path / "ours.pt"))
+    spec.update(repeats=1, threads=torch.get_num_threads(), checkpointing=False, float64=False)
+    spec["out"] = str(tmp_path / "ours.pt")
     benchmark_sidebyside.train_child(spec)
     result = torch.load(tmp_path / "ours.pt", weights_only=True)
     assert result["status"] == "ok" and result["gflop"] is None and len(result["seconds"]) == 1
     assert result["loss"] > 0 and result["gradients"] and not (tmp_path / "ours.pt.part").exists()
+
+
+def test_the_float64_child_gives_the_reference_gradients_of_the_same_step(tmp_path):
+    spec = dict(side="ours", root=None, ours_config=tiny_catseg_config().to_dict(), seed=0, batch=1, classes=3)
+    spec.update(repeats=1, threads=torch.get_num_threads(), checkpointing=False)
+    results = {}
+    for float64 in (False, True):
+        benchmark_sidebyside.train_child({**spec, "float64": float64, "out": str(tmp_path / f"{float64}.pt")})
+        results[float64] = torch.load(tmp_path / f"{float64}.pt", weights_only=True)
+    single, reference = results[False], results[True]
+    assert "seconds" in single and "seconds" not in reference and reference["peak_bytes"] is None
+    assert reference["loss"].dtype == torch.float64 and single["gradients"].keys() == reference["gradients"].keys()
+    for name, gradient in reference["gradients"].items():
+        assert gradient.dtype == torch.float64
+        torch.testing.assert_close(single["gradients"][name], gradient.float(), rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _gradients(**tensors):
+    return {"loss": torch.tensor(0.5), "gradients": {name: torch.tensor(values) for name, values in tensors.items()}}
+
+
+@pytest.mark.parametrize(
+    "ours, float64, agree",
+    [
+        ([1.0, 0.0], [1.0, 0.0], True),  # the official's fp32 is further from float64 than ours
+        ([1.0, 0.1], [1.0, 0.0], False),  # ours is off float64 too
+        ([1.0, 0.0], [1.0, 0.002], False),  # the official is the nearer one
+    ],
+)
+def test_a_float64_step_decides_whose_rounding_a_gradient_difference_is(ours, float64, agree):
+    name, official_name = "upsampling_decoder.head.weight", "sem_seg_head.predictor.transformer.head.weight"
+    official = {"loss": torch.tensor(0.5), "gradients": {official_name: torch.tensor([1.0, 0.003])}}
+    assert benchmark_sidebyside.convert_catseg_keys(official["gradients"]).keys() == {name}
+    direct = benchmark_sidebyside.train_checks(_gradients(**{name: ours}), official)[1]
+    assert not direct["ok"] and "against_float64" not in direct
+    checks = benchmark_sidebyside.train_checks(_gradients(**{name: ours}), official, _gradients(**{name: float64}))
+    gradient = checks[1]
+    assert gradient["ok"] is agree and gradient["max_abs_diff"] == direct["max_abs_diff"]
+    errors = gradient["against_float64"]
+    assert errors["official"]["max_abs_diff"] == pytest.approx(abs(0.003 - float64[1]))
+    cell = benchmark_sidebyside._check_cell(gradient)
+    assert cell == (
+        f"gradient (1 tensors) {abs(ours[1] - 0.003):.1e}; from a float64 step: ours {abs(ours[1] - float64[1]):.1e}, "
+        f"the official {abs(0.003 - float64[1]):.1e}"
+    )

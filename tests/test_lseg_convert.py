@@ -187,7 +187,7 @@ def test_a_regularisation_block_needs_its_variant(tmp_path, capsys):
     checkpoint = shared_path("fixtures", "lseg_tiny", "arch_option2", "original_checkpoint.ckpt")
     with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out"), *HEADS])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     assert "error: The checkpoint has a spatial regularisation block" in capsys.readouterr().err
     assert_nothing_written(tmp_path, tmp_path / "out")
 

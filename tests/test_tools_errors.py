@@ -80,10 +80,22 @@ def test_lseg_convert_offline_says_what_failed_and_where_to_download_by_hand(mon
     monkeypatch.setattr(convert_lseg.urllib.request, "urlopen", offline)
     code, err = exit_and_error(convert_lseg.main, ["--checkpoint", "demo_e200", "--output", tmp_path / "out"], capsys)
     page = convert_lseg.OFFICIAL_CHECKPOINTS["demo_e200"]
-    assert code == 1 and len(err.splitlines()) == 1, err
+    assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("error: could not download https://drive.usercontent.google.com/download?id=")
     assert "Temporary failure in name resolution" in err and f"by hand (open {page} in a browser)" in err
     assert err.endswith("--checkpoint /path/to/the/file.ckpt") and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("converter", [convert_catseg, convert_lseg])
+@pytest.mark.parametrize("content", [None, "{not json"])
+def test_a_missing_or_broken_config_is_a_usage_error_before_the_checkpoint_is_read(tmp_path, capsys, converter, content):
+    config = tmp_path / "config.json"
+    if content is not None:
+        config.write_text(content)
+    argv = ["--checkpoint", tmp_path / "absent.pth", "--output", tmp_path / "out", "--config", config]
+    code, err = exit_and_error(converter.main, argv, capsys)
+    assert code == 2 and f"error: --config {config}: " in err.splitlines()[-1], err
+    assert not (tmp_path / "out").exists()
 
 
 class Payload:
@@ -104,7 +116,7 @@ def test_lseg_convert_names_the_overwrite_flag(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     checkpoint = shared_path("fixtures", "lseg_tiny", "original_checkpoint.ckpt")
     code, err = exit_and_error(convert_lseg.main, ["--checkpoint", checkpoint, "--output", tmp_path / "out"], capsys)
-    assert code == 1 and err == f"error: {tmp_path / 'out'} already exists; choose another --output or pass --overwrite."
+    assert code == 2 and err == f"error: {tmp_path / 'out'} already exists; choose another --output or pass --overwrite."
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import argparse
 import os
 import re
 import shutil
-import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -379,8 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             **infer_kwargs,
         )
     except LSegConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        parser.exit(2, f"error: {error}\n")
     print(f"wrote {args.output}")
 
 
