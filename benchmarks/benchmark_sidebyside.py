@@ -505,8 +505,8 @@ def train_checks(ours: dict, official: dict, reference: dict | None = None) -> l
     trained = [{name for name, grad in grads.items() if bool(grad.any())} for grads in (ours_grads, converted)]
     if reference is not None:
         errors = {
-            side: _worst_gradient(grads, reference["gradients"], common, f"{side}' gradient against float64")
-            for side, grads in (("ours", ours_grads), ("official", converted))
+            side: _worst_gradient(grads, reference["gradients"], common, f"{owner} gradient against float64")
+            for side, owner, grads in (("ours", "our", ours_grads), ("official", "the official's", converted))
         }
         direct["against_float64"] = errors
         direct["ok"] = direct["ok"] or (
