@@ -24,7 +24,9 @@ child saves for the agreement checks. Peak memory is the kernel's peak resident 
 the timed steps, reset just before them, given whole and as added to what the process held before them. Each
 `--train-batch` is measured in turn (smallest first) until one does not fit `--memory-limit-gb`: a side whose process
 passes that resident memory is stopped, as is a side whose allocation fails or that the kernel kills; larger batches
-are then skipped, each with one line.
+are then skipped, each with one line. When the two sides' fp32 gradients differ beyond the tolerance, a third child
+runs the same step of ours in float64: the check then passes if ours agrees with it and the official is further from
+it, and the table gives both distances.
 Results go to `--out` as sidebyside.json and sidebyside.md.
 """
 
