@@ -498,7 +498,7 @@ def train_checks(ours: dict, official: dict, reference: dict | None = None) -> l
     than the tolerance, the gradient check still passes when ours agrees with the float64 gradients and the official
     is further from them than ours: the difference is then the official's fp32 rounding. (Our gradients are
     autograd's of a forward that agrees with the official's loss; the official cannot run in float64 here, its step
-    needs twice its 14.6 GB.)
+    would need about twice its 14.2 GiB.)
     """
     converted = convert_catseg_keys(official["gradients"])
     ours_grads = ours["gradients"]
