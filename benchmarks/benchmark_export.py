@@ -3,7 +3,7 @@
     python benchmarks/benchmark_export.py                                  # full-size LSeg and CAT-Seg ViT-B
     python benchmarks/benchmark_export.py --models lseg-tiny --size 64 --vocab 5 --repeats 1   # a quick check
 
-Models have random weights (no download). Each is exported once by `training/export.py` from `text_embeds` (the text
+Models have random weights (no download). Each is exported once by `training/apps/export.py` from `text_embeds` (the text
 tower is not timed); the graph's class dimension is dynamic, so every vocabulary size runs on the same file. A model
 that does not export is reported with its error instead of a latency. Results go to `--out` as JSON, and a table is
 printed. Run it on an idle machine: timings on a loaded one are not comparable.
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from modeling_catseg import CatSegConfig, CatSegForSemanticSegmentation  # noqa: E402
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation  # noqa: E402
-from training.export import ExportError, check_onnx, example_inputs, export_onnx  # noqa: E402
+from training.apps.export import ExportError, check_onnx, example_inputs, export_onnx  # noqa: E402
 
 
 def build(name: str) -> torch.nn.Module:

@@ -66,8 +66,8 @@ from processing.inference_ovseg import (  # noqa: E402
     sliding_window_probability_chunks,
     sliding_window_views,
 )
-from training.atomic import write_text_atomic  # noqa: E402
-from training.presets import processor_for_config  # noqa: E402
+from training.core.atomic import write_text_atomic  # noqa: E402
+from training.models.presets import processor_for_config  # noqa: E402
 from tiny_models import tiny_catseg_config, tiny_lseg_config  # noqa: E402
 
 CASES = ["catseg-sliding-150", "catseg-sliding-847", "catseg-text-847", "lseg-150"]

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from modeling_catseg import CatSegConfig, CatSegForSemanticSegmentation  # noqa: E402
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation  # noqa: E402
 from processing.inference_ovseg import TextFeatureCache, segment  # noqa: E402
-from training.presets import processor_for_config  # noqa: E402
+from training.models.presets import processor_for_config  # noqa: E402
 
 CLASS_NAME_FILES = {
     20: "voc20.json",

@@ -4,7 +4,7 @@
     python benchmarks/benchmark_labelling.py --model tiny --images 8          # a quick check that it runs
 
 Each case launches `torch.distributed.run --standalone --nproc_per_node P` (gloo on CPU), every process with
-`threads / P` threads, and times `training.label_dataset.label_dataset` end to end on the main process: text encoding
+`threads / P` threads, and times `training.data.labelling.label_dataset` end to end on the main process: text encoding
 of the vocabulary in each process, reading, segmenting ("whole" image mode unless `--mode sliding`), PNG encoding,
 shard writing and the final assembly. The photos are the first `--images` of ../shared/data/coco128-semantic when
 present (else random 480x640 images); the vocabulary is COCO-Stuff's 171 names (../shared/data/class-names/coco.json,
@@ -61,8 +61,8 @@ def build_model(name: str, folder: Path) -> Path:
     import torch
 
     from modeling_catseg import CatSegConfig, CatSegForSemanticSegmentation
-    from training.presets import catseg_processor, processor_for_config
-    from training.remote_code import save_for_hub
+    from training.models.presets import catseg_processor, processor_for_config
+    from training.models.remote_code import save_for_hub
 
     torch.manual_seed(0)
     if name == "tiny":
@@ -81,8 +81,8 @@ def worker(args) -> None:
     import torch
     from transformers import AutoModelForSemanticSegmentation, AutoProcessor
 
-    from training.distributed import build_accelerator
-    from training.label_dataset import label_dataset
+    from training.core.distributed import build_accelerator
+    from training.data.labelling import label_dataset
 
     accelerator = build_accelerator()
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model_dir, trust_remote_code=True).eval()

@@ -62,13 +62,13 @@ from benchmark_inference import _resident_bytes, _trim_heap, flops_of, matmul_gf
 from modeling_catseg import CatSegConfig, CatSegForSemanticSegmentation  # noqa: E402
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation  # noqa: E402
 from processing.inference_ovseg import TextFeatureCache, _test_time_resize, sliding_window_probabilities  # noqa: E402
-from training.convert_catseg import convert_state_dict as convert_catseg_keys  # noqa: E402
-from training.convert_catseg import infer_catseg_config, load_official_weights  # noqa: E402
-from training.convert_lseg import convert_state_dict as convert_lseg_keys  # noqa: E402
-from training.convert_lseg import infer_config as infer_lseg_config  # noqa: E402
+from training.conversion.catseg import convert_state_dict as convert_catseg_keys  # noqa: E402
+from training.conversion.catseg import infer_catseg_config, load_official_weights  # noqa: E402
+from training.conversion.lseg import convert_state_dict as convert_lseg_keys  # noqa: E402
+from training.conversion.lseg import infer_config as infer_lseg_config  # noqa: E402
 from modeling_lseg.modeling_lseg import load_state_dict_strictly  # noqa: E402
-from training.atomic import write_text_atomic  # noqa: E402
-from training.presets import processor_for_config  # noqa: E402
+from training.core.atomic import write_text_atomic  # noqa: E402
+from training.models.presets import processor_for_config  # noqa: E402
 
 CASES = [
     "catseg-20",
@@ -308,7 +308,7 @@ def _ours_train_step(spec: dict, names: list[str], images: torch.Tensor, targets
     model.train()
     model.apply_clip_finetune_policy()
     if spec["checkpointing"]:
-        model.activation_checkpointing_enable({"use_reentrant": False})  # as training/train.py does
+        model.activation_checkpointing_enable({"use_reentrant": False})  # as training/engine/loop.py does
     if spec["float64"]:
         model.double()
     processor = processor_for_config(model.config)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from training.convert_catseg import (  # noqa: E402
+from training.conversion.catseg import (  # noqa: E402
     infer_catseg_config,
     load_official_state_dict,
     load_official_weights,

@@ -24,7 +24,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 # The benchmark imports the project from this checkout, so it needs no install (and `pip install -e .` would repoint
 # an environment shared with another checkout); what can be missing is a dependency.
-imports="import modeling_catseg, modeling_lseg, processing.inference_ovseg, training.presets"
+imports="import modeling_catseg, modeling_lseg, processing.inference_ovseg, training.models.presets"
 if ! error=$("$PYTHON" -c "$imports" 2>&1); then
     echo "run_gpu_suite: the project does not import with $PYTHON ($(tail -n 1 <<<"$error")); if its" \
         "transformers is too old, put a wheel of a newer one in .whl/" >&2

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from test_benchmark_protocol import class_lists, label_dataset
 
-from training import benchmark, fss
+from training.commands import benchmark as benchmark_command
+from training.commands import fss
+from training.evaluation import benchmark
 
 
 def raw_scene_parsing_masks(count=3):
@@ -16,8 +18,9 @@ def raw_scene_parsing_masks(count=3):
 
 def run(main, argv, capsys):
     capsys.readouterr()  # the datasets' own progress output
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err.strip()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    return exit_info.value.code, capsys.readouterr().err.strip()
 
 
 def test_raw_scene_parsing_masks_are_refused_with_the_fix(tmp_path, capsys):
@@ -25,9 +28,9 @@ def test_raw_scene_parsing_masks_are_refused_with_the_fix(tmp_path, capsys):
     names = class_lists(tmp_path / "names", ade150=150)
     # The model does not exist: the data check must come first.
     argv = ["--model", tmp_path / "absent", "--data", f"a150={source}", "--class-names-dir", names]
-    code, err = run(benchmark.main, argv, capsys)
+    code, err = run(benchmark_command.main, argv, capsys)
     assert code == 2 and len(err.splitlines()) == 1
-    assert err.startswith("error: a150: none of the first 3 masks has the ignore value 255 and every one contains 0")
+    assert err.startswith("ovseg-benchmark: error: a150: none of the first 3 masks has the ignore value 255 and every one contains 0")
     assert "which A-150 would score as class 0 ('ade150 0'); pass --reduce-labels a150" in err
 
 
@@ -50,11 +53,11 @@ def test_mask_values_beyond_the_protocol_are_refused_before_loading(tmp_path, ca
     source = label_dataset(tmp_path / "a150", masks)
     names = class_lists(tmp_path / "names", ade150=150)
     argv = ["--model", tmp_path / "absent", "--data", f"a150={source}", "--class-names-dir", names]
-    code, err = run(benchmark.main, argv, capsys)
+    code, err = run(benchmark_command.main, argv, capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert "has values 150, outside the classes 0..149 and the ignore value 255" in err
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main([str(a) for a in [*argv, "--ignore-index", "a150=x"]])
+        benchmark_command.main([str(a) for a in [*argv, "--ignore-index", "a150=x"]])
     assert exit_info.value.code == 2 and "--ignore-index expects KEY=INTEGER, got 'a150=x'" in capsys.readouterr().err
 
 
@@ -64,12 +67,12 @@ def test_fss_without_class_folders_fails(tmp_path, capsys):
     code, err = run(fss.main, ["--model", tmp_path / "absent", "--data", tmp_path / "fss"], capsys)
     assert code == 2
     assert err == (
-        f"error: the FSS-1000 folder {tmp_path / 'fss'} has no class folders: expected "
+        f"ovseg-fss: error: the FSS-1000 folder {tmp_path / 'fss'} has no class folders: expected "
         f"{tmp_path / 'fss'}/<class>/<n>.jpg with masks <n>.png"
     )
     (tmp_path / "empty.txt").write_text("\n")
     code, err = run(fss.main, ["--model", "x", "--data", tmp_path / "fss", "--classes-file", tmp_path / "empty.txt"], capsys)
-    assert code == 2 and err == f"error: the classes file {tmp_path / 'empty.txt'} lists no class"
+    assert code == 2 and err == f"ovseg-fss: error: the classes file {tmp_path / 'empty.txt'} lists no class"
 
 
 def test_duplicate_class_names_of_a_benchmark_are_refused_before_loading(tmp_path, capsys):
@@ -80,6 +83,6 @@ def test_duplicate_class_names_of_a_benchmark_are_refused_before_loading(tmp_pat
     listed = json.loads((names / "ade150.json").read_text())
     (names / "ade150.json").write_text(json.dumps([*listed[:149], listed[0].upper()]))  # one class to CLIP
     argv = ["--model", tmp_path / "absent", "--data", f"a150={source}", "--class-names-dir", names]
-    code, err = run(benchmark.main, argv, capsys)
+    code, err = run(benchmark_command.main, argv, capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert f"error: the class names of {source}: duplicate labels ['ade150 0', 'ADE150 0']" in err

@@ -16,10 +16,12 @@ from tiny_models import tiny_catseg_config, tiny_lseg_config
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegForSemanticSegmentation
 from processing.inference_ovseg import SegmentationResult
-from training import benchmark, fss
-from training.presets import catseg_processor, lseg_processor
-from training.remote_code import save_for_hub
-from training.protocols import BENCHMARKS, DATASET_PRESETS
+from training.commands import benchmark as benchmark_command
+from training.commands import fss as fss_command
+from training.evaluation import benchmark, fss
+from training.models.presets import catseg_processor, lseg_processor
+from training.models.remote_code import save_for_hub
+from training.data.protocols import BENCHMARKS, DATASET_PRESETS
 
 
 def test_the_official_class_lists_fit_the_protocols():
@@ -61,7 +63,7 @@ def test_pas20b_maps_context_names_to_background_and_pc459_ignores_459(tmp_path,
             for _ in images
         ]
 
-    monkeypatch.setattr("training.evaluation.segment", fake_segment)
+    monkeypatch.setattr("training.evaluation.streaming.segment", fake_segment)
     # Indexed by vocabulary size: 59 names for PAS-20b, 459 for PC-459 (where 255 is a class and 459 is ignored).
     fake_model = {59: np.array([[3, 3, 35, 35], [3, 7, 58, 0]]), 459: np.array([[255, 255, 2, 3], [0, 7, 5, 6]])}
     names = class_lists(tmp_path / "names", voc20b=59, pc459=459)
@@ -97,7 +99,7 @@ def test_the_benchmark_command_runs_the_sliding_window_on_a_saved_model(tmp_path
     labels = [rng.choice([0, 1, 149, 255], (40, 52)).astype(np.uint8) for _ in range(2)]
     source = label_dataset(tmp_path / "a150", labels)
     names = class_lists(tmp_path / "names", ade150=150)
-    code = benchmark.main(
+    code = benchmark_command.main(
         [
             "--model",
             str(folder),
@@ -113,7 +115,9 @@ def test_the_benchmark_command_runs_the_sliding_window_on_a_saved_model(tmp_path
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["mode"] == "sliding" and summary["results"]["a150"]["num_images"] == 2
     assert "| A-150 |" in capsys.readouterr().out
-    assert benchmark.main(["--model", str(folder), "--data", "nope=x"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_command.main(["--model", str(folder), "--data", "nope=x"])
+    assert exit_info.value.code == 2
 
 
 def test_fss_scores_average_foreground_iou_over_classes():
@@ -152,7 +156,7 @@ def test_the_fss_command_evaluates_a_saved_lseg(tmp_path, capsys):
             )
     (tmp_path / "test.txt").write_text("adhensive_tape\nabe's_flyingfish\n")
     assert (
-        fss.main(
+        fss_command.main(
             [
                 "--model",
                 str(folder),

@@ -6,13 +6,13 @@ from conftest import shared_path
 from safetensors.torch import load_file
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from training.convert_catseg import (
+from training.conversion.catseg import (
     CheckpointConversionError,
     convert_catseg_checkpoint,
     infer_catseg_config,
     load_official_state_dict,
-    main,
 )
+from training.commands.catseg_convert import main
 
 HEADS = dict(vision_num_heads=2, text_num_heads=2)
 
@@ -137,4 +137,4 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
         main(["--checkpoint", str(path), "--output", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "not a CAT-Seg checkpoint" in err and "Traceback" not in err
+    assert err.startswith("catseg-convert: error: ") and "not a CAT-Seg checkpoint" in err and "Traceback" not in err

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import shared_path
 from safetensors.torch import load_file
 
-from training.convert_catseg import infer_catseg_config, load_official_state_dict, load_official_weights
+from training.conversion.catseg import infer_catseg_config, load_official_state_dict, load_official_weights
 from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation
 
 CLIP_MEAN = torch.tensor([122.7709383, 116.7460125, 104.09373615]).view(3, 1, 1)

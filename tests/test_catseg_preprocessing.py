@@ -15,7 +15,7 @@ from tiny_models import tiny_catseg_config, tiny_clip_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
 from processing import segment
-from training.presets import catseg_processor
+from training.models.presets import catseg_processor
 
 CLIP_PIXEL_MEAN = torch.tensor([122.7709383, 116.7460125, 104.09373615]).view(3, 1, 1)
 CLIP_PIXEL_STD = torch.tensor([68.5005327, 66.6321579, 70.3231630]).view(3, 1, 1)

@@ -11,12 +11,13 @@ import torch
 from conftest import shared_path
 from tiny_models import tiny_catseg_config, tiny_clip_config
 
-import training.cli as cli
+import training.commands.segment as cli
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
-from training.presets import catseg_processor, lseg_processor
-from training.remote_code import save_for_hub
-from training.visualization import label_map_image, overlay_image, palette
+from training.models.loading import load_model
+from training.models.presets import catseg_processor, lseg_processor
+from training.models.remote_code import save_for_hub
+from training.apps.visualization import label_map_image, overlay_image, palette
 
 LABELS = "person, sky, building, grass, road"
 
@@ -141,7 +142,7 @@ def test_official_checkpoints_are_converted_once_and_cached(photos, tmp_path, ca
     converted = sorted(p for p in (cache / "converted").iterdir())
     assert len(converted) == 2 and all((p / "processor_config.json").is_file() for p in converted)
     monkeypatch.setattr(cli, "build_converted_folder", lambda *args: pytest.fail("converted again"))
-    model, processor = cli.load_model(str(checkpoint), cache, torch.device("cpu"))
+    model, processor = load_model(str(checkpoint), cache, torch.device("cpu"))
     assert model.config.model_type == "lseg" and processor.prompt_templates == ["{}"]
     assert capsys.readouterr().err == f"using {folder}, converted from the official checkpoint {checkpoint}\n"
     run(photos / "food.jpg", "--labels", "dog", "--model", checkpoint, "--out", out, "--cache-dir", cache, "--quiet",
@@ -223,7 +224,7 @@ def test_ovseg_convert_writes_a_complete_hub_folder(tmp_path):
     from conftest import shared_path
     from transformers import AutoProcessor
 
-    from training.cli import convert_main
+    from training.commands.convert import main as convert_main
 
     checkpoint = shared_path("fixtures", "catseg_tiny_b", "original_checkpoint.pth")
     # An existing folder is never replaced without --overwrite...

@@ -4,7 +4,8 @@ import argparse
 
 import pytest
 
-from training import benchmark, fss, train
+from training.commands import benchmark, fss, train
+from training.engine import config
 
 
 def help_text(main, capsys):
@@ -20,7 +21,7 @@ def undocumented_flags(parser: argparse.ArgumentParser) -> list[str]:
 
 def test_every_ovseg_train_flag_has_a_description(capsys):
     parser = argparse.ArgumentParser()
-    train.add_config_arguments(parser)
+    config.add_config_arguments(parser)
     assert undocumented_flags(parser) == []
     text = " ".join(help_text(train.main, capsys).split())
     assert "`IMAGES_DIR,MASKS_DIR`: two folders whose images and masks pair up by file name" in text
@@ -60,21 +61,30 @@ def test_every_flag_that_a_message_or_help_names_exists(capsys):
     """A hint such as "pass --reduce-labels a150" names a flag of the very tool that prints it."""
     import re
 
-    from training import (
-        cli, config, convert_catseg, convert_lseg, demo, export, hub, label_dataset, prepare, quickstart,
-    )  # fmt: skip
+    from training import apps, commands, conversion, data, engine, evaluation, hub, models, quickstart
+    from training.commands import catseg_convert, convert, demo, export, lseg_convert, prepare, push, segment
 
     def flags(*mains):
         return {flag for main in mains for flag in re.findall(r"--[a-z][a-z0-9-]*", help_text(main, capsys))}
 
-    segment, evaluate = flags(cli.main, cli.convert_main, label_dataset.main), flags(benchmark.main)
+    def labelling_help(argv):
+        return segment.main([*argv, "--dataset=any"])
+
+    segmenting, evaluate = flags(segment.main, convert.main, labelling_help), flags(benchmark.main)
+    training = flags(train.main)
     official_lseg_script = {"--dataset", "--nshot"}  # test_lseg_zs.py's, which fss.py's docstring quotes
     tools = {  # a module's messages may name the flags of the tools they are shown by or refer to
-        cli: segment, label_dataset: segment, config: flags(train.main), train: flags(train.main),
-        benchmark: evaluate, fss: flags(fss.main) | official_lseg_script, hub: flags(hub.main),
-        demo: flags(demo.main) | segment, prepare: flags(prepare.main) | evaluate, export: flags(export.main),
-        quickstart: flags(quickstart.main), convert_catseg: flags(convert_catseg.main),
-        convert_lseg: flags(convert_lseg.main),
+        commands.segment: segmenting, commands.convert: segmenting, models.loading: segmenting,
+        data.labelling: segmenting, engine.config: training, engine.loop: training, commands.train: training,
+        commands.benchmark: evaluate, evaluation.benchmark: evaluate,
+        commands.fss: flags(fss.main) | official_lseg_script, evaluation.fss: flags(fss.main) | official_lseg_script,
+        commands.push: flags(push.main), hub.push: flags(push.main),
+        commands.demo: flags(demo.main) | segmenting, apps.demo: flags(demo.main) | segmenting,
+        commands.prepare: flags(prepare.main) | evaluate, data.prepare: flags(prepare.main) | evaluate,
+        commands.export: flags(export.main), apps.export: flags(export.main),
+        quickstart: flags(quickstart.main),
+        commands.catseg_convert: flags(catseg_convert.main), conversion.catseg: flags(catseg_convert.main),
+        commands.lseg_convert: flags(lseg_convert.main), conversion.lseg: flags(lseg_convert.main),
     }  # fmt: skip
     unknown = {
         module.__name__: sorted(mentioned_flags(module) - known - FOREIGN_FLAGS - {"--help", "--field-name"})
@@ -87,13 +97,14 @@ def test_mask_hints_name_the_flags_of_the_tool_that_loaded_the_data(tmp_path, ca
     import numpy as np
     from test_benchmark_protocol import class_lists, label_dataset
 
-    from training.data import DataError, load_segmentation_data
+    from training.data.sources import DataError, load_segmentation_data
 
     names = class_lists(tmp_path / "names", ade150=150)
     source = label_dataset(tmp_path / "a150", [np.array([[0, 150], [150, 3]], np.uint8)])
-    code = benchmark.main(["--model", "absent", "--data", f"a150={source}", "--class-names-dir", str(names)])
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--model", "absent", "--data", f"a150={source}", "--class-names-dir", str(names)])
     err = capsys.readouterr().err
-    assert code == 2 and "if 150 marks unlabelled pixels, pass --ignore-index a150=150 (now 255)" in err
+    assert exit_info.value.code == 2 and "if 150 marks unlabelled pixels, pass --ignore-index a150=150 (now 255)" in err
     assert "if 0 means 'other' and classes are numbered from 1, pass --reduce-labels a150" in err
     data = load_segmentation_data(source, class_names=[f"c{i}" for i in range(150)])
     with pytest.raises(DataError, match=r"set reduce_labels=true \(--reduce-labels true\)"):

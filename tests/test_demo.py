@@ -10,10 +10,11 @@ import torch
 from tiny_models import tiny_catseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from training.presets import catseg_processor
-from training.remote_code import save_for_hub
+from training.models.presets import catseg_processor
+from training.models.remote_code import save_for_hub
 from processing.inference_ovseg import TextFeatureCache
-from training import demo  # Gradio itself is imported only to build the app
+from training.apps import demo  # Gradio itself is imported only to build the app
+from training.commands import demo as demo_command
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_the_core_install_does_not_pull_the_demo():
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     assert not any(name.startswith(("gradio", "selenium")) for name in project["dependencies"])
     assert any(name.startswith("gradio") for name in project["optional-dependencies"]["demo"])
-    assert project["scripts"]["ovseg-demo"] == "training.demo:main"
+    assert project["scripts"]["ovseg-demo"] == "training.commands.demo:main"
 
 
 def test_write_space_gives_a_folder_a_space_runs_as_is(tmp_path, model_dir):
@@ -103,7 +104,7 @@ def test_write_space_gives_a_folder_a_space_runs_as_is(tmp_path, model_dir):
     space = demo.write_space(tmp_path / "space", str(model_dir))
     readme = (space / "README.md").read_text()
     assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
-    assert "from training.demo import main" in (space / "app.py").read_text()
+    assert "from training.commands.demo import main" in (space / "app.py").read_text()
     assert "gradio" not in (space / "requirements.txt").read_text()  # the Space's SDK provides it
     assert (space / "model" / "config.json").is_file() and (space / "processing" / "inference_ovseg.py").is_file()
     with pytest.raises(demo.DemoError, match="not empty"):
@@ -111,7 +112,7 @@ def test_write_space_gives_a_folder_a_space_runs_as_is(tmp_path, model_dir):
 
 
 def test_the_command_line_refuses_a_missing_model_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(demo, "DEFAULT_MODEL", tmp_path / "absent")
+    monkeypatch.setattr(demo_command, "DEFAULT_MODEL", tmp_path / "absent")
     with pytest.raises(SystemExit) as exit_info:
-        demo.main([])
+        demo_command.main([])
     assert exit_info.value.code == 2 and "make quickstart" in capsys.readouterr().err

@@ -35,8 +35,8 @@ def server(tmp_path_factory):
     from tiny_models import tiny_catseg_config
 
     from modeling_catseg import CatSegForSemanticSegmentation
-    from training.presets import catseg_processor
-    from training.remote_code import save_for_hub
+    from training.models.presets import catseg_processor
+    from training.models.remote_code import save_for_hub
 
     folder = tmp_path_factory.mktemp("demo")
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def server(tmp_path_factory):
     port = _free_port()
     log = open(folder / "server.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "training.demo", "--model", str(folder / "model"), "--port", str(port),
+        [sys.executable, "-m", "training.commands.demo", "--model", str(folder / "model"), "--port", str(port),
          "--temp-dir", str(folder / "work"), "--device", "cpu"],
         cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Export (training/export.py): torch.export from text_embeds with a dynamic number of classes, and ONNX Runtime
+"""Export (training/apps/export.py): torch.export from text_embeds with a dynamic number of classes, and ONNX Runtime
 logits equal to PyTorch's within 1e-4 on the fixture inputs."""
 
 import pytest
@@ -7,7 +7,7 @@ from conftest import shared_path
 from safetensors.torch import load_file
 from test_lseg_parity import converted_model, pixel_values
 
-from training.export import ExportError, check_onnx, export_onnx, export_program, main, onnx_logits
+from training.apps.export import ExportError, check_onnx, export_onnx, export_program, main, onnx_logits
 
 pytest.importorskip("onnxruntime", reason="ONNX export needs the export extra (onnx, onnxruntime, onnxscript)")
 pytest.importorskip("onnxscript", reason="ONNX export needs the export extra (onnx, onnxruntime, onnxscript)")
@@ -63,7 +63,7 @@ def test_the_command_rejects_a_folder_without_a_model(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def catseg():
-    from training.convert_catseg import infer_catseg_config, load_official_state_dict, load_official_weights
+    from training.conversion.catseg import infer_catseg_config, load_official_state_dict, load_official_weights
     from modeling_catseg.modeling_catseg import CatSegForSemanticSegmentation
     from test_catseg_parity import clip_pixels
 

@@ -15,9 +15,9 @@ from tiny_models import tiny_catseg_config, tiny_lseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegForSemanticSegmentation
-from training.presets import catseg_processor, lseg_processor
-from training.remote_code import save_for_hub
-from training.protocols import BENCHMARKS, PUBLISHED_CATSEG
+from training.models.presets import catseg_processor, lseg_processor
+from training.models.remote_code import save_for_hub
+from training.data.protocols import BENCHMARKS, PUBLISHED_CATSEG
 
 CARDS = Path(__file__).resolve().parent.parent / "model_cards"
 CATSEG_CARDS = {
@@ -49,7 +49,7 @@ def test_catseg_cards_carry_the_published_numbers(name):
     results = metadata["model-index"][0]["results"]
     assert [r["metrics"][0]["value"] for r in results] == [published[key] for key in BENCHMARKS]
     assert "| " + " | ".join(f"{published[key]:.1f}" for key in BENCHMARKS) + " |" in body
-    assert "training.benchmark" in body and "--config catseg_vit_" in body
+    assert "training.commands.benchmark" in body and "--config catseg_vit_" in body
 
 
 def python_blocks(body: str) -> list[str]:

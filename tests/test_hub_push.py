@@ -12,10 +12,11 @@ from test_training_resume import one_thread, shapes_dir, tiny_train_config  # no
 from tiny_models import tiny_catseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from training.presets import catseg_processor
-from training.remote_code import save_for_hub
-from training import hub
-from training.train import train
+from training.models.presets import catseg_processor
+from training.models.remote_code import save_for_hub
+from training.commands import push as push_command
+from training.hub import push as hub
+from training.engine.loop import train
 
 
 class LocalHub:
@@ -85,7 +86,7 @@ def test_an_existing_card_is_kept_and_the_command_line_pushes(tmp_path, saved_fo
     (saved_folder / "README.md").write_text("---\nlicense: mit\n---\n# my card\n")
     stand_in = LocalHub(tmp_path / "hub")
     with mock.patch.object(hub, "HfApi", return_value=stand_in) as api:
-        assert hub.main([str(saved_folder), "someone/public-model", "--public", "--token", "hf_x"]) == 0
+        assert push_command.main([str(saved_folder), "someone/public-model", "--public", "--token", "hf_x"]) == 0
     api.assert_called_once_with(token="hf_x")
     assert stand_in.created[0]["private"] is False
     assert (tmp_path / "hub" / "someone/public-model" / "README.md").read_text().endswith("# my card\n")
@@ -103,7 +104,9 @@ def test_folders_that_users_could_not_load_are_refused(tmp_path, saved_folder, c
         (tmp_path / "bare" / name).write_text("{}")
     with pytest.raises(hub.HubFolderError, match="modelling code"):
         hub.push_folder_to_hub(tmp_path / "bare", "someone/x", api=LocalHub(tmp_path))
-    assert hub.main([str(tmp_path / "missing"), "someone/x"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        push_command.main([str(tmp_path / "missing"), "someone/x"])
+    assert exit_info.value.code == 2
     assert "is not a folder" in capsys.readouterr().err
 
 
@@ -128,10 +131,12 @@ def test_an_unreachable_hub_is_one_line_and_leaves_the_folder_untouched(saved_fo
     unreachable = "http://127.0.0.1:9"  # the discard port: the connection is refused, as offline
 
     with mock.patch.object(hub, "HfApi", lambda token: HfApi(endpoint=unreachable, token="hf_x")):
-        assert hub.main([str(saved_folder), "someone/tiny-catseg"]) == 2
+        with pytest.raises(SystemExit) as exit_info:
+            push_command.main([str(saved_folder), "someone/tiny-catseg"])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"error: could not push {saved_folder} to {unreachable}/someone/tiny-catseg (ConnectError: ")
+    assert err.startswith(f"ovseg-push: error: could not push {saved_folder} to {unreachable}/someone/tiny-catseg (ConnectError: ")
     assert err.endswith("(`hf auth login`, HF_TOKEN or --token)")
     assert sorted(p.name for p in saved_folder.iterdir()) == before and "README.md" not in before
 

@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from tiny_models import tiny_catseg_config, tiny_lseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from training.convert_catseg import infer_catseg_config, load_official_state_dict, load_official_weights
+from training.conversion.catseg import infer_catseg_config, load_official_state_dict, load_official_weights
 from modeling_lseg import LSegForSemanticSegmentation
 from processing import TextFeatureCache, VocabularyError, segment
-from training.presets import catseg_processor, lseg_processor
+from training.models.presets import catseg_processor, lseg_processor
 from processing.inference_ovseg import (
     _core_bounds,
     _test_time_resize,

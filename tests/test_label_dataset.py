@@ -15,11 +15,11 @@ from test_training_resume import one_thread  # noqa: F401  (a fixture)
 from tiny_models import tiny_catseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from training.presets import catseg_processor
-from training.remote_code import save_for_hub
+from training.models.presets import catseg_processor
+from training.models.remote_code import save_for_hub
 from processing.inference_ovseg import segment
-from training.data import DataError, load_segmentation_data
-from training.label_dataset import label_dataset
+from training.data.sources import DataError, load_segmentation_data
+from training.data.labelling import label_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["cat", "sofa, couch", "floor", "wall"]
@@ -92,7 +92,8 @@ def test_every_row_is_labelled_in_order_like_segment_and_trains_without_flags(tm
 
 KILLER = """
 import os, signal, sys
-import training.label_dataset as labelling
+import training.commands.segment as segment
+import training.data.labelling as labelling
 
 write, written = labelling.write_arrow_shard, []
 
@@ -103,7 +104,7 @@ def write_then_die(path, rows, features):
         os.kill(os.getpid(), signal.SIGKILL)
 
 labelling.write_arrow_shard = write_then_die
-sys.exit(labelling.main(sys.argv[1:]))
+sys.exit(segment.main(sys.argv[1:]))
 """
 
 
@@ -125,7 +126,7 @@ def test_two_processes_killed_mid_run_resume_to_the_uninterrupted_result(tmp_pat
     assert not (tmp_path / "out").exists()
     done = sorted(p.name for p in (tmp_path / "out.partial").glob("shard-*.arrow"))
     assert {"shard-00001.arrow", "shard-00003.arrow"} <= set(done) and "shard-00005.arrow" not in done
-    resumed = torchrun(["-m", "training.cli", *args], tmp_path)  # the ovseg-segment --dataset command
+    resumed = torchrun(["-m", "training.commands.segment", *args], tmp_path)  # the ovseg-segment --dataset command
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Wrote" in resumed.stdout and not (tmp_path / "out.partial").exists()
     result = Dataset.load_from_disk(str(tmp_path / "out"))

@@ -1,6 +1,8 @@
-"""Where the code lives: the folders that transformers copies as remote code import nothing of this project except
-their own siblings, relatively, and the application code (command lines, conversion, publishing) lives in training/."""
+"""Where the code lives, checked as rules rather than file names: the folders that transformers copies as remote code
+import nothing of this project but their own siblings, relatively, and hold only what the Hub copies; in training/,
+imports run one way (commands -> library, no cycles) and every sub-package says what it holds."""
 
+import ast
 import re
 import tomllib
 from pathlib import Path
@@ -10,6 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HUB_FOLDERS = ("modeling_catseg", "modeling_lseg", "processing")
 FORBIDDEN = re.compile(r"^\s*(from (modeling_catseg|modeling_lseg|processing|training)\b|from \. import|from \.\.)", re.M)
+# The processing modules that saved folders name in their auto_map / custom_pipelines; the Hub copies them and what
+# they import relatively.
+HUB_ENTRY_MODULES = ("image_processing_ovseg", "processing_ovseg", "pipeline_ovseg")
+COMMANDS = "training.commands"
+# Run as `python -m`, like a command: no library module may depend on it.
+ENTRY_MODULES = ("training.quickstart",)
 
 
 @pytest.mark.parametrize("path", [p for folder in HUB_FOLDERS for p in sorted((ROOT / folder).glob("*.py"))], ids=str)
@@ -19,18 +27,114 @@ def test_hub_code_imports_only_its_siblings(path):
 
 
 def test_processing_holds_only_the_modules_the_hub_copies():
-    assert {p.name for p in (ROOT / "processing").iterdir() if p.name != "__pycache__"} == {
-        "__init__.py",
-        "image_processing_ovseg.py",
-        "image_utils_ovseg.py",
-        "inference_ovseg.py",
-        "pipeline_ovseg.py",
-        "processing_ovseg.py",
-        "text_prompts_ovseg.py",
+    folder = ROOT / "processing"
+    copied, pending = set(), list(HUB_ENTRY_MODULES)
+    while pending:
+        name = pending.pop()
+        if name not in copied:
+            copied.add(name)
+            pending += re.findall(r"^\s*from \.(\w+) import", (folder / f"{name}.py").read_text(), re.M)
+    held = {path.stem for path in folder.glob("*.py")} - {"__init__"}
+    assert held == copied, f"processing/ holds modules no saved folder copies: {sorted(held - copied)}"
+    assert not [p.name for p in folder.iterdir() if p.is_dir() and p.name != "__pycache__"]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+TRAINING = {module_name(path): path for path in sorted((ROOT / "training").rglob("*.py"))}
+PACKAGES = {name for name, path in TRAINING.items() if path.name == "__init__.py"}
+
+
+def imported_modules(name: str) -> set[str]:
+    """The training modules that module `name` imports anywhere (functions included), `from package import module`
+    resolved to the module."""
+    package = name if name in PACKAGES else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(TRAINING[name].read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in TRAINING else base for alias in node.names]
+        else:
+            continue
+        found |= {target for target in targets if target in TRAINING and target != name}
+    return found
+
+
+IMPORTS = {name: imported_modules(name) for name in TRAINING}
+
+
+def unit(name: str) -> str:
+    """The part of training/ a module belongs to: its sub-package, or itself for a top-level module."""
+    parts = name.split(".")
+    return ".".join(parts[:2])
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one node (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_nothing_imports_a_command_or_an_entry_module():
+    offending = {
+        name: sorted(target for target in targets if target.startswith(f"{COMMANDS}.") or target in ENTRY_MODULES)
+        for name, targets in IMPORTS.items()
     }
+    assert {name: targets for name, targets in offending.items() if targets} == {}
 
 
-def test_console_scripts_point_at_application_code_that_exists():
+def test_no_import_cycle_between_modules_or_between_sub_packages():
+    assert cycles(IMPORTS) == []
+    between = {}
+    for name, targets in IMPORTS.items():
+        between.setdefault(unit(name), set()).update(unit(t) for t in targets if unit(t) != unit(name))
+    assert cycles(between) == []
+
+
+def test_each_sub_package_imports_only_what_its_docstring_allows():
+    """A sub-package's docstring ends with "May import `training.x`, ..."; commands may import any of them."""
+    for package in sorted(PACKAGES - {"training", COMMANDS}):
+        doc = ast.get_docstring(ast.parse(TRAINING[package].read_text())) or ""
+        assert "May import" in doc, f"{package}/__init__.py does not say what it may import"
+        allowed = {unit(name) for name in re.findall(r"`(training\.\w+)", doc[doc.index("May import") :])}
+        allowed.add(package)
+        used = {unit(t) for name, targets in IMPORTS.items() if unit(name) == package for t in targets}
+        assert used <= allowed, f"{package} imports {sorted(used - allowed)}, which its docstring does not allow"
+
+
+def test_console_scripts_are_the_commands_that_exist():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     scripts = project["project"]["scripts"]
     assert set(scripts) == {
@@ -40,6 +144,7 @@ def test_console_scripts_point_at_application_code_that_exists():
     }  # fmt: skip
     for name, target in scripts.items():
         module, function = target.split(":")
-        assert module.startswith("training."), name
-        source = (ROOT / (module.replace(".", "/") + ".py")).read_text()
-        assert re.search(rf"^def {function}\(", source, re.M), f"{name}: {target} does not exist"
+        assert module.startswith(f"{COMMANDS}."), f"{name}: {module} is not a command module"
+        assert re.search(rf"^def {function}\(", TRAINING[module].read_text(), re.M), f"{name}: {target} does not exist"
+    commands = {name for name in TRAINING if name.startswith(f"{COMMANDS}.")}
+    assert commands == {target.split(":")[0] for target in scripts.values()}, "a command module without a script"

@@ -15,15 +15,15 @@ from safetensors.torch import load_file
 from test_lseg_parity import LOGITS, converted_model, fixture_config, pixel_values
 
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
-from training import convert_lseg
-from training.convert_lseg import (
+from training.conversion import lseg as convert_lseg
+from training.conversion.lseg import (
     LSegConversionError,
     convert_lseg_checkpoint,
     convert_state_dict,
     infer_config,
     load_original_state_dict,
-    main,
 )
+from training.commands.lseg_convert import main
 
 HEADS = ["--vit-heads", "2", "--text-heads", "2"]
 

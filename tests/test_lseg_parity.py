@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
-from training.convert_lseg import convert_state_dict, load_original_state_dict
+from training.conversion.lseg import convert_state_dict, load_original_state_dict
 from modeling_lseg.modeling_lseg import load_state_dict_strictly
 
 LOGITS = dict(atol=5e-5, rtol=1e-4)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training import MEAN_IOU_PATH
-from training.mean_iou import StreamingMeanIoU
+from training.evaluation.mean_iou import StreamingMeanIoU
 
 pytestmark = pytest.mark.filterwarnings("ignore:Downcasting array dtype")
 

@@ -15,8 +15,8 @@ from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegForSemanticSegmentation
 from processing import TASK, VocabularyError, segment
 from processing.text_prompts_ovseg import display_name
-from training.presets import catseg_processor, lseg_processor
-from training.remote_code import save_for_hub
+from training.models.presets import catseg_processor, lseg_processor
+from training.models.remote_code import save_for_hub
 
 LABELS = ["cat", "sofa, couch", "floor"]
 SHOWN = ["cat", "sofa", "floor"]  # the display names: first synonyms
@@ -138,7 +138,7 @@ def test_the_cards_pipeline_tag_leads_to_this_pipeline(models, photo, tmp_path):
     for name, (model, processor) in models.items():
         model = type(model)(model.config.__class__.from_dict(model.config.to_dict()))
         model.load_state_dict(models[name][0].state_dict())
-        if vocabulary[name]:  # as training.train stores its training classes
+        if vocabulary[name]:  # as training.engine.loop stores its training classes
             model.config.id2label = dict(enumerate(vocabulary[name]))
             model.config.label2id = {label: index for index, label in enumerate(vocabulary[name])}
         save_for_hub(model.eval(), processor, tmp_path / name)

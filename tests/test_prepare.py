@@ -15,11 +15,13 @@ from conftest import shared_path
 from tiny_models import tiny_catseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from training.presets import catseg_processor
-from training.remote_code import save_for_hub
-from training import benchmark, prepare
-from training.data import load_segmentation_data
-from training.protocols import DATASET_PRESETS
+from training.models.presets import catseg_processor
+from training.models.remote_code import save_for_hub
+from training.commands import benchmark
+from training.commands import prepare as prepare_command
+from training.data import prepare
+from training.data.sources import load_segmentation_data
+from training.data.protocols import DATASET_PRESETS
 
 RNG = np.random.default_rng(0)
 
@@ -361,12 +363,11 @@ def test_missing_or_malformed_raw_files_are_named_and_leave_no_dataset(tmp_path)
     with pytest.raises(prepare.PrepareError, match=r"the mask .*2007_000002\.png is uint8 of shape \(16, 20, 3\)"):
         prepare.prepare_dataset("pas20", root, tmp_path / "out", class_names_dir=names, progress=False)
     assert not (tmp_path / "out").exists()
-    assert (
-        prepare.main(
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_command.main(
             ["pas20", str(tmp_path / "nope"), "--output", str(tmp_path / "o"), "--class-names-dir", str(names)]
         )
-        == 2
-    )
+    assert exit_info.value.code == 2
     with pytest.raises(prepare.PrepareError, match="voc20.json has 3 names, not 20"):
         (names / "voc20.json").write_text('["a", "b", "c"]')
         prepare.prepare_dataset("pas20", root, tmp_path / "out", class_names_dir=names, progress=False)
@@ -419,7 +420,7 @@ def test_prepare_then_benchmark_end_to_end_gives_both_miou_definitions(tmp_path,
     shutil.copytree(samples / "annotations", raw / "annotations" / "validation")
     names = class_names_dir(tmp_path / "names", ade150=150)
     out = tmp_path / "prepared-a150"
-    assert prepare.main(["a150", str(raw), "--output", str(out), "--class-names-dir", str(names), "--quiet"]) == 0
+    assert prepare_command.main(["a150", str(raw), "--output", str(out), "--class-names-dir", str(names), "--quiet"]) == 0
     assert f"Wrote {out} (validation: 3 images)" in capsys.readouterr().out
     torch.manual_seed(0)
     model = save_for_hub(

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import processing.image_processing_ovseg as image_processing
 from processing import InvalidImageError, OVSegImageProcessor
-from training.presets import catseg_processor, lseg_processor
+from training.models.presets import catseg_processor, lseg_processor
 
 CLIP_MEAN_255 = torch.tensor([122.7709383, 116.7460125, 104.09373615]).view(3, 1, 1)
 CLIP_STD_255 = torch.tensor([68.5005327, 66.6321579, 70.3231630]).view(3, 1, 1)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor
 
 from processing import IMAGENET_TEMPLATES, OVSegProcessor, VocabularyError
-from training.presets import catseg_processor, lseg_processor
+from training.models.presets import catseg_processor, lseg_processor
 from processing.text_prompts_ovseg import average_prompt_embeds
 
 

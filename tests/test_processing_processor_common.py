@@ -1,7 +1,7 @@
 """transformers' own processor common tests (`ProcessorTesterMixin`) on `OVSegProcessor`.
 
 The mixin comes from the sdist of the installed release (`tests/transformers_common.py`). The processor's components
-are the ones `training.presets` builds: `OVSegImageProcessor` and the bundled OpenAI CLIP tokenizer (no download).
+are the ones `training.models.presets` builds: `OVSegImageProcessor` and the bundled OpenAI CLIP tokenizer (no download).
 """
 
 import unittest
@@ -10,7 +10,7 @@ from transformers_common import import_common
 
 from processing.processing_ovseg import OVSegProcessor
 from processing.text_prompts_ovseg import RAW_NAME_TEMPLATE
-from training.presets import catseg_processor
+from training.models.presets import catseg_processor
 
 processing_common = import_common("test_processing_common")
 

@@ -7,7 +7,7 @@ from conftest import shared_path
 from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
-from training.clip_tokenizer import build_clip_tokenizer
+from training.models.clip_tokenizer import build_clip_tokenizer
 
 HARD_STRINGS = [
     "a photo of a cat.",

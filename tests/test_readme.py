@@ -57,7 +57,7 @@ SNIPPETS = {
         "continues": CATSEG,
         # What the block computes by hand is exactly the official processor's output.
         "check": """
-from training.presets import processor_for_config
+from training.models.presets import processor_for_config
 reference = processor_for_config(model.config)(images="room.jpg", text=["cat", "sofa", "floor"])
 assert torch.equal(input_ids, reference["input_ids"])
 assert pixel_values.shape == reference["pixel_values"].shape
@@ -128,8 +128,8 @@ def test_every_python_block_has_an_entry():
 def write_stand_ins(folder: Path) -> None:
     from modeling_catseg import CatSegForSemanticSegmentation
     from modeling_lseg import LSegForSemanticSegmentation
-    from training.presets import catseg_processor, lseg_processor
-    from training.remote_code import save_for_hub
+    from training.models.presets import catseg_processor, lseg_processor
+    from training.models.remote_code import save_for_hub
 
     torch.manual_seed(0)
     catseg = CatSegForSemanticSegmentation(tiny_catseg_config()).eval()
@@ -385,9 +385,9 @@ def test_every_shell_command_is_a_valid_invocation(tmp_path):
     "command, message",
     [
         (["ovseg-segment", "photos/", "--no-such-flag"], "refused by its parser"),
-        (["accelerate", "launch", "-m", "training.train", "--not-a-setting", "1"], "refused by its parser"),
-        (["accelerate", "launch", "--num-gpus-typo", "2", "-m", "training.train"], "accelerate refuses it"),
-        (["python", "-m", "training.label_dataset", "--dataset"], "refused by its parser"),
+        (["accelerate", "launch", "-m", "training.commands.train", "--not-a-setting", "1"], "refused by its parser"),
+        (["accelerate", "launch", "--num-gpus-typo", "2", "-m", "training.commands.train"], "accelerate refuses it"),
+        (["python", "-m", "training.commands.segment", "--dataset"], "refused by its parser"),
         (["pip", "install", "ovseg-hf[gui]"], "no extra"),
         (["make", "quickstrat"], "no target"),
         (["hf", "upload", "x", "--repo-typo", "space"], "hf"),

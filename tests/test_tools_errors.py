@@ -10,9 +10,14 @@ import pytest
 import torch
 from conftest import shared_path
 
-from training import cli, convert_catseg, convert_lseg, converters
-from training.atomic import write_file_atomic, write_folder_atomic
-from training.checkpoints import publish_folder, write_text_atomic
+from training.commands import catseg_convert, lseg_convert
+from training.commands import convert as convert_command
+from training.commands import segment as cli
+from training.conversion import catseg as convert_catseg
+from training.conversion import detect as converters
+from training.conversion import lseg as convert_lseg
+from training.core.atomic import write_file_atomic, write_folder_atomic
+from training.engine.checkpoints import publish_folder, write_text_atomic
 
 
 def exit_and_error(main, argv, capsys):
@@ -66,10 +71,10 @@ def test_catseg_convert_offline_says_what_failed_in_one_line(monkeypatch, tmp_pa
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(convert_catseg.torch.hub, "download_url_to_file", offline)
-    code, err = exit_and_error(convert_catseg.main, ["--checkpoint", "base", "--output", tmp_path / "out"], capsys)
+    code, err = exit_and_error(catseg_convert.main, ["--checkpoint", "base", "--output", tmp_path / "out"], capsys)
     url = convert_catseg.OFFICIAL_CHECKPOINTS["base"]
     assert code == 2 and len(err.splitlines()) == 1
-    assert err.startswith(f"error: could not download {url} (") and "by hand" in err
+    assert err.startswith(f"catseg-convert: error: could not download {url} (") and "by hand" in err
     assert "--checkpoint /path/to/model_base.pth" in err and not (tmp_path / "out").exists()
 
 
@@ -78,22 +83,22 @@ def test_lseg_convert_offline_says_what_failed_and_where_to_download_by_hand(mon
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(convert_lseg.urllib.request, "urlopen", offline)
-    code, err = exit_and_error(convert_lseg.main, ["--checkpoint", "demo_e200", "--output", tmp_path / "out"], capsys)
+    code, err = exit_and_error(lseg_convert.main, ["--checkpoint", "demo_e200", "--output", tmp_path / "out"], capsys)
     page = convert_lseg.OFFICIAL_CHECKPOINTS["demo_e200"]
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith("error: could not download https://drive.usercontent.google.com/download?id=")
+    assert err.startswith("lseg-convert: error: could not download https://drive.usercontent.google.com/download?id=")
     assert "Temporary failure in name resolution" in err and f"by hand (open {page} in a browser)" in err
     assert err.endswith("--checkpoint /path/to/the/file.ckpt") and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("converter", [convert_catseg, convert_lseg])
+@pytest.mark.parametrize("command", [catseg_convert, lseg_convert])
 @pytest.mark.parametrize("content", [None, "{not json"])
-def test_a_missing_or_broken_config_is_a_usage_error_before_the_checkpoint_is_read(tmp_path, capsys, converter, content):
+def test_a_missing_or_broken_config_is_a_usage_error_before_the_checkpoint_is_read(tmp_path, capsys, command, content):
     config = tmp_path / "config.json"
     if content is not None:
         config.write_text(content)
     argv = ["--checkpoint", tmp_path / "absent.pth", "--output", tmp_path / "out", "--config", config]
-    code, err = exit_and_error(converter.main, argv, capsys)
+    code, err = exit_and_error(command.main, argv, capsys)
     assert code == 2 and f"error: --config {config}: " in err.splitlines()[-1], err
     assert not (tmp_path / "out").exists()
 
@@ -106,7 +111,7 @@ class Payload:
 def test_catseg_convert_refuses_pickled_code_without_suggesting_to_allow_it(tmp_path, capsys):
     checkpoint = tmp_path / "evil.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "extra": Payload()}, checkpoint, pickle_module=pickle)
-    code, err = exit_and_error(convert_catseg.main, ["--checkpoint", checkpoint, "--output", tmp_path / "out"], capsys)
+    code, err = exit_and_error(catseg_convert.main, ["--checkpoint", checkpoint, "--output", tmp_path / "out"], capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert "holds Python objects beyond tensors (print)" in err and "Refusing to load it" in err
     assert "safe_globals" not in err and "this must never run" not in capsys.readouterr().out
@@ -115,8 +120,8 @@ def test_catseg_convert_refuses_pickled_code_without_suggesting_to_allow_it(tmp_
 def test_lseg_convert_names_the_overwrite_flag(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     checkpoint = shared_path("fixtures", "lseg_tiny", "original_checkpoint.ckpt")
-    code, err = exit_and_error(convert_lseg.main, ["--checkpoint", checkpoint, "--output", tmp_path / "out"], capsys)
-    assert code == 2 and err == f"error: {tmp_path / 'out'} already exists; choose another --output or pass --overwrite."
+    code, err = exit_and_error(lseg_convert.main, ["--checkpoint", checkpoint, "--output", tmp_path / "out"], capsys)
+    assert code == 2 and err == f"lseg-convert: error: {tmp_path / 'out'} already exists; choose another --output or pass --overwrite."
 
 
 @pytest.fixture
@@ -167,11 +172,11 @@ def test_segment_out_in_an_unwritable_folder_is_refused_before_loading(tmp_path,
 def test_ovseg_convert_creates_missing_parent_folders(tmp_path, capsys, umask_022):
     checkpoint = shared_path("fixtures", "catseg_tiny_b", "original_checkpoint.pth")
     output = tmp_path / "new" / "sub" / "folder"
-    assert cli.convert_main([str(checkpoint), str(output)]) == 0
+    assert convert_command.main([str(checkpoint), str(output)]) == 0
     assert (output / "config.json").is_file() and mode(output) == 0o755 and mode(output / "model.safetensors") == 0o644
     assert sorted(p.name for p in output.parent.iterdir()) == ["folder"]
     (tmp_path / "file").write_text("")
-    code, err = exit_and_error(cli.convert_main, [checkpoint, tmp_path / "file" / "out"], capsys)
+    code, err = exit_and_error(convert_command.main, [checkpoint, tmp_path / "file" / "out"], capsys)
     assert code == 2 and err.endswith(f"{tmp_path / 'file'} is a file, so the folder cannot be created")
 
 
@@ -197,7 +202,7 @@ def test_converters_are_registered_by_model_type_with_one_signature(tmp_path):
 
 
 def test_both_converters_map_openai_clip_with_the_one_key_map():
-    from training import openai_clip_keys
+    from training.conversion import openai_clip_keys
 
     assert convert_catseg.map_openai_clip_key is convert_lseg.map_openai_clip_key is openai_clip_keys.map_openai_clip_key
     assert not [name for name in vars(convert_lseg) if "CLIP_BLOCK" in name or name == "_map_clip_key"]
@@ -214,13 +219,13 @@ def test_both_converters_map_openai_clip_with_the_one_key_map():
 def test_both_converters_load_through_the_one_strict_loader():
     from pathlib import Path
 
-    from training import checkpoints
+    from training.conversion import state_dicts
 
-    loader = checkpoints.load_state_dict_strictly
+    loader = state_dicts.load_state_dict_strictly
     assert convert_catseg.load_state_dict_strictly is convert_lseg.load_state_dict_strictly is loader
-    training = Path(checkpoints.__file__).parent
-    loaders = [p.name for p in training.glob("*.py") if ".load_state_dict(" in p.read_text()]
-    assert loaders == ["checkpoints.py"]
+    training = Path(state_dicts.__file__).parents[1]
+    loaders = [p.name for p in training.rglob("*.py") if ".load_state_dict(" in p.read_text()]
+    assert loaders == ["state_dicts.py"]
     module = torch.nn.Sequential(torch.nn.Linear(2, 3))
     state_dict = {"0.weight": torch.zeros(3, 4), "0.extra": torch.zeros(1)}
     with pytest.raises(ValueError) as error:
@@ -248,14 +253,15 @@ def test_fp16_on_the_cpu_is_refused_in_one_line_before_any_work(tmp_path, monkey
                                                                  fresh_accelerator_state):  # fmt: skip
     from accelerate.state import AcceleratorState
 
-    from training import benchmark, train
-    from training.distributed import LaunchError, build_accelerator
+    from training.commands import benchmark, train
+    from training.core.distributed import LaunchError, build_accelerator
 
     with pytest.raises(LaunchError, match=r"^fp16 mixed precision needs a GPU, and this run is on the CPU"):
         build_accelerator(mixed_precision="fp16")
     assert build_accelerator(mixed_precision="bf16").mixed_precision == "bf16"  # the refused state was not kept
     AcceleratorState._reset_state(reset_partial_state=True)
     absent = tmp_path / "absent"  # the data does not exist: the precision must be refused first
+    progs = {train.main: "ovseg-train", benchmark.main: "ovseg-benchmark"}
     for main, argv in (
         (train.main, ["--dataset", absent, "--output-dir", tmp_path / "out", "--mixed-precision", "fp16"]),
         (benchmark.main, ["--model", absent, "--data", f"a150={absent}", "--mixed-precision", "fp16"]),
@@ -263,7 +269,7 @@ def test_fp16_on_the_cpu_is_refused_in_one_line_before_any_work(tmp_path, monkey
     ):
         if main is train.main and "--mixed-precision" not in argv:
             monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
-        assert main([str(a) for a in argv]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error: fp16 mixed precision needs a GPU") and "bf16" in err and "\n" not in err
+        code, err = exit_and_error(main, argv, capsys)
+        assert code == 2
+        assert err.startswith(f"{progs[main]}: error: fp16 mixed precision needs a GPU") and "bf16" in err and "\n" not in err
     assert not (tmp_path / "out").exists()

@@ -6,9 +6,9 @@ import torch
 from datasets import Dataset, Features, Image
 from torch.utils.data import DataLoader
 
-from training.augment import catseg_augment, lseg_augment, shortest_edge_size, ssd_color_distortion
-from training.data import SegmentationData
-from training.stream import TrainingStream, collate
+from training.engine.augment import catseg_augment, lseg_augment, shortest_edge_size, ssd_color_distortion
+from training.data.sources import SegmentationData
+from training.engine.stream import TrainingStream, collate
 
 
 def coded_pair(height, width):

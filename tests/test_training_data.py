@@ -7,8 +7,8 @@ import PIL.Image
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List
 
-from training.data import DataError, load_segmentation_data
-from training.protocols import DATASET_PRESETS
+from training.data.sources import DataError, load_segmentation_data
+from training.data.protocols import DATASET_PRESETS
 
 
 def masks_and_images(count=3, size=(6, 8), values=(0, 1, 2), seed=0):

@@ -49,7 +49,7 @@ def start(launcher: str, recipe: Path) -> subprocess.Popen:
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_CPU"):
         environment.pop(name, None)
     return subprocess.Popen(
-        [*LAUNCHERS[launcher], "-m", "training.train", "--config", str(recipe)],
+        [*LAUNCHERS[launcher], "-m", "training.commands.train", "--config", str(recipe)],
         cwd=REPO_ROOT,
         env=environment,
         stdout=subprocess.DEVNULL,

@@ -13,12 +13,14 @@ import torch
 from datasets import Dataset, Features, Image
 from test_training_resume import one_thread, shapes_dir, tiny_train_config  # noqa: F401  (fixtures)
 
-import training.train as train_module
-from training.config import ConfigError, TrainConfig, default_num_workers
-from training.data import DataError, load_segmentation_data
-from training.model_card import replace_results_section, training_card
-from training.optim import lr_factor
-from training.train import train
+import training.engine.loop as train_module
+from training.commands import train as train_command
+from training.engine.config import ConfigError, TrainConfig, default_num_workers
+from training.data.sources import DataError, load_segmentation_data
+from training.engine.training_card import training_card
+from training.hub.model_card import replace_results_section
+from training.engine.optim import lr_factor
+from training.engine.loop import train
 
 
 def log_records(output_dir) -> list[dict]:
@@ -170,9 +172,11 @@ def test_an_empty_saved_dataset_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(DataError, match="empty dataset"):
         load_segmentation_data(folder)
     capsys.readouterr()  # the progress bar of `save_to_disk`
-    assert train_module.main(["--dataset", str(folder), "--output-dir", str(tmp_path / "out")]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        train_command.main(["--dataset", str(folder), "--output-dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("error: ") and "empty dataset" in error and "\n" not in error
+    assert error.startswith("ovseg-train: error: ") and "empty dataset" in error and "\n" not in error
 
 
 def test_the_model_card_has_no_local_paths_two_decimals_and_one_results_section(tmp_path):
@@ -194,7 +198,7 @@ def test_the_model_card_has_no_local_paths_two_decimals_and_one_results_section(
     assert "`tiny-clip`" in card and "`train` [train]" in card and "`validation` [validation]" in card
     assert "| 41.23 |" in card and "| 40.99 |" in card and "| cat | 50.56 |" in card and "| dog | n/a |" in card
     assert "41.2346" not in card and "No evaluation" not in card
-    # training.train stores the training classes in config.id2label, which the pipeline uses without labels.
+    # training.engine.loop stores the training classes in config.id2label, which the pipeline uses without labels.
     assert 'pipeline("image-segmentation", model=' in card and "segments into the training vocabulary" in card
     bare = training_card(config, model, train_data, None, {}, steps=10)
     replaced = replace_results_section(bare, "## Quickstart results\n\nmeasured elsewhere\n")
@@ -203,7 +207,7 @@ def test_the_model_card_has_no_local_paths_two_decimals_and_one_results_section(
 
 
 def test_pretrained_weights_that_cannot_be_loaded_are_a_one_line_error(tmp_path):
-    from training.train import build_model
+    from training.engine.loop import build_model
 
     for field, flag in (("clip_model", "--clip-model"), ("pretrained_model", "--pretrained-model")):
         config = TrainConfig(dataset=str(tmp_path / "data"), output_dir=str(tmp_path / "out"), **{field: "/absent/x"})

@@ -20,10 +20,10 @@ from tiny_models import tiny_catseg_config, tiny_lseg_config
 
 from modeling_catseg import CatSegConfig
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
-from training.checkpoints import latest_checkpoint, list_checkpoints
-from training.config import ConfigError, TrainConfig, read_recipe
+from training.engine.checkpoints import latest_checkpoint, list_checkpoints
+from training.engine.config import ConfigError, TrainConfig, read_recipe
 from training.shapes_dataset import BACKGROUND, SEEN_CLASSES, ShapesSplit, build_shapes_dataset
-from training.train import train
+from training.engine.loop import train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,7 +112,7 @@ def test_a_killed_training_process_resumes_to_the_same_weights(tmp_path, shapes_
     # The same thread count as this process: float sums are then reduced in the same order in both processes.
     environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     process = subprocess.Popen(
-        [sys.executable, "-m", "training.train", "--config", str(tmp_path / "recipe.yaml")],
+        [sys.executable, "-m", "training.commands.train", "--config", str(tmp_path / "recipe.yaml")],
         cwd=REPO_ROOT,
         env=environment,
         stdout=subprocess.DEVNULL,

@@ -9,9 +9,9 @@ from trainer_helpers import tiny_training_arguments
 from transformers import Trainer
 
 from modeling_catseg import CatSegForSemanticSegmentation
-from training.presets import catseg_processor
-from training.data import load_segmentation_data
-from training.trainer_example import SegmentationCollator, make_compute_metrics, make_preprocess, reduce_logits
+from training.models.presets import catseg_processor
+from training.data.sources import load_segmentation_data
+from training.engine.trainer_example import SegmentationCollator, make_compute_metrics, make_preprocess, reduce_logits
 
 
 def test_trainer_trains_and_reports_both_mean_ious(tmp_path, shapes_dir):  # noqa: F811

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from training.visualization import class_colours, label_map_image, overlay_image
+from training.apps.visualization import class_colours, label_map_image, overlay_image
 
 
 def _hue_family(colour) -> str:

@@ -1,15 +1,20 @@
-"""Training, evaluation and publishing for CAT-Seg and LSeg: Accelerate training, streamed mean IoU, the zero-shot
-benchmark protocols, Hub publishing and the offline quickstart.
+"""The application code around the Hub-facing models: command lines, training, evaluation, conversion, dataset
+preparation, publishing and the demos. The sub-packages say what they hold:
 
-Command-line entry points (each also runs as ``python -m training.<module>``):
-
-| module | what |
+| sub-package | what |
 |---|---|
-| ``training.train`` | train or fine-tune, one or many processes (``accelerate launch``) |
-| ``training.benchmark`` | the zero-shot benchmark protocol (A-847, PC-459, A-150, PC-59, PAS-20, PAS-20b) |
-| ``training.fss`` | LSeg's FSS-1000 zero-shot protocol |
-| ``training.hub`` | publish a saved folder to the Hub |
-| ``training.quickstart`` | the offline end-to-end demonstration |
+| ``commands`` | one module per console script; imports the library, imported by nothing |
+| ``core`` | errors and their one-line report, atomic writes, the ``Accelerator`` factory |
+| ``models`` | processor presets, the CLIP tokenizer, Hub-ready folders, loading a ``--model`` |
+| ``conversion`` | the official-checkpoint converters |
+| ``data`` | dataset reading, label conventions and protocols, preparation, labelling |
+| ``evaluation`` | mean IoU, split evaluation, the zero-shot and FSS-1000 protocols |
+| ``hub`` | Hub publishing and model cards |
+| ``engine`` | ``TrainConfig``, its recipes and the training loop |
+| ``apps`` | the web demo's app, ONNX export, visualisation |
+
+``training.quickstart`` is the offline end-to-end demonstration (``python -m training.quickstart``) and
+``training.shapes_dataset`` its embedded dataset.
 
 Importing this package is cheap (no torch or datasets): the quickstart sets the offline environment before they load.
 """
@@ -17,6 +22,6 @@ Importing this package is cheap (no torch or datasets): the quickstart sets the 
 from pathlib import Path
 
 # The self-contained `evaluate` module of mean IoU: `evaluate.load(MEAN_IOU_PATH)` works offline.
-MEAN_IOU_PATH = str(Path(__file__).with_name("mean_iou.py"))
+MEAN_IOU_PATH = str(Path(__file__).parent / "evaluation" / "mean_iou.py")
 
 __all__ = ["MEAN_IOU_PATH"]

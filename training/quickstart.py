@@ -45,13 +45,13 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import write_text_atomic
-from .config import TrainConfig
-from .data import load_segmentation_data
-from .evaluation import summarise
-from .mean_iou import StreamingMeanIoU
-from .model_card import replace_results_section
-from .optim import lr_factor
+from .engine.checkpoints import write_text_atomic
+from .engine.config import TrainConfig
+from .data.sources import load_segmentation_data
+from .evaluation.streaming import summarise
+from .evaluation.mean_iou import StreamingMeanIoU
+from .hub.model_card import replace_results_section
+from .engine.optim import lr_factor
 from .shapes_dataset import (
     ALL_CLASSES,
     BACKGROUND,
@@ -61,7 +61,7 @@ from .shapes_dataset import (
     default_splits,
     draw_object_crops,
 )
-from .train import train
+from .engine.loop import train
 
 IMAGE_SIZE = 64
 # The vocabulary of both test sets, so that their scores are comparable.
@@ -116,7 +116,7 @@ def pretrain_tiny_clip(folder: Path, class_names: tuple[str, ...], steps: int, s
     """
     from transformers import CLIPConfig, CLIPModel
 
-    from .presets import catseg_processor
+    from .models.presets import catseg_processor
 
     torch.manual_seed(seed)
     clip = CLIPModel(CLIPConfig(**TINY_CLIP))
@@ -294,7 +294,7 @@ def write_overlay(
 
     The original is shown beside it, so the tinted regions can be compared with the shapes they cover.
     """
-    from .visualization import overlay_image
+    from .apps.visualization import overlay_image
 
     height, width = image.shape[:2]
     big_image = np.asarray(PIL.Image.fromarray(image).resize((width * scale, height * scale), PIL.Image.NEAREST))
