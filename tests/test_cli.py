@@ -14,7 +14,7 @@ from tiny_models import tiny_catseg_config, tiny_clip_config
 import training.commands.segment as cli
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation
-from training.models.loading import load_model
+from training.models import loading
 from training.models.presets import catseg_processor, lseg_processor
 from training.models.remote_code import save_for_hub
 from training.apps.visualization import label_map_image, overlay_image, palette
@@ -124,6 +124,7 @@ def test_labels_files_sliding_and_lseg(photos, catseg_folder, lseg_folder, tmp_p
 
 def test_official_checkpoints_are_converted_once_and_cached(photos, tmp_path, capsys, monkeypatch):
     cache = tmp_path / "cache"
+    first = None  # the folder converted from the first checkpoint
     for checkpoint, labels in (
         (shared_path("fixtures", "catseg_tiny_b", "original_checkpoint.pth"), "person, sky"),
         (shared_path("fixtures", "lseg_tiny", "original_checkpoint.ckpt"), "dog, grass, other"),
@@ -141,8 +142,8 @@ def test_official_checkpoints_are_converted_once_and_cached(photos, tmp_path, ca
         ]
     converted = sorted(p for p in (cache / "converted").iterdir())
     assert len(converted) == 2 and all((p / "processor_config.json").is_file() for p in converted)
-    monkeypatch.setattr(cli, "build_converted_folder", lambda *args: pytest.fail("converted again"))
-    model, processor = load_model(str(checkpoint), cache, torch.device("cpu"))
+    monkeypatch.setattr(loading, "build_converted_folder", lambda *args: pytest.fail("converted again"))
+    model, processor = loading.load_model(str(checkpoint), cache, torch.device("cpu"))
     assert model.config.model_type == "lseg" and processor.prompt_templates == ["{}"]
     assert capsys.readouterr().err == f"using {folder}, converted from the official checkpoint {checkpoint}\n"
     run(photos / "food.jpg", "--labels", "dog", "--model", checkpoint, "--out", out, "--cache-dir", cache, "--quiet",
@@ -263,3 +264,16 @@ def test_an_image_smaller_than_a_patch_is_named_before_the_model_is_loaded(photo
         f"ovseg-segment: error: image {str(photos / 'strip.png')!r} is 12x200 pixels, smaller than one 16x16 patch "
         "of the model\n"
     )
+
+
+def test_a_write_that_fails_after_segmenting_is_one_line(photos, catseg_folder, tmp_path, capsys, monkeypatch):
+    """A folder that accepted the probe can still refuse the outputs (taken away, full disk): one line, no traceback."""
+
+    def refuse(writers):
+        raise PermissionError(13, "Permission denied", str(next(iter(writers))))
+
+    monkeypatch.setattr(cli, "write_files_atomic", refuse)
+    out = tmp_path / "out"
+    error = run(photos / "food.jpg", "--labels", "cat", "--model", catseg_folder, "--out", out, expect=2, capsys=capsys)
+    assert error.startswith(f"ovseg-segment: error: --out {out}: could not write the outputs of {photos / 'food.jpg'}: ")
+    assert "Permission denied" in error and len(error.splitlines()) == 1

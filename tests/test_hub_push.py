@@ -1,7 +1,6 @@
 """Publishing to the Hub against a local stand-in of `HfApi`: one upload of weights, remote code, processor and card."""
 
 import json
-import shutil
 from pathlib import Path
 from unittest import mock
 

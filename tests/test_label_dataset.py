@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -138,3 +139,20 @@ def test_two_processes_killed_mid_run_resume_to_the_uninterrupted_result(tmp_pat
     np.testing.assert_allclose(
         np.concatenate(got["pixel_fractions"]), np.concatenate(expected["pixel_fractions"]), rtol=1e-6
     )
+
+
+def test_accelerate_launch_labels_on_the_processes_it_asked_for(tmp_path, model_dir, photos):
+    """`accelerate launch --cpu --num_processes 2` starts one process and tells it nothing of the other: the command
+    must start the two itself (as the README documents it), not label alone on one."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "TOKENIZERS_PARALLELISM": "false"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_CPU"):
+        env.pop(name, None)
+    launch = [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    command = [*launch, "-m", "training.commands.segment", "--dataset", str(photos), "--labels", "cat, sofa",
+               "--model", str(model_dir), "--output-dataset", str(tmp_path / "out"), "--shard-size", "2"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "labelling (2 processes)" in done.stderr and "labelling (1 processes)" not in done.stderr
+    assert Dataset.load_from_disk(str(tmp_path / "out"))["index"] == list(range(7))

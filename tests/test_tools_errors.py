@@ -5,6 +5,7 @@ import os
 import pickle
 import stat
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,6 +170,37 @@ def test_segment_out_in_an_unwritable_folder_is_refused_before_loading(tmp_path,
     assert code == 2 and err.endswith(f"{locked} is not writable; choose a folder you can write to")
 
 
+@pytest.fixture
+def refusing_folder(tmp_path, monkeypatch):
+    """A folder that `os.access` calls writable but that refuses new files: /sys/fs for root (like an immutable
+    folder or a root-squashed share); otherwise a read-only folder whose permission bits `os.access` is made to miss."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "refusing"
+        folder.mkdir(mode=0o555)
+        monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)
+        return folder
+    folder = Path("/sys/fs")
+    if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+        pytest.skip("no folder here refuses files while os.access calls it writable")
+    try:
+        (folder / ".ovseg-test").touch()
+    except OSError:
+        return folder
+    (folder / ".ovseg-test").unlink()
+    pytest.skip("/sys/fs accepts files here")
+
+
+def test_segment_out_in_a_folder_that_refuses_files_is_refused_before_loading(image, refusing_folder,
+                                                                              no_model_loading, capsys):  # fmt: skip
+    argv = [image, "--labels", "cat, dog", "--model", "any", "--out", refusing_folder]
+    code, err = exit_and_error(cli.main, argv, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err == (
+        f"ovseg-segment: error: --out {refusing_folder}: {refusing_folder} is not writable; choose a folder you can "
+        "write to"
+    )
+
+
 def test_ovseg_convert_creates_missing_parent_folders(tmp_path, capsys, umask_022):
     checkpoint = shared_path("fixtures", "catseg_tiny_b", "original_checkpoint.pth")
     output = tmp_path / "new" / "sub" / "folder"
@@ -273,3 +305,15 @@ def test_fp16_on_the_cpu_is_refused_in_one_line_before_any_work(tmp_path, monkey
         assert code == 2
         assert err.startswith(f"{progs[main]}: error: fp16 mixed precision needs a GPU") and "bf16" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_one_process_command_under_accelerate_launch_of_several_is_refused_in_one_line(tmp_path, monkeypatch,
+                                                                                          capsys):  # fmt: skip
+    """`accelerate launch --cpu --num_processes 2` starts one process: a command that cannot use two says so."""
+    from training.commands import push
+    from training.core import command
+
+    monkeypatch.setattr(command, "requested_launch", lambda: (2, None))
+    code, err = exit_and_error(push.main, [tmp_path / "model", "someone/x"], capsys)
+    assert code == 2
+    assert err == "ovseg-push: error: ovseg-push runs on one process: start it without accelerate launch --num_processes 2"

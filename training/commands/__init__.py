@@ -2,6 +2,6 @@
 `train`, `catseg-convert` is `catseg_convert`, ...), each also runnable as ``python -m training.commands.<name>``.
 
 A command parses its flags, checks them, calls the library code of the other sub-packages and reports through
-`training.core.errors.run_command` (one line, exit status 2). Commands may import any library sub-package; nothing
+`training.core.command.run_command` (one line, exit status 2; the processes `accelerate launch` asked for). Commands may import any library sub-package; nothing
 imports a command, and no command imports another (tests/test_layout.py checks both).
 """

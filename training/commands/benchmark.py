@@ -6,7 +6,7 @@ import logging
 import sys
 
 from training.core.distributed import build_accelerator
-from training.core.errors import run_command
+from training.core.command import run_command
 from training.data.protocols import BENCHMARKS, PUBLISHED_CATSEG
 from training.evaluation.benchmark import load_benchmark_data, run_benchmark, summary_markdown
 from training.models.loading import default_cache_dir, load_model
@@ -18,6 +18,7 @@ DESCRIPTION = (
     "vocabularies."
 )
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="ovseg-benchmark", description=DESCRIPTION)
     parser.add_argument("--model", required=True, help="a saved model folder or hub id")
     parser.add_argument(
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         if not value.lstrip("-").isdigit():
             parser.error(f"--ignore-index expects KEY=INTEGER, got {entry!r}")
         ignore_index[key] = int(value)
-    return run_command(parser.prog, lambda: benchmark(args, sources, ignore_index))
+    return run_command(
+        parser.prog, lambda: benchmark(args, sources, ignore_index), launch=("training.commands.benchmark", argv)
+    )
 
 
 def benchmark(args: argparse.Namespace, sources: dict[str, str], ignore_index: dict[str, int]) -> int:

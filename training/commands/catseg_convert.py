@@ -14,7 +14,8 @@ import sys
 
 from modeling_catseg.configuration_catseg import CatSegConfig
 from training.conversion.catseg import convert_catseg_checkpoint
-from training.core.errors import UsageError, run_command
+from training.core.command import run_command
+from training.core.errors import UsageError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ from pathlib import Path
 from transformers.utils import logging as transformers_logging
 
 from training.core.atomic import write_folder_atomic
-from training.core.errors import UsageError, run_command
+from training.core.command import run_command
+from training.core.errors import UsageError
 from training.models.loading import build_converted_folder, check_writable_folder
 
 

@@ -34,7 +34,7 @@ from training.apps.demo import (  # noqa: E402
     write_space,
     MAX_UPLOAD,
 )
-from training.core.errors import run_command  # noqa: E402
+from training.core.command import run_command  # noqa: E402
 from training.models.loading import resolve_device  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from training.apps.export import ExportError, check_onnx, example_inputs, export_onnx
-from training.core.errors import run_command
+from training.core.command import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from training.core.distributed import build_accelerator
-from training.core.errors import UsageError, run_command
+from training.core.command import run_command
+from training.core.errors import UsageError
 from training.evaluation.fss import evaluate_fss, fss_episodes
 from training.models.loading import default_cache_dir, load_model
 
@@ -59,9 +60,10 @@ def fss(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_command(parser.prog, lambda: fss(args))
+    return run_command(parser.prog, lambda: fss(args), launch=("training.commands.fss", argv))
 
 
 if __name__ == "__main__":

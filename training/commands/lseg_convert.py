@@ -13,7 +13,7 @@ from pathlib import Path
 
 from modeling_lseg.configuration_lseg import LSegConfig
 from training.conversion.lseg import OFFICIAL_CHECKPOINTS, convert_lseg_checkpoint
-from training.core.errors import run_command
+from training.core.command import run_command
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from training.core.errors import run_command
+from training.core.command import run_command
 from training.data.prepare import PREPARATIONS, prepare_dataset, push_prepared
 
 

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from training.core.errors import run_command
+from training.core.command import run_command
 from training.hub.push import push_folder_to_hub
 
 

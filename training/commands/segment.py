@@ -34,8 +34,9 @@ from processing.inference_ovseg import SegmentationResult, TextFeatureCache, seg
 from processing.text_prompts_ovseg import resolve_templates, validate_vocabulary
 from training.apps.visualization import label_map_image, overlay_image
 from training.core.atomic import write_files_atomic
-from training.core.distributed import build_accelerator, relaunch_requested_processes
-from training.core.errors import UsageError, run_command
+from training.core.distributed import build_accelerator
+from training.core.command import run_command
+from training.core.errors import UsageError
 from training.data.labelling import label_dataset
 from training.data.prepare import push_prepared
 from training.data.sources import IMAGE_COLUMNS, _load_rows
@@ -220,7 +221,10 @@ def run(args: argparse.Namespace) -> int:
                 progress_callback=None if unit is None or bar.disable else inner,
             )
             for (path, stem), array, result in zip(batch, arrays, results):
-                write_outputs(out_dir, stem, path, array, result, extra)
+                try:
+                    write_outputs(out_dir, stem, path, array, result, extra)
+                except OSError as error:  # the folder refused files after the probe, or the disk is full
+                    raise UsageError(f"--out {out_dir}: could not write the outputs of {path}: {error}") from None
                 bar.update()
     if not args.quiet:
         print(
@@ -262,6 +266,7 @@ def label(args: argparse.Namespace) -> int:
     templates = resolve_templates(args.templates) if args.templates is not None else None
     if Path(args.output_dataset).exists():
         raise UsageError(f"--output-dataset {args.output_dataset} already exists: remove it or choose another")
+    check_writable_folder(Path(args.output_dataset), "--output-dataset")
     # The data first: a wrong source fails before the model is loaded.
     dataset, _ = _load_rows(args.dataset, args.split, args.dataset_config, args.streaming)
     accelerator = build_accelerator()
@@ -307,12 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_labelling_parser()
         args = parser.parse_args(argv)
 
-        def body() -> int:
-            # `accelerate launch --cpu --num_processes N` starts this one process: start the N it was asked for.
-            status = relaunch_requested_processes("training.commands.segment", argv)
-            return label(args) if status is None else status
-
-        return run_command(parser.prog, body)
+        return run_command(parser.prog, lambda: label(args), launch=("training.commands.segment", argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     # One progress bar (ours, per image); transformers' weight-loading bars would interleave with it.

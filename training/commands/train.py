@@ -5,8 +5,7 @@ import argparse
 import json
 import sys
 
-from training.core.distributed import relaunch_requested_processes
-from training.core.errors import run_command
+from training.core.command import run_command
 from training.engine.config import add_config_arguments, config_from_args
 from training.engine.loop import train
 
@@ -22,17 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        # `accelerate launch --cpu --num_processes N` starts this one process: start the N it was asked for.
-        status = relaunch_requested_processes("training.commands.train", argv)
-        if status is not None:
-            return status
         result = train(config_from_args(args))
         if result.model_dir is not None:
             summary = {"model_dir": str(result.model_dir), "step": result.step, "metrics": result.metrics}
             print(json.dumps(summary, default=str))
         return 0
 
-    return run_command(parser.prog, body)
+    return run_command(parser.prog, body, launch=("training.commands.train", argv))
 
 
 if __name__ == "__main__":

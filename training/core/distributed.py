@@ -65,17 +65,10 @@ def requested_launch() -> tuple[int, object] | None:
     return args.num_processes, args
 
 
-def relaunch_requested_processes(module: str, argv: list[str]) -> int | None:
-    """Start the processes `accelerate launch` was asked for but did not start, and wait for them.
-
-    Returns their exit status, or `None` when this process should simply run (it is one of a group already, or one
-    process was asked for). The processes are started with `torch.distributed.run` on this machine and train on CPU
-    (gloo), exactly as `torchrun --nproc_per_node N -m module ...` would.
-    """
-    requested = requested_launch()
-    if requested is None:
-        return None
-    count, args = requested
+def relaunch(module: str, argv: list[str], count: int, args) -> int:
+    """Start the `count` processes that `accelerate launch` (its parsed `args`) was asked for but did not start, as
+    `torchrun --nproc_per_node count -m module ...` would on this machine (CPU, gloo), and wait for them; returns
+    their exit status."""
     if args.num_machines and args.num_machines > 1:
         raise LaunchError(
             f"accelerate launch starts {count} CPU processes on {args.num_machines} machines only through MPI: "
@@ -83,8 +76,8 @@ def relaunch_requested_processes(module: str, argv: list[str]) -> int | None:
         )
     if not args.cpu and torch.cuda.is_available():
         raise LaunchError(
-            f"accelerate launch started one process for --num_processes {count}: add --multi_gpu to train on "
-            f"{count} GPUs, or --cpu to train {count} processes on the CPU"
+            f"accelerate launch started one process for --num_processes {count}: add --multi_gpu to run on "
+            f"{count} GPUs, or --cpu to run {count} processes on the CPU"
         )
     rendezvous = (
         ["--master_addr", str(args.main_process_ip or "127.0.0.1"), "--master_port", str(args.main_process_port)]
@@ -101,4 +94,4 @@ def relaunch_requested_processes(module: str, argv: list[str]) -> int | None:
     return subprocess.run([*command, "-m", module, *argv], check=False).returncode
 
 
-__all__ = ["LaunchError", "build_accelerator", "relaunch_requested_processes", "requested_launch"]
+__all__ = ["LaunchError", "build_accelerator", "relaunch", "requested_launch"]

@@ -1,9 +1,6 @@
-"""The one error convention of the commands: every refusal the user can act on is an `OvsegError` (or one of the
-Hub-facing input errors, which cannot import this project), and `run_command` turns it into one line
-``PROG: error: MESSAGE`` on stderr and the error's exit status, never a traceback."""
-
-import sys
-from collections.abc import Callable
+"""The errors of the commands: every refusal the user can act on is an `OvsegError` (or one of the Hub-facing input
+errors, which cannot import this project), whose message is one line and which carries the exit status;
+`training.core.command.run_command` reports it."""
 
 from processing.image_utils_ovseg import InvalidImageError
 from processing.text_prompts_ovseg import VocabularyError
@@ -24,14 +21,3 @@ class UsageError(OvsegError):
 
 class ConversionError(OvsegError, ValueError):
     """A checkpoint that a converter cannot map (the CAT-Seg and LSeg converters raise it)."""
-
-
-def run_command(prog: str, body: Callable[[], int | None]) -> int:
-    """Run a command's `body` and return its exit status (0 when it returns None). An `OvsegError` or a Hub input
-    error ends the command as argparse ends on a bad flag: one line ``PROG: error: MESSAGE`` on stderr and
-    `SystemExit` with the error's status, so callers and console scripts see a bad input one way."""
-    try:
-        return body() or 0
-    except (OvsegError, *HUB_INPUT_ERRORS) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        raise SystemExit(getattr(error, "exit_status", OvsegError.exit_status)) from None

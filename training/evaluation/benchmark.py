@@ -1,7 +1,7 @@
 """The standard zero-shot benchmark: a model trained on COCO-Stuff, tested on six datasets with their own vocabularies.
 
 ```bash
-accelerate launch --num_processes 4 -m training.evaluation.benchmark --model catseg-vit-base-patch16-384 \
+accelerate launch --num_processes 4 -m training.commands.benchmark --model catseg-vit-base-patch16-384 \
     --class-names-dir /path/to/CAT-Seg/datasets \
     --data a847=/data/ADE20K_2021_17_01/images_detectron2/validation,/data/ADE20K_2021_17_01/annotations_detectron2/validation \
     --data pc459=/data/pc459_parquet --data a150=... --data pc59=... --data pas20=... --data pas20b=... \

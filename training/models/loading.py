@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -99,8 +100,13 @@ def check_writable_folder(folder: Path, option: str) -> None:
     existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.exists())
     if not existing.is_dir():
         raise UsageError(f"{option} {folder}: {existing} is a file, so the folder cannot be created")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {folder}: {existing} is not writable; choose a folder you can write to")
+    # Only creating a file tells: os.access reads the permission bits, which root on sysfs, immutable folders and
+    # root-squashed network shares do not follow.
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".ovseg-write-probe-"):
+            pass
+    except OSError:
+        raise UsageError(f"{option} {folder}: {existing} is not writable; choose a folder you can write to") from None
 
 
 def convert_official_checkpoint(checkpoint: Path, cache_dir: Path, quiet: bool = False) -> Path:
