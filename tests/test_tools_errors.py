@@ -316,4 +316,4 @@ def test_a_one_process_command_under_accelerate_launch_of_several_is_refused_in_
     monkeypatch.setattr(command, "requested_launch", lambda: (2, None))
     code, err = exit_and_error(push.main, [tmp_path / "model", "someone/x"], capsys)
     assert code == 2
-    assert err == "ovseg-push: error: ovseg-push runs on one process: start it without accelerate launch --num_processes 2"
+    assert err == "ovseg-push: error: runs on one process only: start it without accelerate launch --num_processes 2"

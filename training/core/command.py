@@ -26,7 +26,7 @@ def run_command(
             return body() or 0
         count, launch_args = requested
         if launch is None:
-            raise LaunchError(f"{prog} runs on one process: start it without accelerate launch --num_processes {count}")
+            raise LaunchError(f"runs on one process only: start it without accelerate launch --num_processes {count}")
         module, argv = launch
         return relaunch(module, list(argv), count, launch_args)
     except (OvsegError, *HUB_INPUT_ERRORS) as error:
