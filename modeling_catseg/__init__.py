@@ -7,6 +7,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
 from .configuration_catseg import CatSegConfig
 from .modeling_catseg import CatSegForSemanticSegmentation, CatSegModel, CatSegPreTrainedModel
+from .modeling_dense_clip import DenseClipForSemanticSegmentation
 
 AutoConfig.register(CatSegConfig.model_type, CatSegConfig, exist_ok=True)
 AutoModel.register(CatSegConfig, CatSegForSemanticSegmentation, exist_ok=True)
@@ -15,4 +16,10 @@ AutoModelForSemanticSegmentation.register(CatSegConfig, CatSegForSemanticSegment
 CatSegConfig.register_for_auto_class()
 CatSegForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 
-__all__ = ["CatSegConfig", "CatSegModel", "CatSegForSemanticSegmentation", "CatSegPreTrainedModel"]
+__all__ = [
+    "CatSegConfig",
+    "CatSegModel",
+    "CatSegForSemanticSegmentation",
+    "CatSegPreTrainedModel",
+    "DenseClipForSemanticSegmentation",
+]
