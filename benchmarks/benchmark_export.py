@@ -3,10 +3,10 @@
     python benchmarks/benchmark_export.py                                  # full-size LSeg and CAT-Seg ViT-B
     python benchmarks/benchmark_export.py --models lseg-tiny --size 64 --vocab 5 --repeats 1   # a quick check
 
-Models have random weights (no download). Each is exported once by `training/apps/export.py` from `text_embeds` (the text
-tower is not timed); the graph's class dimension is dynamic, so every vocabulary size runs on the same file. A model
-that does not export is reported with its error instead of a latency. Results go to `--out` as JSON, and a table is
-printed. Run it on an idle machine: timings on a loaded one are not comparable.
+Models have random weights (no download). Each is exported once by `training/apps/export.py` from `text_embeds` (the
+text tower is not timed); the graph's class dimension is dynamic, so every vocabulary size runs on the same file. A
+model that does not export is reported with its error instead of a latency. Results go to `--out` as JSON, and a table
+is printed. Run it on an idle machine: timings on a loaded one are not comparable.
 """
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     rows = [row for name in args.models for row in benchmark(name, args.size, args.vocab, args.repeats, args.threads)]
 
-    print(f"{'model':<12} {'size':>5} {'classes':>7} {'PyTorch s':>10} {'ORT s':>8} {'speed-up':>8} {'max |diff|':>10}")
+    print(
+        f"{'model':<12} {'size':>5} {'classes':>7} {'PyTorch s':>10} {'ORT s':>8} {'speed-up':>8} {'max |diff|':>10}"
+    )
     for row in rows:
         if "error" in row:
             print(f"{row['model']:<12} {row['size']:>5} does not export: {row['error']}")

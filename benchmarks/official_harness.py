@@ -386,7 +386,10 @@ def build_official_catseg(
                 **{**CATSEG_B16, "pooling_sizes": [pooling, pooling]},
             )
         head = official.CATSegHead(
-            num_classes=len(class_names), ignore_value=255, feature_resolution=[24, 24], transformer_predictor=predictor
+            num_classes=len(class_names),
+            ignore_value=255,
+            feature_resolution=[24, 24],
+            transformer_predictor=predictor,
         )
         model = official.CATSeg(
             backbone=None,
@@ -446,7 +449,9 @@ def build_official_lseg(root: Path, labels: list[str], *, seed: int = 0) -> nn.M
     official = import_official_lseg(root)
     dims = OPENAI_CLIP_DIMS["ViT-B/32"]
     create_model, load = official.timm.create_model, official.clip.load
-    official.timm.create_model = lambda name, pretrained=False, **kwargs: create_model(name, pretrained=False, **kwargs)
+    official.timm.create_model = lambda name, pretrained=False, **kwargs: create_model(
+        name, pretrained=False, **kwargs
+    )
     official.clip.load = lambda name, device="cpu", jit=False: (official.clip.model.CLIP(*dims), None)
     try:
         with _timm_from(root / "site-timm-lseg"), official_patches():

@@ -30,7 +30,9 @@ def test_raw_scene_parsing_masks_are_refused_with_the_fix(tmp_path, capsys):
     argv = ["--model", tmp_path / "absent", "--data", f"a150={source}", "--class-names-dir", names]
     code, err = run(benchmark_command.main, argv, capsys)
     assert code == 2 and len(err.splitlines()) == 1
-    assert err.startswith("ovseg-benchmark: error: a150: none of the first 3 masks has the ignore value 255 and every one contains 0")
+    assert err.startswith(
+        "ovseg-benchmark: error: a150: none of the first 3 masks has the ignore value 255 and every one contains 0"
+    )
     assert "which A-150 would score as class 0 ('ade150 0'); pass --reduce-labels a150" in err
 
 
@@ -71,7 +73,9 @@ def test_fss_without_class_folders_fails(tmp_path, capsys):
         f"{tmp_path / 'fss'}/<class>/<n>.jpg with masks <n>.png"
     )
     (tmp_path / "empty.txt").write_text("\n")
-    code, err = run(fss.main, ["--model", "x", "--data", tmp_path / "fss", "--classes-file", tmp_path / "empty.txt"], capsys)
+    code, err = run(
+        fss.main, ["--model", "x", "--data", tmp_path / "fss", "--classes-file", tmp_path / "empty.txt"], capsys
+    )
     assert code == 2 and err == f"ovseg-fss: error: the classes file {tmp_path / 'empty.txt'} lists no class"
 
 

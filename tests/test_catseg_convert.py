@@ -109,7 +109,9 @@ def test_unexpected_key_is_named(official_state_dict, tmp_path):
 
 def test_shape_mismatch_is_named(official_state_dict, tmp_path):
     config = infer_catseg_config(official_state_dict, text_guidance_dim=8, **HEADS)
-    with pytest.raises(CheckpointConversionError, match=r"shape mismatches \(\d+\): \['catseg.layers.0.class_aggregation"):
+    with pytest.raises(
+        CheckpointConversionError, match=r"shape mismatches \(\d+\): \['catseg.layers.0.class_aggregation"
+    ):
         convert_catseg_checkpoint(save_variant(tmp_path, official_state_dict), tmp_path / "out", config=config)
     assert not (tmp_path / "out").exists()
 

@@ -44,7 +44,9 @@ EXACT = dict(atol=1e-5, rtol=1e-5)
 
 
 # The fast paths take other kernels in inference (oneDNN linears, `out=` writes) than under autograd: both are tested.
-GRAD_MODES = pytest.mark.parametrize("grad_mode", [contextlib.nullcontext, torch.inference_mode], ids=["autograd", "inference"])
+GRAD_MODES = pytest.mark.parametrize(
+    "grad_mode", [contextlib.nullcontext, torch.inference_mode], ids=["autograd", "inference"]
+)
 
 
 def config(**overrides):

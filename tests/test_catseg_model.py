@@ -123,14 +123,19 @@ def test_precomputed_text_embeds_give_identical_logits(model):
 def test_text_encoding_stops_at_the_end_token_without_changing_features(model):
     ids = F.pad(prompts(3), (0, 69))  # official zero padding to 77
     full = model.catseg.clip.get_text_features(input_ids=ids).pooler_output
-    torch.testing.assert_close(model.get_text_features(ids).pooler_output, F.normalize(full, dim=-1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        model.get_text_features(ids).pooler_output, F.normalize(full, dim=-1), atol=1e-6, rtol=1e-5
+    )
     # The transformers tokenizer pads with the end token and gives a mask instead: same features.
     hf_ids = ids.masked_fill(ids == 0, 49407)
     mask = torch.zeros_like(ids)
     for row in range(3):
         mask[row, : int((ids[row] == 49407).nonzero()[0]) + 1] = 1
     torch.testing.assert_close(
-        model.get_text_features(hf_ids, mask).pooler_output, model.get_text_features(ids).pooler_output, atol=1e-6, rtol=1e-5
+        model.get_text_features(hf_ids, mask).pooler_output,
+        model.get_text_features(ids).pooler_output,
+        atol=1e-6,
+        rtol=1e-5,
     )
 
 

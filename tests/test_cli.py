@@ -267,13 +267,17 @@ def test_an_image_smaller_than_a_patch_is_named_before_the_model_is_loaded(photo
 
 
 def test_a_write_that_fails_after_segmenting_is_one_line(photos, catseg_folder, tmp_path, capsys, monkeypatch):
-    """A folder that accepted the probe can still refuse the outputs (taken away, full disk): one line, no traceback."""
+    """A folder that accepted the probe can still refuse the outputs (disk full, taken away): one line, no trace."""
 
     def refuse(writers):
         raise PermissionError(13, "Permission denied", str(next(iter(writers))))
 
     monkeypatch.setattr(cli, "write_files_atomic", refuse)
     out = tmp_path / "out"
-    error = run(photos / "food.jpg", "--labels", "cat", "--model", catseg_folder, "--out", out, expect=2, capsys=capsys)
-    assert error.startswith(f"ovseg-segment: error: --out {out}: could not write the outputs of {photos / 'food.jpg'}: ")
+    error = run(
+        photos / "food.jpg", "--labels", "cat", "--model", catseg_folder, "--out", out, expect=2, capsys=capsys
+    )
+    assert error.startswith(
+        f"ovseg-segment: error: --out {out}: could not write the outputs of {photos / 'food.jpg'}: "
+    )
     assert "Permission denied" in error and len(error.splitlines()) == 1

@@ -104,7 +104,9 @@ def test_mask_hints_name_the_flags_of_the_tool_that_loaded_the_data(tmp_path, ca
     with pytest.raises(SystemExit) as exit_info:
         benchmark.main(["--model", "absent", "--data", f"a150={source}", "--class-names-dir", str(names)])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "if 150 marks unlabelled pixels, pass --ignore-index a150=150 (now 255)" in err
+    assert (
+        exit_info.value.code == 2 and "if 150 marks unlabelled pixels, pass --ignore-index a150=150 (now 255)" in err
+    )
     assert "if 0 means 'other' and classes are numbered from 1, pass --reduce-labels a150" in err
     data = load_segmentation_data(source, class_names=[f"c{i}" for i in range(150)])
     with pytest.raises(DataError, match=r"set reduce_labels=true \(--reduce-labels true\)"):

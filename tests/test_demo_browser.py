@@ -139,8 +139,8 @@ def test_upload_type_labels_run_and_read_the_table(server, browser):
     labels.send_keys("background\nbroccoli\nred box\nfood, meal")
     browser.find_element(By.CSS_SELECTOR, "#run").click()
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#overlay img"), 90, "the overlay")
-    _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#seconds textarea, #seconds input").get_attribute("value"),
-          30, "the time taken")  # fmt: skip
+    seconds = "#seconds textarea, #seconds input"
+    _wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, seconds).get_attribute("value"), 30, "the time taken")
     rows = {}
     for cell in browser.find_elements(By.CSS_SELECTOR, "#table [role=gridcell]"):
         rows.setdefault(int(cell.get_attribute("data-row")), {})[int(cell.get_attribute("data-col"))] = (

@@ -49,7 +49,18 @@ def test_lseg_onnx_runtime_matches_pytorch_on_the_fixture(lseg, tmp_path):
 def test_the_command_writes_a_checked_onnx_file(tmp_path, capsys):
     model = converted_model(shared_path("fixtures", "lseg_tiny"))
     model.save_pretrained(tmp_path / "model")
-    main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "model.onnx"), "--height", "64", "--width", "96"])
+    main(
+        [
+            "--model",
+            str(tmp_path / "model"),
+            "--output",
+            str(tmp_path / "model.onnx"),
+            "--height",
+            "64",
+            "--width",
+            "96",
+        ]
+    )
     assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out
     assert (tmp_path / "model.onnx").is_file()
 

@@ -1,4 +1,5 @@
-"""Publishing to the Hub against a local stand-in of `HfApi`: one upload of weights, remote code, processor and card."""
+"""Publishing to the Hub against a local stand-in of `HfApi`: one upload of weights, remote code, processor and
+card."""
 
 import json
 from pathlib import Path
@@ -135,7 +136,9 @@ def test_an_unreachable_hub_is_one_line_and_leaves_the_folder_untouched(saved_fo
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"ovseg-push: error: could not push {saved_folder} to {unreachable}/someone/tiny-catseg (ConnectError: ")
+    assert err.startswith(
+        f"ovseg-push: error: could not push {saved_folder} to {unreachable}/someone/tiny-catseg (ConnectError: "
+    )
     assert err.endswith("(`hf auth login`, HF_TOKEN or --token)")
     assert sorted(p.name for p in saved_folder.iterdir()) == before and "README.md" not in before
 

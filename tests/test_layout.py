@@ -11,7 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_FOLDERS = ("modeling_catseg", "modeling_lseg", "processing")
-FORBIDDEN = re.compile(r"^\s*(from (modeling_catseg|modeling_lseg|processing|training)\b|from \. import|from \.\.)", re.M)
+FORBIDDEN = re.compile(
+    r"^\s*(from (modeling_catseg|modeling_lseg|processing|training)\b|from \. import|from \.\.)", re.M
+)
 # The processing modules that saved folders name in their auto_map / custom_pipelines; the Hub copies them and what
 # they import relatively.
 HUB_ENTRY_MODULES = ("image_processing_ovseg", "processing_ovseg", "pipeline_ovseg")
@@ -59,7 +61,9 @@ def imported_modules(name: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])])
+                base = ".".join(
+                    [*package.split(".")[: len(package.split(".")) - node.level + 1], *filter(None, [base])]
+                )
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in TRAINING else base for alias in node.names]
         else:
             continue

@@ -89,7 +89,9 @@ class LSegModelTest(modeling_common.ModelTesterMixin, unittest.TestCase):
         inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=False)
         if return_labels and model_class is LSegForSemanticSegmentation:
             tester = self.model_tester
-            inputs_dict["labels"] = torch.zeros(tester.batch_size, tester.image_size, tester.image_size, dtype=torch.long)
+            inputs_dict["labels"] = torch.zeros(
+                tester.batch_size, tester.image_size, tester.image_size, dtype=torch.long
+            )
         return inputs_dict
 
     def test_model_get_set_embeddings(self):

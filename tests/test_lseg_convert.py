@@ -128,7 +128,8 @@ def test_the_weights_are_float32_and_the_unused_tensors_dropped(folder, original
     assert not [key for key in saved if "vision" in key or "logit_scale" in key or ".head." in key]
     assert not [key for key in saved if "dpt.layernorm" in key]
     # 490 official tensors less the timm classifier (2) and final norm (2), CLIP's image tower (20) and logit scale
-    # (1), plus the three q/k/v tensors that every fused projection (24 ViT + 3 text blocks, weight and bias) splits into.
+    # (1), plus the three q/k/v tensors that every fused projection (24 ViT + 3 text blocks, weight and bias) splits
+    # into.
     assert len(saved) == 490 - 2 - 2 - 20 - 1 + 2 * 27 * 2
 
 

@@ -342,7 +342,9 @@ def test_the_unused_final_vit_layernorm_is_not_part_of_the_model(tmp_path, model
     state["lseg.dpt.layernorm.weight"] = torch.ones(32)
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
     loaded = LSegForSemanticSegmentation.from_pretrained(tmp_path)
-    torch.testing.assert_close(loaded.state_dict()["lseg.neck.convs.0.weight"], model.state_dict()["lseg.neck.convs.0.weight"])
+    torch.testing.assert_close(
+        loaded.state_dict()["lseg.neck.convs.0.weight"], model.state_dict()["lseg.neck.convs.0.weight"]
+    )
 
 
 def _randomised_batch_norms(model: torch.nn.Module) -> None:

@@ -420,7 +420,9 @@ def test_prepare_then_benchmark_end_to_end_gives_both_miou_definitions(tmp_path,
     shutil.copytree(samples / "annotations", raw / "annotations" / "validation")
     names = class_names_dir(tmp_path / "names", ade150=150)
     out = tmp_path / "prepared-a150"
-    assert prepare_command.main(["a150", str(raw), "--output", str(out), "--class-names-dir", str(names), "--quiet"]) == 0
+    assert (
+        prepare_command.main(["a150", str(raw), "--output", str(out), "--class-names-dir", str(names), "--quiet"]) == 0
+    )
     assert f"Wrote {out} (validation: 3 images)" in capsys.readouterr().out
     torch.manual_seed(0)
     model = save_for_hub(

@@ -1,7 +1,8 @@
 """transformers' own processor common tests (`ProcessorTesterMixin`) on `OVSegProcessor`.
 
 The mixin comes from the sdist of the installed release (`tests/transformers_common.py`). The processor's components
-are the ones `training.models.presets` builds: `OVSegImageProcessor` and the bundled OpenAI CLIP tokenizer (no download).
+are the ones `training.models.presets` builds: `OVSegImageProcessor` and the bundled OpenAI CLIP tokenizer (no
+download).
 """
 
 import unittest

@@ -122,7 +122,11 @@ def test_lseg_convert_names_the_overwrite_flag(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     checkpoint = shared_path("fixtures", "lseg_tiny", "original_checkpoint.ckpt")
     code, err = exit_and_error(lseg_convert.main, ["--checkpoint", checkpoint, "--output", tmp_path / "out"], capsys)
-    assert code == 2 and err == f"lseg-convert: error: {tmp_path / 'out'} already exists; choose another --output or pass --overwrite."
+    assert (
+        code == 2
+        and err
+        == f"lseg-convert: error: {tmp_path / 'out'} already exists; choose another --output or pass --overwrite."
+    )
 
 
 @pytest.fixture
@@ -148,7 +152,9 @@ def test_segment_out_that_is_a_file_is_refused_before_loading(tmp_path, image, n
     argv = [image, "--labels", "cat, dog", "--model", "any", "--out", tmp_path / "taken"]
     code, err = exit_and_error(cli.main, argv, capsys)
     assert code == 2
-    assert err == f"ovseg-segment: error: --out {tmp_path / 'taken'} is a file, not a folder: pass a folder (it is created if missing)"
+    taken = tmp_path / "taken"
+    message = "is a file, not a folder: pass a folder (it is created if missing)"
+    assert err == f"ovseg-segment: error: --out {taken} {message}"
     code, err = exit_and_error(cli.main, [*argv[:-1], tmp_path / "taken" / "sub"], capsys)
     assert code == 2 and err.endswith(f"{tmp_path / 'taken'} is a file, so the folder cannot be created")
 
@@ -173,7 +179,8 @@ def test_segment_out_in_an_unwritable_folder_is_refused_before_loading(tmp_path,
 @pytest.fixture
 def refusing_folder(tmp_path, monkeypatch):
     """A folder that `os.access` calls writable but that refuses new files: /sys/fs for root (like an immutable
-    folder or a root-squashed share); otherwise a read-only folder whose permission bits `os.access` is made to miss."""
+    folder or a root-squashed share); otherwise a read-only folder whose permission bits `os.access` is made to
+    miss."""
     if os.geteuid() != 0:
         folder = tmp_path / "refusing"
         folder.mkdir(mode=0o555)
@@ -236,7 +243,9 @@ def test_converters_are_registered_by_model_type_with_one_signature(tmp_path):
 def test_both_converters_map_openai_clip_with_the_one_key_map():
     from training.conversion import openai_clip_keys
 
-    assert convert_catseg.map_openai_clip_key is convert_lseg.map_openai_clip_key is openai_clip_keys.map_openai_clip_key
+    assert (
+        convert_catseg.map_openai_clip_key is convert_lseg.map_openai_clip_key is openai_clip_keys.map_openai_clip_key
+    )
     assert not [name for name in vars(convert_lseg) if "CLIP_BLOCK" in name or name == "_map_clip_key"]
     assert not [name for name in vars(convert_catseg) if "CLIP_BLOCK" in name or name == "_map_clip_key"]
     fused = torch.arange(12.0).reshape(6, 2)
@@ -244,7 +253,9 @@ def test_both_converters_map_openai_clip_with_the_one_key_map():
     assert list(mapped) == [f"vision_model.encoder.layers.3.self_attn.{p}_proj.weight" for p in "qkv"]
     assert torch.equal(torch.cat(list(mapped.values())), fused)
     projection = torch.arange(6.0).reshape(2, 3)
-    assert torch.equal(openai_clip_keys.map_openai_clip_key("text_projection", projection)["text_projection.weight"], projection.t())
+    assert torch.equal(
+        openai_clip_keys.map_openai_clip_key("text_projection", projection)["text_projection.weight"], projection.t()
+    )
     assert openai_clip_keys.map_openai_clip_key("visual.unknown", projection) is None
 
 
@@ -303,7 +314,11 @@ def test_fp16_on_the_cpu_is_refused_in_one_line_before_any_work(tmp_path, monkey
             monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
         code, err = exit_and_error(main, argv, capsys)
         assert code == 2
-        assert err.startswith(f"{progs[main]}: error: fp16 mixed precision needs a GPU") and "bf16" in err and "\n" not in err
+        assert (
+            err.startswith(f"{progs[main]}: error: fp16 mixed precision needs a GPU")
+            and "bf16" in err
+            and "\n" not in err
+        )
     assert not (tmp_path / "out").exists()
 
 

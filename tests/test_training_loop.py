@@ -32,7 +32,8 @@ class ModelBuilt(Exception):
 
 
 def test_the_log_has_the_base_and_group_learning_rates_the_gradient_norm_and_the_throughput(
-    tmp_path, shapes_dir  # noqa: F811
+    tmp_path,
+    shapes_dir,  # noqa: F811
 ):
     config = tiny_train_config(tmp_path, shapes_dir, max_steps=3, lr_multipliers={"catseg.clip.": 0.01})
     train(config)
@@ -76,7 +77,9 @@ def test_a_step_the_loss_scaler_skips_does_not_advance_the_schedule(tmp_path, sh
 
 
 def test_the_resolved_configuration_is_written_before_the_model_is_built(
-    tmp_path, shapes_dir, monkeypatch  # noqa: F811
+    tmp_path,
+    shapes_dir,  # noqa: F811
+    monkeypatch,
 ):
     def build_model(config):
         raise ModelBuilt

@@ -9,7 +9,14 @@ from tiny_models import tiny_catseg_config, tiny_lseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegForSemanticSegmentation
-from training.engine.config import ConfigError, TrainConfig, add_config_arguments, config_from_args, list_recipes, read_recipe
+from training.engine.config import (
+    ConfigError,
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    list_recipes,
+    read_recipe,
+)
 from training.engine.optim import build_optimizer, build_scheduler, freeze_parameters, parameter_groups
 
 

@@ -417,5 +417,3 @@ def write_space(folder: Path, model: str, title: str = "Open-vocabulary segmenta
     readme = SPACE_README.format(title=title, gradio_version=gradio.__version__, model=space_model)
     (folder / "README.md").write_text(readme, encoding="utf-8")
     return folder
-
-

@@ -6,9 +6,10 @@ The exported graph takes `pixel_values` `(batch_size, 3, height, width)` and `te
 projection_dim)` (from the model's `get_text_features`, so the text tower is not part of the graph) and returns the
 `logits`. The number of classes is a dynamic dimension: one export serves every vocabulary (for CAT-Seg, every
 vocabulary of at most `config.max_classes` classes, 256 for the released models, or `config.top_k_classes`: a larger
-one goes through the top-k class selection, which depends on the data and stays out of the graph; both the program
-and `onnx_logits` refuse more classes); the image size is fixed at export time. The ONNX file is written by torch's dynamo exporter (`torch.onnx.export(..., dynamo=True)`) from the
-same program, and checked against PyTorch with ONNX Runtime before the command reports success.
+one goes through the top-k class selection, which depends on the data and stays out of the graph; both the program and
+`onnx_logits` refuse more classes); the image size is fixed at export time. The ONNX file is written by torch's dynamo
+exporter (`torch.onnx.export(..., dynamo=True)`) from the same program, and checked against PyTorch with ONNX Runtime
+before the command reports success.
 
 Needs the `export` extra: `pip install "ovseg-hf[export]"` (onnx, onnxruntime, onnxscript).
 """
@@ -120,7 +121,11 @@ def onnx_logits(path: str | os.PathLike, pixel_values: torch.Tensor, text_embeds
 
 
 def check_onnx(
-    model: nn.Module, path: str | os.PathLike, pixel_values: torch.Tensor, text_embeds: torch.Tensor, atol: float = 1e-4
+    model: nn.Module,
+    path: str | os.PathLike,
+    pixel_values: torch.Tensor,
+    text_embeds: torch.Tensor,
+    atol: float = 1e-4,
 ) -> float:
     """The largest |logit difference| between ONNX Runtime and PyTorch; raises [`ExportError`] above `atol`."""
     with torch.no_grad():
@@ -129,5 +134,3 @@ def check_onnx(
     if not difference <= atol:
         raise ExportError(f"ONNX Runtime logits differ from PyTorch by {difference:.3g} (more than {atol}).")
     return difference
-
-

@@ -17,6 +17,8 @@ DESCRIPTION = (
     "The standard zero-shot benchmark: a model trained on COCO-Stuff, tested on six datasets with their own "
     "vocabularies."
 )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="ovseg-benchmark", description=DESCRIPTION)

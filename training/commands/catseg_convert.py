@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         config = CatSegConfig.from_json_file(args.config) if args.config else None
     except (OSError, ValueError) as error:
         parser.error(f"--config {args.config}: {error}")
+
     def body() -> int:
         try:
             output = convert_catseg_checkpoint(
@@ -53,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_command(parser.prog, body)
-
 
 
 if __name__ == "__main__":

@@ -37,14 +37,18 @@ from training.apps.demo import (  # noqa: E402
 from training.core.command import run_command  # noqa: E402
 from training.models.loading import resolve_device  # noqa: E402
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ovseg-demo", description="A web demo: type labels, drop a photo, see the segmentation."
     )
     parser.add_argument("--model", action="append", help="folder, Hub id or official checkpoint (repeatable)")
     parser.add_argument("--models-dir", help="offer every CAT-Seg / LSeg folder in this folder")
-    parser.add_argument("--class-names-dir", default=str(DEFAULT_CLASS_NAMES_DIR),
-                        help="folder with the benchmark class-name lists (coco.json, ade150.json, ...) for presets")  # fmt: skip
+    parser.add_argument(
+        "--class-names-dir",
+        default=str(DEFAULT_CLASS_NAMES_DIR),
+        help="folder with the benchmark class-name lists (coco.json, ade150.json, ...) for presets",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps, ...")

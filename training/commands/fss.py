@@ -15,13 +15,16 @@ from training.models.loading import default_cache_dir, load_model
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ovseg-fss",
+    parser = argparse.ArgumentParser(
+        prog="ovseg-fss",
         description="LSeg's FSS-1000 zero-shot protocol: each test class is segmented with the two labels "
         '`["others", <class>]`.',
-)
+    )
     parser.add_argument("--model", required=True, help="a saved model folder or hub id (LSeg; any model works)")
     parser.add_argument(
-        "--data", required=True, help="the FSS-1000 root: one folder per class, <root>/<class>/<n>.jpg with masks <n>.png"
+        "--data",
+        required=True,
+        help="the FSS-1000 root: one folder per class, <root>/<class>/<n>.jpg with masks <n>.png",
     )
     parser.add_argument("--classes-file", help="HSNet's splits/fss/test.txt (240 classes); default: every folder")
     parser.add_argument("--output-dir", default="outputs/fss")

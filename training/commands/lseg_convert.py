@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         config = LSegConfig.from_pretrained(args.config) if args.config else None
     except (OSError, ValueError) as error:
         parser.error(f"--config {args.config}: {error}")
+
     def body() -> int:
         convert_lseg_checkpoint(
             args.checkpoint,
@@ -66,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_command(parser.prog, body)
-
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
         prog="ovseg-train",
-        description="Train CAT-Seg or LSeg with Accelerate: one process or many, CPU or GPU, mixed precision, resumable.",
+        description="Train CAT-Seg or LSeg with Accelerate: one process or many, CPU or GPU, mixed precision, "
+        "resumable.",
         epilog="Every setting of training.engine.config.TrainConfig is a flag; lists and mappings as JSON.",
     )
     add_config_arguments(parser)

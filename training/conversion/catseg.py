@@ -291,5 +291,3 @@ def convert_catseg_checkpoint(
     load_official_weights(model, state_dict)
     write_folder_atomic(output_dir, model.save_pretrained)
     return output_dir
-
-

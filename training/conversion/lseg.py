@@ -7,7 +7,8 @@ downloaded from the authors' Google Drive. The folder loads anywhere with
 `AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True)`.
 
 Every key of the checkpoint is mapped or deliberately dropped (timm's unused final norm and ImageNet classifier and
-CLIP's unused image tower and logit scale), and the model is loaded strictly: anything else is an error that names the keys.
+CLIP's unused image tower and logit scale), and the model is loaded strictly: anything else is an error that names
+the keys.
 """
 
 from __future__ import annotations
@@ -41,9 +42,7 @@ OFFICIAL_CHECKPOINTS = {
 CLIP_PREFIX = "clip_pretrained."
 
 # Unused by LSeg's forward pass, so the port does not keep them.
-DROPPED_KEYS = re.compile(
-    r"pretrained\.model\.(head|norm)\.(weight|bias)|clip_pretrained\.(visual\..+|logit_scale)"
-)
+DROPPED_KEYS = re.compile(r"pretrained\.model\.(head|norm)\.(weight|bias)|clip_pretrained\.(visual\..+|logit_scale)")
 
 
 class LSegConversionError(ConversionError):
@@ -121,8 +120,8 @@ def resolve_checkpoint(checkpoint: str | os.PathLike, download_dir: Path) -> Pat
         head = file.read(64).lstrip()
     if head.startswith(b"<"):
         raise LSegConversionError(
-            f"{source} returned a web page, not a checkpoint (Google Drive may be asking to sign in or rate-limiting). "
-            f"Download the file in a browser and pass its path instead."
+            f"{source} returned a web page, not a checkpoint (Google Drive may be asking to sign in or "
+            "rate-limiting). Download the file in a browser and pass its path instead."
         )
     return target
 
@@ -227,7 +226,10 @@ def infer_config(
         "num_attention_heads": text_heads or max(text_width // 64, 1),
         "max_position_embeddings": state_dict["clip_pretrained.positional_embedding"].shape[0],
     }
-    clip_config = {"text_config": text_config, "projection_dim": state_dict["clip_pretrained.text_projection"].shape[1]}
+    clip_config = {
+        "text_config": text_config,
+        "projection_dim": state_dict["clip_pretrained.text_projection"].shape[1],
+    }
     if "clip_pretrained.visual.conv1.weight" in state_dict:
         # Not part of the port, but the nested CLIPConfig should describe the CLIP the checkpoint came with.
         conv = state_dict["clip_pretrained.visual.conv1.weight"]
@@ -329,5 +331,3 @@ def convert_lseg_checkpoint(
 
     write_folder_atomic(output_dir, model.save_pretrained)
     return output_dir
-
-

@@ -23,7 +23,9 @@ def load_state_dict_strictly(
         ],
     }
     listed = [
-        f"{kind} ({len(keys)}): {keys[:10]}" + (" ..." if len(keys) > 10 else "") for kind, keys in found.items() if keys
+        f"{kind} ({len(keys)}): {keys[:10]}" + (" ..." if len(keys) > 10 else "")
+        for kind, keys in found.items()
+        if keys
     ]
     if listed or problems:
         raise ValueError(f"{what}: " + "; ".join([*listed, *problems]))

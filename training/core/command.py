@@ -9,9 +9,7 @@ from training.core.distributed import LaunchError, relaunch, requested_launch
 from training.core.errors import HUB_INPUT_ERRORS, OvsegError
 
 
-def run_command(
-    prog: str, body: Callable[[], int | None], *, launch: tuple[str, Sequence[str]] | None = None
-) -> int:
+def run_command(prog: str, body: Callable[[], int | None], *, launch: tuple[str, Sequence[str]] | None = None) -> int:
     """Run a command's `body` and return its exit status (0 when it returns None).
 
     An `OvsegError` or a Hub input error ends the command as argparse ends on a bad flag: one line

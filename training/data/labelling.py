@@ -274,5 +274,3 @@ def _label_rows(model, processor, rows, labels, image_column, cache, mode, batch
                 "pixel_fractions": [float(result.pixel_fractions[k]) for k in present],
                 "scores": [float(result.scores[k]) for k in present],
             }
-
-

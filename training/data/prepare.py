@@ -679,7 +679,8 @@ def write_shards(
 
 
 def _claim_work_dir(work: Path, manifest: dict, overwrite: bool) -> None:
-    """Resume only the same work: a leftover `.partial` folder of other settings is refused (or, overwriting, reset)."""
+    """Resume only the same work: a leftover `.partial` folder of other settings is refused (or, overwriting,
+    reset)."""
     path = work / "manifest.json"
     if path.is_file():
         if json.loads(path.read_text()) == manifest:
@@ -791,5 +792,3 @@ def push_prepared(dataset: Dataset | DatasetDict, repo_id: str, *, private: bool
         repo_id=repo_id,
         repo_type="dataset",
     )
-
-

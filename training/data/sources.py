@@ -5,7 +5,8 @@ from training.data.sources import load_segmentation_data
 data = load_segmentation_data("scene_parse_150", split="train", dataset_preset="ade20k-150-raw", class_names=names)
 data = load_segmentation_data("/data/coco_stuff_parquet", split="validation", dataset_preset="coco-stuff",
                               class_names_dir="/path/to/CAT-Seg/datasets")
-data = load_segmentation_data("/data/ADE20K_2021_17_01/images/validation,/data/ADE20K_2021_17_01/annotations/validation",
+ade = "/data/ADE20K_2021_17_01"
+data = load_segmentation_data(f"{ade}/images/validation,{ade}/annotations/validation",
                               dataset_preset="ade20k-847", class_names_dir=...)   # two folders of files paired by name
 image, label = data.decode(data.dataset[0])   # (H, W, 3) uint8, (H, W) int64 checked against the classes
 ```
@@ -333,7 +334,8 @@ def folder_pair_dataset(image_dir: str | os.PathLike, mask_dir: str | os.PathLik
     unmatched = len(masks) - len(paired)
     if unmatched:
         raise DataError(
-            f"{unmatched} masks in {mask_dir} have no image in {image_dir} (e.g. {sorted(masks.keys() - images.keys())[:3]})"
+            f"{unmatched} masks in {mask_dir} have no image in {image_dir} "
+            f"(e.g. {sorted(masks.keys() - images.keys())[:3]})"
         )
     features = Features({"image": Image(), "annotation": Image(), "file_name": Value("string")})
     return Dataset.from_dict(
@@ -435,7 +437,8 @@ def _class_names_from_features(dataset: Dataset | IterableDataset, mask_column: 
 
 
 def _class_names_from_id2label(local_dir: Path | None, source: str) -> list[str] | None:
-    """An `id2label.json` beside local data, or in the hub dataset repository (the transformers examples' convention)."""
+    """An `id2label.json` beside local data, or in the hub dataset repository (the transformers examples'
+    convention)."""
     candidate = local_dir / "id2label.json" if local_dir is not None else None
     if candidate is None:
         try:

@@ -93,5 +93,3 @@ __all__ = [
     "save_checkpoint",
     "write_text_atomic",
 ]
-
-

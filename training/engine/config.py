@@ -41,11 +41,13 @@ class TrainConfig:
     model_type: str = "catseg"
     """`"catseg"` or `"lseg"`."""
     model_preset: str | None = "vit_base_patch16_384"
-    """A CAT-Seg config preset (`vit_base_patch16_384`, `vit_large_patch14_336`); ignored when `pretrained_model` is set."""
+    """A CAT-Seg config preset (`vit_base_patch16_384`, `vit_large_patch14_336`); ignored when `pretrained_model` is
+    set."""
     clip_model: str | None = None
     """CLIP checkpoint (hub id or folder) whose weights start a new CAT-Seg, or the text encoder of a new LSeg."""
     image_encoder: str | None = None
-    """LSeg only: the DPT/ViT checkpoint whose ViT starts the image encoder (`LSegForSemanticSegmentation.from_pretrained_parts`)."""
+    """LSeg only: the DPT/ViT checkpoint whose ViT starts the image encoder
+    (`LSegForSemanticSegmentation.from_pretrained_parts`)."""
     pretrained_model: str | None = None
     """A saved CAT-Seg/LSeg folder or hub id to fine-tune, instead of building a new model."""
     model_config: dict[str, Any] = field(default_factory=dict)
@@ -61,8 +63,8 @@ class TrainConfig:
     dataset_config: str | None = None
     """Configuration name of a hub dataset."""
     dataset_preset: str | None = None
-    """Label conventions of a known dataset (`training.data.protocols.DATASET_PRESETS`): ignore value, reduce-labels and
-    class-name file; explicit settings win. `null` drops a recipe's preset, for your own data."""
+    """Label conventions of a known dataset (`training.data.protocols.DATASET_PRESETS`): ignore value, reduce-labels
+    and class-name file; explicit settings win. `null` drops a recipe's preset, for your own data."""
     train_split: str = "train"
     eval_dataset: str | None = None
     """Evaluation data when it is not a split of `dataset`."""
@@ -289,7 +291,9 @@ def _field_help() -> dict[str, str]:
     docs = {
         node.target.id: " ".join(following.value.value.split())
         for node, following in zip(body, body[1:])
-        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(following, ast.Expr)
+        and isinstance(following.value, ast.Constant)
     }
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
     return {

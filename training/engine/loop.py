@@ -12,8 +12,8 @@ python -m training.commands.train --config catseg_vit_b_coco_stuff --dataset /da
 
 A killed run continues from its last checkpoint when started again with the same command (`resume_from_checkpoint`
 is `"auto"`), and ends with the same weights as an uninterrupted run: the data order and augmentation are a function
-of the seed and the step (`training.engine.stream`), and the checkpoint holds the model, optimiser, scheduler and random
-states. The final model is written to `output_dir/model` as a Hub-ready folder (weights, remote code, processor,
+of the seed and the step (`training.engine.stream`), and the checkpoint holds the model, optimiser, scheduler and
+random states. The final model is written to `output_dir/model` as a Hub-ready folder (weights, remote code, processor,
 model card with the measured results); `--push-to-hub true --hub-model-id you/name` uploads it.
 """
 
@@ -37,7 +37,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from training.engine.augment import catseg_augment, lseg_augment, resize_pair
-from training.engine.checkpoints import latest_checkpoint, publish_folder, read_training_state, save_checkpoint, write_text_atomic
+from training.engine.checkpoints import (
+    latest_checkpoint,
+    publish_folder,
+    read_training_state,
+    save_checkpoint,
+    write_text_atomic,
+)
 from training.engine.config import ConfigError, TrainConfig, default_num_workers
 from training.data.sources import SegmentationData, check_examples, load_segmentation_data
 from training.core.distributed import build_accelerator
@@ -522,5 +528,3 @@ def write_model_folder(
     model_dir = publish_folder(build, Path(config.output_dir) / name, keep_previous=name == "model")
     logger.info("saved the model of step %d to %s", steps, model_dir)
     return model_dir
-
-

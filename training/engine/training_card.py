@@ -19,7 +19,8 @@ from training.hub.model_card import (
 
 
 def training_card(config: TrainConfig, model, train_data, eval_data, metrics: dict, steps: int) -> str:
-    """The card of a model trained by `training.engine.loop` for `steps` optimiser steps, with its own measured results."""
+    """The card of a model trained by `training.engine.loop` for `steps` optimiser steps, with its own measured
+    results."""
     model_type = model.config.model_type
     name, citation, paper = ARCHITECTURES[model_type]
     train_source = f"{describe_source(config.dataset)} [{config.train_split}]"
@@ -103,7 +104,8 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
             f"{name} ({citation}, [paper]({paper})) for open-vocabulary semantic segmentation: it labels every "
             "pixel with one of the class names given at inference time, any names.\n"
         ),
-        f"Training vocabulary: {', '.join(train_data.class_names[:40])}{' ...' * (len(train_data.class_names) > 40)}\n",
+        f"Training vocabulary: {', '.join(train_data.class_names[:40])}"
+        f"{' ...' * (len(train_data.class_names) > 40)}\n",
         usage_section(
             config.hub_model_id or "path/to/this/folder", list(train_data.class_names[:3]), model_type, True
         ),
@@ -122,4 +124,3 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
         ),
     ]
     return front_matter(metadata) + "\n" + "\n".join(body)
-

@@ -3,7 +3,7 @@
 ```bash
 accelerate launch --num_processes 4 -m training.commands.benchmark --model catseg-vit-base-patch16-384 \
     --class-names-dir /path/to/CAT-Seg/datasets \
-    --data a847=/data/ADE20K_2021_17_01/images_detectron2/validation,/data/ADE20K_2021_17_01/annotations_detectron2/validation \
+    --data a847=/data/a847/images_detectron2/validation,/data/a847/annotations_detectron2/validation \
     --data pc459=/data/pc459_parquet --data a150=... --data pc59=... --data pas20=... --data pas20b=... \
     --output-dir results/catseg-b
 ```
@@ -12,8 +12,8 @@ Protocol (CAT-Seg's `eval.sh`): every dataset is segmented with its full class-n
 official sliding window (640x640 resize, four 384 crops and a global view) and class-aggregation pooling 1; the
 ignore values are those of the detectron2-prepared annotations (255; 65535 for A-847; 459 for PC-459); for PAS-20b
 the 39 context names act as background: predictions 20..58 become class 20. `--data` takes any source that
-`training.data.sources.load_segmentation_data` reads, including `IMAGES_DIR,MASKS_DIR`. Before the model loads, the first
-masks of each set are checked against the protocol's label convention: masks that use 0 for "other" (raw ADE20K
+`training.data.sources.load_segmentation_data` reads, including `IMAGES_DIR,MASKS_DIR`. Before the model loads, the
+first masks of each set are checked against the protocol's label convention: masks that use 0 for "other" (raw ADE20K
 SceneParsing files) need `--reduce-labels a150`, another unlabelled value `--ignore-index KEY=VALUE`.
 
 Writes per dataset `<key>_per_class.csv` (IoU per class under both definitions, accuracy, pixel counts) and
@@ -105,8 +105,8 @@ def run_benchmark(
 ) -> dict[str, dict]:
     """Evaluate `model` on each `sources` entry (protocol key -> data source) and write the reports.
 
-    Returns the summary per protocol key (see `training.evaluation.streaming.summarise`); the files are written by the main
-    process only.
+    Returns the summary per protocol key (see `training.evaluation.streaming.summarise`); the files are written by the
+    main process only.
     """
     unknown = sorted(set(sources) - set(BENCHMARKS))
     if unknown:
@@ -208,5 +208,3 @@ def load_benchmark_data(
         check_masks_against_protocol(key, data, mask_check_samples)
         datasets[key] = data
     return datasets
-
-

@@ -123,5 +123,3 @@ def evaluate_fss(
             scores.intersection[name], scores.union[name] = total[row, :2], total[row, 2:4]
             scores.images[name] = int(total[row, 4])
     return scores
-
-

@@ -5,9 +5,10 @@ ovseg-push runs/catseg-b/model your-name/catseg-vit-b16-finetuned          # pri
 ovseg-push runs/catseg-b/model your-name/catseg-vit-b16-finetuned --public
 ```
 
-The folder must be what `training.engine.loop` (or `training.models.remote_code.save_for_hub`) wrote: `config.json` with an `auto_map`, the
-weights, the modelling code, `processor_config.json` and the tokenizer. A folder without a `README.md` is published
-with a minimal card written from its config; the card goes into the commit only, the folder is never written to.
+The folder must be what `ovseg-train` (or `training.models.remote_code.save_for_hub`) wrote: `config.json` with an
+`auto_map`, the weights, the modelling code, `processor_config.json` and the tokenizer. A folder without a `README.md`
+is published with a minimal card written from its config; the card goes into the commit only, the folder is never
+written to.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def check_hub_folder(folder: str | os.PathLike) -> dict:
         missing.append("model.safetensors")
     if missing:
         raise HubFolderError(
-            f"{folder} lacks {missing}: save it with training.engine.loop or training.models.remote_code.save_for_hub(model, processor, folder)"
+            f"{folder} lacks {missing}: save it with ovseg-train or "
+            "training.models.remote_code.save_for_hub(model, processor, folder)"
         )
     config = json.loads((folder / "config.json").read_text())
     code = {reference.split(".")[0] + ".py" for reference in (config.get("auto_map") or {}).values()}
@@ -104,5 +106,3 @@ def push_folder_to_hub(
             "(`hf auth login`, HF_TOKEN or --token)"
         ) from error
     return str(getattr(commit, "commit_url", commit))
-
-

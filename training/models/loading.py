@@ -172,4 +172,3 @@ def load_model(name: str, cache_dir: Path, device: torch.device, quiet: bool = F
     source = model_source(name, cache_dir, quiet)
     processor = load_processor(source, name)
     return load_weights(source, name, device), processor
-
