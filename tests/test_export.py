@@ -7,7 +7,8 @@ from conftest import shared_path
 from safetensors.torch import load_file
 from test_lseg_parity import converted_model, pixel_values
 
-from training.apps.export import ExportError, check_onnx, export_onnx, export_program, main, onnx_logits
+from training.apps.export import ExportError, check_onnx, export_onnx, export_program, onnx_logits
+from training.commands.export import main
 
 pytest.importorskip("onnxruntime", reason="ONNX export needs the export extra (onnx, onnxruntime, onnxscript)")
 pytest.importorskip("onnxscript", reason="ONNX export needs the export extra (onnx, onnxruntime, onnxscript)")

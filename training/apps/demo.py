@@ -24,11 +24,12 @@ import torch
 
 from processing.image_utils_ovseg import InvalidImageError, open_image, to_rgb_array
 from processing.inference_ovseg import MODES, TextFeatureCache, segment
-from processing.text_prompts_ovseg import VocabularyError, resolve_templates, validate_vocabulary
+from processing.text_prompts_ovseg import VocabularyError, validate_vocabulary
 from training.apps.visualization import class_colours, label_map_image, overlay_image
 
 from training.data.protocols import DATASET_PRESETS
 from training.core.errors import OvsegError, UsageError
+from training.models.inference import InferenceOptions
 from training.models.loading import load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -191,20 +192,20 @@ def run_segmentation(
     step = progress or (lambda fraction, desc=None: None)
     started = time.perf_counter()
     labels = parse_label_text(label_text)
-    if mode not in MODES:
-        raise DemoError(f"mode must be one of {', '.join(MODES)}")
     try:
-        templates = None if template in (None, "", "model default") else resolve_templates(template)
-    except VocabularyError as error:
+        options = InferenceOptions(mode=mode, templates=None if template in (None, "", "model default") else template)
+    except (OvsegError, VocabularyError) as error:
         raise DemoError(str(error)) from None
     image = check_upload(image_path)
     step(0.1, desc="loading the model")
     model, processor = store.get(model_name)
-    if mode == "sliding" and not processor.image_processor.sliding_window:
-        raise DemoError(f"sliding is CAT-Seg's evaluation protocol; this {model.config.model_type} model has none")
+    try:
+        options.check_model(model.config, processor.image_processor)
+    except OvsegError as error:
+        raise DemoError(str(error)) from None
     step(0.3, desc=f"segmenting ({mode})")
     try:
-        result = segment(model, processor, image, labels, mode=mode, prompt_templates=templates, cache=text_cache)
+        result = segment(model, processor, image, labels, **options.segment_kwargs(), cache=text_cache)
     except (ValueError, VocabularyError) as error:
         raise DemoError(str(error)) from None
     step(0.8, desc="drawing")

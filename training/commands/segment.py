@@ -31,7 +31,7 @@ from transformers.utils import logging as transformers_logging
 
 from processing.image_utils_ovseg import check_image_size, describe_image, open_image, to_rgb_array, upright
 from processing.inference_ovseg import SegmentationResult, TextFeatureCache, segment
-from processing.text_prompts_ovseg import resolve_templates, validate_vocabulary
+from processing.text_prompts_ovseg import validate_vocabulary
 from training.apps.visualization import label_map_image, overlay_image
 from training.core.atomic import write_files_atomic
 from training.core.distributed import build_accelerator
@@ -40,6 +40,7 @@ from training.core.errors import UsageError
 from training.data.labelling import label_dataset
 from training.data.prepare import push_prepared
 from training.data.sources import IMAGE_COLUMNS, _load_rows
+from training.models.inference import InferenceOptions, add_inference_arguments
 from training.models.loading import (
     check_writable_folder,
     default_cache_dir,
@@ -131,16 +132,6 @@ def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="saved folder, Hub id, or official checkpoint file")
 
 
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """Batch size, coverage mode and prompt options, shared by `ovseg-segment` and dataset labelling."""
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
-    coverage = parser.add_mutually_exclusive_group()
-    coverage.add_argument("--sliding", action="store_true", help="CAT-Seg's official sliding-window evaluation")
-    coverage.add_argument("--tiled", action="store_true", help="native-resolution tiles, for very large images")
-    parser.add_argument("--templates", help="prompt template with '{}', or 'imagenet' (80 templates)")
-    parser.add_argument("--synonyms", choices=["first", "average"], help="how 'a, b' labels are encoded")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ovseg-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,12 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_vocabulary_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps, ...")
-    add_inference_arguments(parser)
-    parser.add_argument(
-        "--top-k-classes",
-        type=int,
-        help="CAT-Seg, large vocabularies: aggregate only the K best-matching classes per image (faster, inexact)",
-    )
+    add_inference_arguments(parser, top_k=True)
     parser.add_argument("--cache-dir", help="where converted checkpoints are kept (default: ~/.cache/ovseg-hf)")
     chatter = parser.add_mutually_exclusive_group()
     chatter.add_argument(
@@ -168,12 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.top_k_classes is not None and args.top_k_classes < 1:
-        raise UsageError(f"--top-k-classes must be at least 1, got {args.top_k_classes}")
+    options = InferenceOptions.from_args(args)
     labels = validate_vocabulary(parse_labels(args.labels, args.labels_file))
-    templates = resolve_templates(args.templates) if args.templates is not None else None
     images = collect_images(args.inputs)
     sizes = check_images(images)
     check_writable_folder(Path(args.out), "--out")
@@ -183,40 +165,31 @@ def run(args: argparse.Namespace) -> int:
     processor = load_processor(source, args.model)
     for index, ((path, _), size) in enumerate(zip(images, sizes)):
         check_image_size(size, processor.image_processor.patch_size, describe_image(path, index))
-    mode = "sliding" if args.sliding else "tiled" if args.tiled else "whole"
-    if mode == "sliding" and not processor.image_processor.sliding_window:
-        model_type = AutoConfig.from_pretrained(source, trust_remote_code=True).model_type
-        raise UsageError(f"--sliding is CAT-Seg's evaluation protocol; this {model_type} model has none")
+    options.check_model(AutoConfig.from_pretrained(source, trust_remote_code=True), processor.image_processor)
     model = load_weights(source, args.model, device)
-    if args.top_k_classes is not None:
-        if not hasattr(model.config, "top_k_classes"):
-            raise UsageError(f"--top-k-classes is a CAT-Seg option; this {model.config.model_type} model has none")
-        model.config.top_k_classes = args.top_k_classes
+    options.apply_to(model)
     out_dir = Path(args.out)
     cache = TextFeatureCache()
-    extra = {"model": args.model, "mode": mode}
-    if args.top_k_classes is not None:
-        extra["top_k_classes"] = args.top_k_classes
+    extra = {"model": args.model, "mode": options.mode}
+    if options.top_k_classes is not None:
+        extra["top_k_classes"] = options.top_k_classes
     # On a terminal (tqdm's disable=None), or when asked for; tqdm writes to stderr, so stdout stays clean.
     disable = True if args.quiet else False if args.progress else None
     with tqdm(total=len(images), unit="image", disable=disable) as bar:
-        unit = {"sliding": "view", "tiled": "tile"}.get(mode)
+        unit = {"sliding": "view", "tiled": "tile"}.get(options.mode)
 
         def inner(done: int, total: int) -> None:  # inside an image: its views or tiles, after each forward pass
             bar.set_postfix_str(f"{unit} {done}/{total}")
 
-        for first in range(0, len(images), args.batch_size):
-            batch = images[first : first + args.batch_size]
+        for first in range(0, len(images), options.batch_size):
+            batch = images[first : first + options.batch_size]
             arrays = [to_rgb_array(open_image(path)) for path, _ in batch]
             results = segment(
                 model,
                 processor,
                 arrays,
                 labels,
-                mode=mode,
-                batch_size=args.batch_size,
-                prompt_templates=templates,
-                synonyms=args.synonyms,
+                **options.segment_kwargs(),
                 cache=cache,
                 progress_callback=None if unit is None or bar.disable else inner,
             )
@@ -260,10 +233,10 @@ def build_labelling_parser() -> argparse.ArgumentParser:
 
 
 def label(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.shard_size < 1:
-        raise UsageError("--batch-size and --shard-size must be at least 1")
+    options = InferenceOptions.from_args(args)
+    if args.shard_size < 1:
+        raise UsageError(f"--shard-size must be at least 1, got {args.shard_size}")
     labels = validate_vocabulary(parse_labels(args.labels, args.labels_file))
-    templates = resolve_templates(args.templates) if args.templates is not None else None
     if Path(args.output_dataset).exists():
         raise UsageError(f"--output-dataset {args.output_dataset} already exists: remove it or choose another")
     check_writable_folder(Path(args.output_dataset), "--output-dataset")
@@ -275,9 +248,7 @@ def label(args: argparse.Namespace) -> int:
         # One line about a converted checkpoint, from the main process only.
         quiet = args.quiet or not accelerator.is_main_process
         model, processor = load_model(args.model, cache_dir, accelerator.device, quiet)
-    mode = "sliding" if args.sliding else "tiled" if args.tiled else "whole"
-    if mode == "sliding" and not processor.image_processor.sliding_window:
-        raise UsageError(f"--sliding is CAT-Seg's protocol; this {model.config.model_type} model has none")
+    options.check_model(model.config, processor.image_processor)
     labelled = label_dataset(
         model,
         processor,
@@ -288,15 +259,12 @@ def label(args: argparse.Namespace) -> int:
         dataset_config=args.dataset_config,
         image_column=args.image_column,
         streaming=args.streaming,
-        mode=mode,
-        batch_size=args.batch_size,
         shard_size=args.shard_size,
-        prompt_templates=templates,
-        synonyms=args.synonyms,
         model_name=args.model,
         source_name=args.dataset,
         accelerator=accelerator,
         progress=not args.quiet,
+        **options.segment_kwargs(),
     )
     if labelled is not None:
         print(f"Wrote {args.output_dataset} ({len(labelled)} images, {len(labels)} classes)")
