@@ -63,6 +63,7 @@ def test_every_flag_that_a_message_or_help_names_exists(capsys):
 
     from training import apps, commands, conversion, data, engine, evaluation, hub, models, quickstart
     from training.commands import catseg_convert, convert, demo, export, lseg_convert, prepare, push, segment
+    from training.data.families import ade20k, coco_stuff, pascal_context, pascal_voc
 
     def flags(*mains):
         return {flag for main in mains for flag in re.findall(r"--[a-z][a-z0-9-]*", help_text(main, capsys))}
@@ -81,6 +82,7 @@ def test_every_flag_that_a_message_or_help_names_exists(capsys):
         commands.push: flags(push.main), hub.push: flags(push.main),
         commands.demo: flags(demo.main) | segmenting, apps.demo: flags(demo.main) | segmenting,
         commands.prepare: flags(prepare.main) | evaluate, data.prepare: flags(prepare.main) | evaluate,
+        **{family: flags(prepare.main) | evaluate for family in (ade20k, coco_stuff, pascal_context, pascal_voc)},
         commands.export: flags(export.main), apps.export: flags(export.main),
         quickstart: flags(quickstart.main),
         commands.catseg_convert: flags(catseg_convert.main), conversion.catseg: flags(catseg_convert.main),

@@ -20,6 +20,7 @@ from training.models.remote_code import save_for_hub
 from training.commands import benchmark
 from training.commands import prepare as prepare_command
 from training.data import prepare
+from training.data.families import ade20k, coco_stuff, pascal_context, pascal_voc
 from training.data.sources import load_segmentation_data
 from training.data.protocols import DATASET_PRESETS
 
@@ -91,7 +92,7 @@ def test_coco_stuff_maps_ids_to_171_training_ids_and_keeps_every_image(tmp_path)
     assert out["train"].with_format("arrow")[0:1]["image"].to_pylist()[0]["bytes"] == sources["000000000009"]
     assert out["train"].features["classes"].feature.names[0] == "coco 0, synonym 0"
     assert set(out["train"][0]["classes"]) == set(np.unique(expected["000000000009"])) - {255}
-    assert (prepare.COCO_STUFF_TABLE != 255).sum() == 171
+    assert (coco_stuff.COCO_STUFF_TABLE != 255).sum() == 171
 
 
 # --- ADE20K-150, on the real SceneParsing samples ----------------------------------------------------------------
@@ -180,7 +181,7 @@ def test_ade20k_847_real_full_resolution_samples(tmp_path):
     split = prepare.prepare_dataset("a847", root, tmp_path / "out", class_names_dir=names, progress=False)[
         "validation"
     ]
-    table = dict(zip(prepare.ADE20K_847_IDS, range(847)))
+    table = dict(zip(ade20k.ADE20K_847_IDS, range(847)))
     for (file_name, classes), row in zip(entries, split):
         height, width = classes.shape
         size = (512, round(width / height * 512)) if width >= height else (round(height / width * 512), 512)
@@ -263,7 +264,7 @@ def test_pascal_context_59_paints_rle_segments_in_order_and_maps_59_ids(tmp_path
     assert sorted(masks) == ["2008_000002", "2008_000007"]
     for stem, mask in masks.items():
         np.testing.assert_array_equal(mask, expected[stem])
-    assert len(prepare.PASCAL_CONTEXT_59_IDS) == 59
+    assert len(pascal_context.PASCAL_CONTEXT_59_IDS) == 59
 
 
 def rle_runs(mask: np.ndarray) -> list[int]:
@@ -274,10 +275,10 @@ def rle_runs(mask: np.ndarray) -> list[int]:
 
 def test_coco_rle_strings_decode_back():
     mask = (RNG.random((13, 17)) > 0.6).astype(np.uint8)
-    decoded = prepare.decode_coco_rle({"size": [13, 17], "counts": rle_string(mask)}, "test")
+    decoded = pascal_context.decode_coco_rle({"size": [13, 17], "counts": rle_string(mask)}, "test")
     np.testing.assert_array_equal(decoded, mask)
     with pytest.raises(prepare.PrepareError, match="do not cover"):
-        prepare.decode_coco_rle({"size": [13, 18], "counts": rle_string(mask)}, "segment 0")
+        pascal_context.decode_coco_rle({"size": [13, 18], "counts": rle_string(mask)}, "segment 0")
 
 
 # --- PASCAL Context 459 ------------------------------------------------------------------------------------------
@@ -390,7 +391,7 @@ def test_a_killed_run_resumes_from_its_shards_and_workers_give_the_same_dataset(
         prepare.PREPARATIONS,
         "pas20b",
         prepare.PREPARATIONS["pas20b"].__class__(
-            "pascal-voc-20b", "pas20b", ("validation",), prepare.list_voc, dies_on_the_fifth
+            "pascal-voc-20b", "pas20b", ("validation",), pascal_voc.list_voc, dies_on_the_fifth
         ),
     )
     out = tmp_path / "out"
