@@ -2,7 +2,7 @@
 
 ```bash
 ovseg-segment --dataset /data/photos_saved --labels-file coco.json --model catseg-b --output-dataset /data/labelled
-accelerate launch --cpu --num_processes 2 -m training.data.labelling --dataset user/photos --split train \\
+accelerate launch --cpu --num_processes 2 -m training.commands.segment --dataset user/photos --split train \\
     --labels "cat, sofa, floor" --model catseg-b --output-dataset /data/labelled
 ```
 

@@ -1,8 +1,8 @@
 """Training settings: one flat dataclass, recipe files in YAML, and a command line that can override every field.
 
 ```bash
-python -m training.engine.loop --config catseg_vit_b_coco_stuff --dataset /data/coco_stuff --output-dir runs/b
-python -m training.engine.loop --config my_recipe.yaml --learning-rate 1e-4 --lr-multipliers '{"catseg.clip.": 0.1}'
+python -m training.commands.train --config catseg_vit_b_coco_stuff --dataset /data/coco_stuff --output-dir runs/b
+python -m training.commands.train --config my_recipe.yaml --learning-rate 1e-4 --lr-multipliers '{"catseg.clip.": 0.1}'
 ```
 
 A recipe is a YAML mapping of field names to values; `--config` takes a file path or the name of a recipe shipped in

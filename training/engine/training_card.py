@@ -120,7 +120,7 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
         "| setting | value |\n|---|---|\n" + "\n".join(f"| {key} | {value} |" for key, value in settings) + "\n",
         (
             "All settings are in `training_config.json`; to reproduce, run "
-            "`python -m training.engine.loop --config training_config.json` with the same data.\n"
+            "`python -m training.commands.train --config training_config.json` with the same data.\n"
         ),
     ]
     return front_matter(metadata) + "\n" + "\n".join(body)
