@@ -8,9 +8,8 @@ loaded models and the text features of recent vocabularies are kept across reque
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -26,9 +25,8 @@ from processing.image_utils_ovseg import InvalidImageError, open_image, to_rgb_a
 from processing.inference_ovseg import MODES, TextFeatureCache, segment
 from processing.text_prompts_ovseg import VocabularyError, validate_vocabulary
 from training.apps.visualization import class_colours, label_map_image, overlay_image
-
-from training.data.protocols import DATASET_PRESETS
 from training.core.errors import OvsegError, UsageError
+from training.data.protocols import DATASET_PRESETS
 from training.models.inference import InferenceOptions
 from training.models.loading import load_model
 

@@ -28,11 +28,11 @@ from pathlib import Path  # noqa: E402
 from training.apps.demo import (  # noqa: E402
     DEFAULT_CLASS_NAMES_DIR,
     DEFAULT_MODEL,
+    MAX_UPLOAD,
     DemoError,
     build_app,
     find_models,
     write_space,
-    MAX_UPLOAD,
 )
 from training.core.command import run_command  # noqa: E402
 from training.models.loading import resolve_device  # noqa: E402
