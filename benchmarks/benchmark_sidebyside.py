@@ -308,7 +308,7 @@ def _ours_train_step(spec: dict, names: list[str], images: torch.Tensor, targets
     model.train()
     model.apply_clip_finetune_policy()
     if spec["checkpointing"]:
-        model.activation_checkpointing_enable({"use_reentrant": False})  # as training/engine/loop.py does
+        model.activation_checkpointing_enable({"use_reentrant": False})  # as training/train.py does
     if spec["float64"]:
         model.double()
     processor = processor_for_config(model.config)
