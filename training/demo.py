@@ -2,7 +2,7 @@
 
 ```bash
 pip install -e ".[demo]"
-ovseg-demo                                   # the quickstart's tiny model (outputs/quickstart/run/model)
+ovseg-demo                                   # the quickstart's tiny model (outputs/quickstart/catseg/model)
 ovseg-demo --model path/to/folder_or.pth     # a converted folder, a Hub id, or an official checkpoint
 ovseg-demo --models-dir models/              # every CAT-Seg / LSeg folder in models/ becomes a choice
 ovseg-demo --write-space space/ --model ID   # a Hugging Face Space folder (app.py, requirements.txt, README.md)
@@ -47,7 +47,7 @@ from .visualization import class_colours, label_map_image, overlay_image
 from .protocols import DATASET_PRESETS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO_ROOT / "outputs" / "quickstart" / "run" / "model"
+DEFAULT_MODEL = REPO_ROOT / "outputs" / "quickstart" / "catseg" / "model"
 # The class-name lists are third-party files (see training/protocols.py): found here when ../shared is beside the
 # checkout, or in --class-names-dir.
 DEFAULT_CLASS_NAMES_DIR = REPO_ROOT.parent / "shared" / "data" / "class-names"
@@ -63,7 +63,7 @@ TEMPLATE_CHOICES = ("model default", "{}", "a photo of a {}.", "imagenet")
 MAX_PIXELS = 40_000_000  # about 6300x6300: larger uploads are refused before they are decoded
 MAX_UPLOAD = "25mb"
 MAX_CLASSES = 1000
-QUICKSTART_LABELS = "background\nred triangle\ngreen circle\nblue square"
+QUICKSTART_LABELS = "background\nred dots\ngreen checks\nblue stripes"  # the unseen pairs
 
 
 class DemoError(ValueError):
@@ -254,7 +254,7 @@ def run_segmentation(
 
 
 def write_examples(folder: Path, count: int = 3) -> list[str]:
-    """Example images from the project's own generated data (the quickstart's unseen colour/shape pairs),
+    """Example images from the project's own generated data (the quickstart's unseen colour/pattern pairs),
     enlarged so they are visible in the page."""
     from .shapes_dataset import BACKGROUND, UNSEEN_CLASSES, draw_example
 

@@ -142,7 +142,9 @@ def bar_chart(results: dict, path: Path) -> None:
     for tick in range(0, 101, 20):
         draw.line((margin, y_of(tick), width - 20, y_of(tick)), fill=(225, 225, 225))
         draw.text((margin - 8, y_of(tick)), str(tick), fill=(90, 90, 90), font=small, anchor="rm")
-    draw.text((margin, margin // 2), f"mean IoU (%), seed {results['seed']}", fill=(20, 20, 20), font=font, anchor="lm")
+    draw.text(
+        (margin, margin // 2), f"mean IoU (%), seed {results['seed']}", fill=(20, 20, 20), font=font, anchor="lm"
+    )
     series = {"seen": (70, 130, 180), "unseen": (230, 120, 30)}
     methods = list(results["methods"])
     group = (width - margin - 20) / len(methods)
