@@ -347,18 +347,15 @@ def predict_in_fresh_process(model_dirs: dict[str, Path], data_dir: Path, output
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def predict_dense_clip(clip_dir: Path, data_dir: Path, shuffle_classes: bool = False) -> dict[str, np.ndarray]:
-    """The training-free baseline's label maps of the test splits, from the pretrained CLIP.
-
-    `shuffle_classes` hands each class another class's text embedding (a broken model, for the tests).
-    """
+def predict_dense_clip(clip_dir: Path, data_dir: Path) -> dict[str, np.ndarray]:
+    """The training-free baseline's label maps of the test splits, from the pretrained CLIP."""
     from modeling_catseg import DenseClipForSemanticSegmentation
 
     from .presets import catseg_processor
 
     model = DenseClipForSemanticSegmentation.from_pretrained(clip_dir).eval()
     processor = catseg_processor(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-    return predict_splits(model, processor, data_dir, shuffle_classes)
+    return predict_splits(model, processor, data_dir)
 
 
 def predict_splits(model, processor, data_dir: Path, shuffle_classes: bool = False) -> dict[str, np.ndarray]:
