@@ -207,13 +207,14 @@ def linear_activation(
     (`torch.backends.mkldnn.enabled = False`), and while tracing for `torch.compile` / `torch.export`, it is the plain
     composition.
     """
+    # The compile check comes first: dynamo refuses to trace `torch.backends.mkldnn.is_available`.
     if (
-        _ONEDNN_LINEAR is not None
+        not torch.compiler.is_compiling()
+        and _ONEDNN_LINEAR is not None
         and hidden_states.device.type == "cpu"
         and hidden_states.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
     ):
         return _ONEDNN_LINEAR(
@@ -797,7 +798,8 @@ def folded_upsample_conv(
         for b in (0, 1):
             phase = phases[:, a : a + size, b : b + size, (2 * a + b) * channels : (2 * a + b + 1) * channels]
             phase, target = phase.unflatten(0, (batch, classes)), upsampled[..., a, :, b, :]
-            if torch.is_grad_enabled():  # `out=` has no autograd
+            # `out=` has no autograd, and dynamo cannot trace it into a strided view.
+            if torch.is_grad_enabled() or torch.compiler.is_compiling():
                 target.copy_(phase + shared[..., a, :, b, :])
             else:
                 torch.add(phase, shared[..., a, :, b, :], out=target)
@@ -1335,7 +1337,9 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
                 f"{tuple(labels.shape)}."
             )
         ignored = labels == self.config.ignore_index
-        if bool(((labels < 0) | (labels >= num_classes))[~ignored].any()):
+        # The check reads the labels' values, which a traced graph cannot branch on; compiled, an index outside the
+        # vocabulary still fails, in the scatter below.
+        if not torch.compiler.is_compiling() and bool(((labels < 0) | (labels >= num_classes))[~ignored].any()):
             bad = sorted(set(labels[~ignored & ((labels < 0) | (labels >= num_classes))].unique().tolist()))
             raise ValueError(
                 f"labels hold values {bad[:10]} outside the {num_classes} classes of the vocabulary and the ignore "
