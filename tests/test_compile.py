@@ -90,8 +90,9 @@ def test_inference_is_one_graph_equal_to_eager_for_every_vocabulary_size(build, 
     for classes in (9, 16, 8, 12):
         vocabulary = {text: make(classes)}
         with torch.no_grad():
-            expected = model(pixel_values=pixel_values, **vocabulary).logits
+            # Compiled first: a fresh model must compile, not one that an eager call has already set up.
             logits = compiled(pixel_values=pixel_values, **vocabulary).logits
+            expected = model(pixel_values=pixel_values, **vocabulary).logits
         assert logits.shape == expected.shape == (2, classes, *expected.shape[2:])
         torch.testing.assert_close(logits, expected, **CLOSE)
     assert backend.graphs == 1, f"{backend.graphs} compilations for 4 vocabulary sizes: the class count recompiles"
@@ -115,8 +116,8 @@ def test_training_step_is_one_graph_with_eager_loss_and_gradients(build):
         return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     for seed, classes in enumerate((8, 11)):
-        expected_loss, expected_grads = step(model, classes, seed)
         loss, grads = step(compiled, classes, seed)
+        expected_loss, expected_grads = step(model, classes, seed)
         torch.testing.assert_close(loss, expected_loss, **CLOSE)
         assert grads.keys() == expected_grads.keys() and grads
         for name, grad in grads.items():
