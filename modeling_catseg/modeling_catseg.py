@@ -11,7 +11,8 @@ that computes once per image what every class shares, and works in cache-sized c
 [`closed_form_padding_class_aggregation`] and [`folded_upsampling_decoder`]. The modules call them when
 `config.fast_paths` is set (the default); tests check that both forms agree. In CPU inference the fast paths also
 take oneDNN's fused linear kernels ([`linear_activation`]) and run their chunks on one single-threaded worker per
-intra-op thread ([`map_chunks_in_threads`]).
+intra-op thread ([`map_chunks_in_threads`]). Under `torch.compile` and `torch.export` neither is used, so the whole
+model is one graph for any vocabulary size up to `config.max_classes` (tests/test_compile.py).
 """
 
 from __future__ import annotations

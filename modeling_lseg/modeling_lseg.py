@@ -6,8 +6,9 @@ with the L2-normalised CLIP text embeddings of the labels, divided by a fixed te
 `spatial_regularization` blocks -> bilinear upsampling to the input resolution.
 
 Two steps run in a faster form beside their plain one, each tested equal to it (to float summation order):
-`dpt_neck_channels_last` for transformers' `DPTNeck`, and, without autograd, `scaled_correlation_in_row_blocks` for
-the scaled product of the correlation.
+`dpt_neck_channels_last` for transformers' `DPTNeck`, and, without autograd and outside `torch.compile`,
+`scaled_correlation_in_row_blocks` for the scaled product of the correlation. Under `torch.compile` the model is one
+graph for any number of labels (tests/test_compile.py).
 """
 
 from __future__ import annotations
