@@ -734,21 +734,20 @@ class CatSegDecoderStage(nn.Module):
         return F.relu(self.norm2(self.conv2(hidden_states)), inplace=True)
 
 
-def _phase_taps() -> torch.Tensor:
+def _phase_taps(like: torch.Tensor) -> torch.Tensor:
     """How a x2 transposed convolution followed by a 3x3 convolution reads its low-resolution input, per output phase.
 
-    `(2, 2, 3, 2)` 0/1 tensor: `[phase, k, d, t]` is 1 when output phase `phase` reads, through tap `k` of a 2x2
-    kernel on the input padded by 1, the 3x3 tap `d` (offset `d - 1`) that lands on transposed-convolution tap `t`.
+    `(2, 2, 3, 2)` 0/1 tensor on the device and in the dtype of `like`: `[phase, k, d, t]` is 1 when output phase
+    `phase` reads, through tap `k` of a 2x2 kernel on the input padded by 1, the 3x3 tap `d` (offset `d - 1`) that
+    lands on transposed-convolution tap `t`. Made where it is used rather than kept on the CPU: a CPU tensor in a
+    compiled CUDA graph stops `torch.compile(mode="reduce-overhead")` from replaying it as a CUDA graph.
     """
-    taps = torch.zeros(2, 2, 3, 2)
+    taps = like.new_zeros(2, 2, 3, 2)
     for phase in (0, 1):
         for offset in (-1, 0, 1):
             row = phase + offset  # upsampled row, relative to twice the input row
             taps[phase, row // 2 - phase + 1, offset + 1, row % 2] = 1
     return taps
-
-
-_PHASE_TAPS = _phase_taps()
 
 
 def folded_upsample_conv_terms(
@@ -764,7 +763,7 @@ def folded_upsample_conv_terms(
         `(batch, out_channels, 2 * size, 2 * size)`: conv1 of `[transposed convolution's bias, guidance]`.
     """
     upsampled_channels = stage.upsample.out_channels
-    taps = _PHASE_TAPS.to(guidance)
+    taps = _phase_taps(guidance)
     kernel = torch.einsum(
         "akyt,blxs,poyx,cots->abpckl", taps, taps, stage.conv1.weight[:, :upsampled_channels], stage.upsample.weight
     )

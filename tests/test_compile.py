@@ -137,3 +137,23 @@ def test_catseg_vocabulary_beyond_max_classes_keeps_the_top_classes_in_one_graph
             expected = model(pixel_values=pixel_values, text_embeds=embeds).logits
             torch.testing.assert_close(compiled(pixel_values=pixel_values, text_embeds=embeds).logits, expected, **CLOSE)
     assert backend.graphs == 1
+
+
+@MODELS
+def test_the_graph_reads_nothing_but_the_inputs_and_the_weights(build):
+    # On a GPU, a tensor that the graph reads from elsewhere (a CPU constant of the module, say) keeps
+    # mode="reduce-overhead" from replaying the graph as a CUDA graph.
+    model = build().eval()
+    placeholders = []
+
+    def backend(graph_module, example_inputs):
+        # Tensors only: the dynamic class count is an input too, a symbolic integer.
+        nodes = [node for node in graph_module.graph.nodes if node.op == "placeholder"]
+        placeholders.extend(node.name for node, value in zip(nodes, example_inputs) if isinstance(value, torch.Tensor))
+        return graph_module
+
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    with torch.no_grad():
+        compiled(pixel_values=torch.randn(PIXELS), text_embeds=text_embeds(9))
+    others = [name for name in placeholders if "_parameters_" not in name and "_buffers_" not in name]
+    assert others == ["l_kwargs_pixel_values_", "l_kwargs_text_embeds_"]
