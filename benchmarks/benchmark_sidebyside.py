@@ -2,6 +2,7 @@
 
     python benchmarks/benchmark_sidebyside.py --official-root /work/scratch/official
     python benchmarks/benchmark_sidebyside.py --cases catseg-171 --competing-load 2
+    python benchmarks/benchmark_sidebyside.py --cases catseg-171 catseg-847 lseg-150 lseg-150-480 --compile
     OVSEG_OFFICIAL_ROOT=/path/to/official python benchmarks/benchmark_sidebyside.py --cases lseg-150 lseg-150-text
 
 The official code is loaded from a folder outside this repository (`benchmarks/official_harness.py` says how to lay
