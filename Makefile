@@ -39,8 +39,8 @@ browser:
 quickstart: $(VENV)/.installed
 	$(PY) -m training.quickstart
 
-outputs/quickstart/run/model/config.json: | $(VENV)/.installed
+outputs/quickstart/catseg/model/config.json: | $(VENV)/.installed
 	$(PY) -m training.quickstart
 
-demo: $(VENV)/.installed outputs/quickstart/run/model/config.json
+demo: $(VENV)/.installed outputs/quickstart/catseg/model/config.json
 	$(VENV)/bin/ovseg-demo

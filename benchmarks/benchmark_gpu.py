@@ -1,9 +1,10 @@
-"""The GPU suite of issue 14: CAT-Seg's official sliding window, cold text and LSeg, fp32 and bf16, with exactness.
+"""The GPU suite of issues 14 and 23: CAT-Seg's official sliding window, cold text and LSeg, fp32 and bf16, eager and
+compiled, with exactness.
 
     bash benchmarks/run_gpu_suite.sh                                   # on a GPU machine: all of it, a few minutes
     python benchmarks/benchmark_gpu.py --out gpu-results               # the same without the wrapper
     python benchmarks/benchmark_gpu.py --cases catseg-sliding-847 --dtypes fp32 bf16 tf32 --repeats 10
-    python benchmarks/benchmark_gpu.py --device cpu --tiny --repeats 1   # checks the script on a CPU in seconds
+    python benchmarks/benchmark_gpu.py --device cpu --tiny --repeats 1 --compile-backend aot_eager   # a CPU check
 
 Full-size models with random weights (no download): CAT-Seg ViT-B/16 at 384 and LSeg ViT-L/16. `--tiny` swaps in
 the tests' tiny configurations and a 64-pixel sliding window (4 crops of 32 and a global view, the official layout
@@ -21,7 +22,12 @@ Cases (`--cases`):
 - `lseg-150`: LSeg ViT-L/16, one 384 view, 150 labels, text cached.
 
 Each case runs in every `--dtypes` (fp32 with TF32 off, bf16 weights, and optionally tf32: fp32 weights with TF32
-matmuls and convolutions). Exactness: the logits of each dtype against a reference on the same weights and input
+matmuls and convolutions). The forward passes of the sliding-window and LSeg cases also run compiled, once for each
+`--compile-modes` (`torch.compile(model, fullgraph=True, mode=...)`: `default`, and `reduce-overhead`, which replays
+CUDA graphs on a GPU), in rows of their own beside eager. Dynamo's caches are cleared before each (case, dtype,
+mode), so each pays for its own compilation: the first call of each timed function (the one-view pass compiles
+again, for batch 1) is reported as "first calls s". `--compile-backend aot_eager` checks the compiled path on a CPU
+without code generation. Exactness: the logits of each dtype against a reference on the same weights and input
 (`--reference float64`: a float64 copy on the device; `cpu`: an fp32 copy on the CPU), as the largest absolute
 difference over the classes both keep (CAT-Seg cuts vocabularies above 256 classes), and the share of pixels whose
 class (label map, or logits' argmax for LSeg) matches the reference's and fp32's. Timing: one warm-up call, the
@@ -75,6 +81,7 @@ TARGET_MS = {"catseg-sliding-150": 100.0, "catseg-sliding-847": 150.0, "catseg-t
 # name: (weight dtype, TF32 allowed)
 DTYPES = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, False), "tf32": (torch.float32, True)}
 REFERENCES = ("float64", "cpu")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 NO_CUDA = "no CUDA device: run with --device cpu --tiny to check the script"
 IMAGE_SHAPE = (480, 640)
 LSEG_SIDE = 384
@@ -112,9 +119,12 @@ def peak_memory(device: torch.device):
 
 def timed(function, device: torch.device, repeats: int) -> dict:
     """Median milliseconds of ``repeats`` calls after one warm-up, the device drained before and after each call;
-    also the peak memory of the calls and the last call's result."""
+    also the warm-up's milliseconds (a compiled model compiles in it), the peak memory of the calls and the last
+    call's result."""
+    start = time.perf_counter()
     function()
     synchronize(device)
+    first_ms = 1000 * (time.perf_counter() - start)
     times = []
     with peak_memory(device) as memory:
         for _ in range(repeats):
@@ -124,7 +134,23 @@ def timed(function, device: torch.device, repeats: int) -> dict:
             output = function()
             synchronize(device)
             times.append(1000 * (time.perf_counter() - start))
-    return {"ms": statistics.median(times), "all_ms": times, "peak_mib": memory["mib"], "output": output}
+    return {
+        "ms": statistics.median(times),
+        "all_ms": times,
+        "first_ms": first_ms,
+        "peak_mib": memory["mib"],
+        "output": output,
+    }
+
+
+def compiled_models(model: torch.nn.Module, args):
+    """``(mode, model compiled in one graph with that torch.compile mode)`` for each ``--compile-modes``, each made
+    after dynamo's caches are cleared, so that its first calls compile."""
+    for mode in args.compile_modes:
+        torch._dynamo.reset()
+        # Modes are inductor's; another backend (aot_eager, to check the script on a CPU) takes none.
+        options = {"mode": mode} if args.compile_backend == "inductor" else {}
+        yield mode, torch.compile(model, fullgraph=True, backend=args.compile_backend, **options)
 
 
 @contextlib.contextmanager
@@ -292,22 +318,23 @@ def catseg_sliding_case(result: dict, models: Models, classes: int, args, device
             text_embeds = cache(model, processor, labels)
             device_views, device_batch = on(model, views), on(model, batch_views)
 
-            def run_segment():
-                return segment(model, processor, image, labels, mode="sliding", cache=cache).label_map
+            # Each runs the model it is given: the copy in this dtype, eager or compiled.
+            def run_segment(runner):
+                return segment(runner, processor, image, labels, mode="sliding", cache=cache).label_map
 
-            def on_device():
+            def on_device(runner):
                 image_views = sliding_window_views(image_processor, image)
-                logits = model(pixel_values=on(model, image_views), text_embeds=text_embeds).logits
+                logits = runner(pixel_values=on(model, image_views), text_embeds=text_embeds).logits
                 return sliding_label_map(image_processor, logits, shape).cpu()
 
-            def views_batched():
-                return model(pixel_values=device_views, text_embeds=text_embeds).logits
+            def views_batched(runner):
+                return runner(pixel_values=device_views, text_embeds=text_embeds).logits
 
-            def views_one_by_one():
-                return torch.cat([model(pixel_values=v[None], text_embeds=text_embeds).logits for v in device_views])
+            def views_one_by_one(runner):
+                return torch.cat([runner(pixel_values=v[None], text_embeds=text_embeds).logits for v in device_views])
 
-            def images_batched():
-                return model(pixel_values=device_batch, text_embeds=text_embeds).logits
+            def images_batched(runner):
+                return runner(pixel_values=device_batch, text_embeds=text_embeds).logits
 
             functions = {
                 "segment": run_segment,
@@ -318,7 +345,7 @@ def catseg_sliding_case(result: dict, models: Models, classes: int, args, device
             }
             timings = {}
             for key, function in functions.items():
-                timings[key] = timed(function, device, args.repeats)
+                timings[key] = timed(lambda: function(model), device, args.repeats)
                 timings[key]["output"] = timings[key]["output"].cpu()  # off the device before the next one's peak
         segment_map, device_map = timings["segment"]["output"], timings["on_device"]["output"]
         batched, one_by_one = timings["forward_views_batched"]["output"], timings["forward_views_batch1"]["output"]
@@ -339,7 +366,28 @@ def catseg_sliding_case(result: dict, models: Models, classes: int, args, device
             "on_device_vs_segment_agreement": agreement(device_map, segment_map),
             "label_map_agreement_vs_reference": agreement(segment_map, reference_map),
             "label_map_agreement_vs_fp32": agreement(segment_map, fp32_map),
+            "compiled": {},
         }
+        for mode, compiled in compiled_models(model, args):
+            with torch.no_grad(), tf32(DTYPES[name][1]):
+                timings = {}
+                for key in ("on_device", "forward_views_batched", "forward_views_batch1", "forward_images_batched"):
+                    timings[key] = timed(lambda: functions[key](compiled), device, args.repeats)
+                    timings[key]["output"] = timings[key]["output"].cpu()
+            device_map = timings["on_device"]["output"]
+            result["dtypes"][name]["compiled"][mode] = {
+                "on_device_ms": timings["on_device"]["ms"],
+                "on_device_peak_mib": timings["on_device"]["peak_mib"],
+                "forward_views_batched_ms": timings["forward_views_batched"]["ms"],
+                "forward_views_batch1_ms": timings["forward_views_batch1"]["ms"],
+                "forward_images_batched_ms_per_image": timings["forward_images_batched"]["ms"] / args.image_batch,
+                "first_calls_s": sum(timing["first_ms"] for timing in timings.values()) / 1000,
+                "all_ms": {key: timing["all_ms"] for key, timing in timings.items()},
+                **logit_difference(timings["forward_views_batched"]["output"], reference, dropped),
+                "label_map_agreement_vs_reference": agreement(device_map, reference_map),
+                "label_map_agreement_vs_fp32": agreement(device_map, fp32_map),
+                "label_map_agreement_vs_eager": agreement(device_map, segment_map),
+            }
 
 
 def catseg_text_case(result: dict, models: Models, classes: int, args, device: torch.device) -> None:
@@ -394,10 +442,10 @@ def lseg_case(result: dict, models: Models, classes: int, args, device: torch.de
             text_embeds = TextFeatureCache()(model, processor, labels)
             inputs = on(model, pixel_values)
 
-            def forward():
-                return model(pixel_values=inputs, text_embeds=text_embeds).logits
+            def forward(runner):
+                return runner(pixel_values=inputs, text_embeds=text_embeds).logits
 
-            timing = timed(forward, device, args.repeats)
+            timing = timed(lambda: forward(model), device, args.repeats)
         logits = timing["output"].double().cpu()
         argmax = logits.argmax(1)
         fp32_argmax = argmax if name == "fp32" else fp32_argmax
@@ -409,7 +457,22 @@ def lseg_case(result: dict, models: Models, classes: int, args, device: torch.de
             **logit_difference(logits, reference, None),
             "argmax_agreement_vs_reference": agreement(argmax, reference_argmax),
             "argmax_agreement_vs_fp32": agreement(argmax, fp32_argmax),
+            "compiled": {},
         }
+        for mode, compiled in compiled_models(model, args):
+            with torch.no_grad(), tf32(DTYPES[name][1]):
+                timing = timed(lambda: forward(compiled), device, args.repeats)
+            compiled_argmax = timing["output"].double().cpu().argmax(1)
+            result["dtypes"][name]["compiled"][mode] = {
+                "forward_ms": timing["ms"],
+                "all_ms": timing["all_ms"],
+                "first_calls_s": timing["first_ms"] / 1000,
+                "peak_mib": timing["peak_mib"],
+                **logit_difference(timing["output"].double().cpu(), reference, None),
+                "argmax_agreement_vs_reference": agreement(compiled_argmax, reference_argmax),
+                "argmax_agreement_vs_fp32": agreement(compiled_argmax, fp32_argmax),
+                "argmax_agreement_vs_eager": agreement(compiled_argmax, argmax),
+            }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -447,7 +510,8 @@ def markdown(report: dict) -> str:
             f"CAT-Seg ViT-B/16, official sliding window ({first['views']} views), one {first['image']} image, text "
             'cached; ms per image. "views in one pass" and "one view per pass" are the model\'s forward alone; '
             f'"{first["image_batch"]} images" puts their views in one pass. Logit difference against the reference '
-            "over the classes both keep; label maps compared pixel by pixel.",
+            "over the classes both keep; label maps compared pixel by pixel. Compiled rows: the model compiled in one "
+            "graph (torch.compile mode named), the on-device label map compared with eager's segment().",
             "",
             "| case | dtype | segment() ms | on device ms | views in one pass ms | one view per pass ms "
             f"| {first['image_batch']} images, ms per image | peak MiB (segment / on device) | max abs logit diff "
@@ -467,6 +531,16 @@ def markdown(report: dict) -> str:
                     f"| {_cell(r['label_map_agreement_vs_fp32'], percent)} "
                     f"| {_cell(r['on_device_vs_segment_agreement'], percent)} |"
                 )
+                for mode, c in r["compiled"].items():
+                    lines.append(
+                        f"| {case['case']} | {name}, compiled {mode} | | {_time_cell(c['on_device_ms'], target)} "
+                        f"| {c['forward_views_batched_ms']:.1f} | {c['forward_views_batch1_ms']:.1f} "
+                        f"| {c['forward_images_batched_ms_per_image']:.1f} | {c['on_device_peak_mib']:.0f} "
+                        f"| {_cell(c['max_abs_logit_diff'], small)} | {_cell(c['kept_classes_agreement'], percent)} "
+                        f"| {_cell(c['label_map_agreement_vs_reference'], percent)} "
+                        f"| {_cell(c['label_map_agreement_vs_fp32'], percent)} "
+                        f"| {_cell(c['label_map_agreement_vs_eager'], percent)} (eager) |"
+                    )
     for case in (case for case in cases if case["case"].startswith("catseg-text")):
         lines += [
             "",
@@ -487,15 +561,32 @@ def markdown(report: dict) -> str:
             "",
             f"LSeg ViT-L/16, one {case['view_size']} view, {case['classes']} labels, text cached.",
             "",
-            "| case | dtype | forward ms | peak MiB | max abs logit diff | argmax = reference | argmax = fp32 |",
-            "|---|---|---|---|---|---|---|",
+            "| case | dtype | forward ms | peak MiB | max abs logit diff | argmax = reference | argmax = fp32 "
+            "| argmax = eager |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, r in case["dtypes"].items():
             lines.append(
                 f"| {case['case']} | {name} | {r['forward_ms']:.1f} | {r['peak_mib']:.0f} "
                 f"| {_cell(r['max_abs_logit_diff'], small)} | {_cell(r['argmax_agreement_vs_reference'], percent)} "
-                f"| {_cell(r['argmax_agreement_vs_fp32'], percent)} |"
+                f"| {_cell(r['argmax_agreement_vs_fp32'], percent)} | |"
             )
+            for mode, c in r["compiled"].items():
+                lines.append(
+                    f"| {case['case']} | {name}, compiled {mode} | {c['forward_ms']:.1f} | {c['peak_mib']:.0f} "
+                    f"| {_cell(c['max_abs_logit_diff'], small)} "
+                    f"| {_cell(c['argmax_agreement_vs_reference'], percent)} "
+                    f"| {_cell(c['argmax_agreement_vs_fp32'], percent)} "
+                    f"| {_cell(c['argmax_agreement_vs_eager'], percent)} |"
+                )
+    compile_costs = [
+        f"{case['case']} {name} {mode}: {c['first_calls_s']:.1f} s"
+        for case in cases
+        for name, r in case["dtypes"].items()
+        for mode, c in r.get("compiled", {}).items()
+    ]
+    if compile_costs:
+        lines += ["", "Compiled rows, first calls (compilation included): " + "; ".join(compile_costs) + "."]
     vocabularies = sorted({case["vocabulary"] for case in cases})
     if vocabularies:
         lines += ["", f"Class names: {', '.join(vocabularies)}."]
@@ -527,6 +618,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES, metavar="CASE", help=" ".join(CASES))
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     parser.add_argument("--reference", default="float64", choices=REFERENCES)
+    parser.add_argument(
+        "--compile-modes",
+        nargs="*",
+        default=["default", "reduce-overhead"],
+        choices=COMPILE_MODES,
+        help="torch.compile modes to time beside eager (none: eager only)",
+    )
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (aot_eager: capture only, for a CPU check)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement, after a warm-up")
     parser.add_argument("--image-batch", type=int, default=4, help="images whose views share one forward pass")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (the blending)")
@@ -567,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "dtypes": args.dtypes,
         "reference": "float64 copy on the device" if args.reference == "float64" else "fp32 copy on the CPU",
+        "compile_modes": args.compile_modes,
+        "compile_backend": args.compile_backend,
         "memory": "peak added by the calls, above what was allocated before them (weights excluded): "
         + ("torch.cuda.max_memory_allocated" if device.type == "cuda" else "resident memory"),
         "loadavg_start": load_average(),

@@ -2,6 +2,7 @@
 
     python benchmarks/benchmark_labelling.py                                  # CAT-Seg ViT-B/16, 32 COCO photos
     python benchmarks/benchmark_labelling.py --model tiny --images 8          # a quick check that it runs
+    python benchmarks/benchmark_labelling.py --execution eager compiled       # also compiled by inductor
 
 Each case launches `torch.distributed.run --standalone --nproc_per_node P` (gloo on CPU), every process with
 `threads / P` threads, and times `training.data.labelling.label_dataset` end to end on the main process: text encoding
@@ -10,6 +11,10 @@ shard writing and the final assembly. The photos are the first `--images` of ../
 present (else random 480x640 images); the vocabulary is COCO-Stuff's 171 names (../shared/data/class-names/coco.json,
 else generated names). The model has random weights (no download); speed does not depend on them. Results go to
 `--out` as JSON and a Markdown table, with the machine's load average at the start.
+
+`--execution compiled` runs the loaded model compiled (`torch.compile(model, fullgraph=True)`). Before the timing,
+every process segments one random photo: the warm-up, whose seconds are reported apart (for a compiled model, the
+compilation for the batch's shape; a smaller last batch compiles once more, inside the timing).
 """
 
 from __future__ import annotations
@@ -85,9 +90,18 @@ def worker(args) -> None:
     from training.data.labelling import label_dataset
 
     accelerator = build_accelerator()
+    from processing.inference_ovseg import segment
+
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model_dir, trust_remote_code=True).eval()
+    if args.compiled:
+        model = torch.compile(model, fullgraph=True)
     processor = AutoProcessor.from_pretrained(args.model_dir, trust_remote_code=True)
     labels = vocabulary(args.classes)
+    photo = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        segment(model, processor, [photo] * args.batch_size, labels, mode=args.mode, batch_size=args.batch_size)
+    warmup = time.perf_counter() - start
     accelerator.wait_for_everyone()
     start = time.perf_counter()
     with torch.inference_mode():
@@ -105,7 +119,7 @@ def worker(args) -> None:
         )
     seconds = time.perf_counter() - start
     if labelled is not None:
-        Path(args.timing).write_text(json.dumps({"seconds": seconds, "images": len(labelled)}))
+        Path(args.timing).write_text(json.dumps({"seconds": seconds, "images": len(labelled), "warmup": warmup}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", default="whole", choices=["whole", "sliding"])
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--shard-size", type=int, default=8)
+    parser.add_argument(
+        "--execution", nargs="+", default=["eager"], choices=["eager", "compiled"], help="the model eager or compiled"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     # Internal: the per-process entry point.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -127,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--output-dataset", help=argparse.SUPPRESS)
     parser.add_argument("--timing", help=argparse.SUPPRESS)
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
@@ -137,24 +155,27 @@ def main(argv: list[str] | None = None) -> None:
         scratch = Path(scratch)
         dataset = photo_dataset(scratch, args.images)
         model_dir = build_model(args.model, scratch)
-        for processes in args.processes:
-            timing = scratch / f"timing{processes}.json"
+        for execution, processes in [(e, p) for e in args.execution for p in args.processes]:
+            timing = scratch / f"timing-{execution}-{processes}.json"
             threads = max(1, args.threads // processes)
             env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
             command += [str(processes), __file__, "--worker", "--model-dir", str(model_dir), "--dataset", str(dataset)]
-            command += ["--output-dataset", str(scratch / f"labelled{processes}"), "--timing", str(timing)]
+            output = scratch / f"labelled-{execution}-{processes}"
+            command += ["--output-dataset", str(output), "--timing", str(timing)]
             command += ["--classes", str(args.classes), "--mode", args.mode, "--batch-size", str(args.batch_size)]
-            command += ["--shard-size", str(args.shard_size)]
+            command += ["--shard-size", str(args.shard_size)] + (["--compiled"] if execution == "compiled" else [])
             subprocess.run(command, env=env, check=True)
             result = json.loads(timing.read_text())
             rows.append(
                 {
+                    "execution": execution,
                     "processes": processes,
                     "threads_per_process": threads,
                     "images": result["images"],
                     "seconds": round(result["seconds"], 3),
                     "images_per_second": round(result["images"] / result["seconds"], 4),
+                    "warmup_seconds": round(result["warmup"], 3),
                 }
             )
     report = {
@@ -170,12 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"Dataset labelling, {args.model}, {args.classes} classes, mode {args.mode} (load average {load[0]:.1f})",
         "",
-        "| processes | threads each | images | seconds | images/s |",
-        "|---|---|---|---|---|",
+        "| model | processes | threads each | images | seconds | images/s | warm-up s (one batch) |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['processes']} | {r['threads_per_process']} | {r['images']} | {r['seconds']:.1f} | "
-        f"{r['images_per_second']:.3f} |"
+        f"| {r['execution']} | {r['processes']} | {r['threads_per_process']} | {r['images']} | {r['seconds']:.1f} | "
+        f"{r['images_per_second']:.3f} | {r['warmup_seconds']:.1f} |"
         for r in rows
     ]
     table = "\n".join(lines) + "\n"

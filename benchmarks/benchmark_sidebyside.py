@@ -2,6 +2,7 @@
 
     python benchmarks/benchmark_sidebyside.py --official-root /work/scratch/official
     python benchmarks/benchmark_sidebyside.py --cases catseg-171 --competing-load 2
+    python benchmarks/benchmark_sidebyside.py --cases catseg-171 catseg-847 lseg-150 lseg-150-480 --compile
     OVSEG_OFFICIAL_ROOT=/path/to/official python benchmarks/benchmark_sidebyside.py --cases lseg-150 lseg-150-text
 
 The official code is loaded from a folder outside this repository (`benchmarks/official_harness.py` says how to lay
@@ -9,13 +10,17 @@ it out); without one, only our column is measured and one line says why. The off
 weights and ours is built from their state dicts by our converters, so both compute the same function; every case
 first checks that the outputs agree (at the parity fixtures' tolerances) and marks a mismatch in the table (exit
 status 1). Timings are interleaved (ours, official, official, ours, ...) and the median of `--repeats` is reported;
+each ratio is the median of the repeats' own ratios (official / ours of the same repeat) with the lowest and highest;
 the fp32 matmul rate is measured between the repeats and ours' FLOP rate is given as a share of it.
+`--compile` adds our model compiled by inductor (`torch.compile(model, fullgraph=True)`, static shapes: a fresh
+graph for each case) as a third side of the inference cases, timed interleaved with the others and checked the same
+way; its compile time (the first call: tracing and code generation) is reported beside its speed.
 `--competing-load N` starts N busy processes (pure-Python spin loops) for the measurement, the shared-machine case.
 
 Cases: CAT-Seg ViT-B/16, one 384 view, warm text, 20 / 171 / 847 classes (`catseg-20`, `catseg-171`, `catseg-847`);
 the cold text encoding of 847 prompts (`catseg-text-847`); the official sliding-window evaluation of one 640x480
 image at 171 classes (`catseg-sliding-171`); LSeg ViT-L/16 at 384 with 150 labels, warm text (`lseg-150`) and text
-encoded in the call (`lseg-150-text`); one CAT-Seg training step (`catseg-train`: 384, class pooling 2, CLIP q/v
+encoded in the call (`lseg-150-text`), and at the official evaluation crop of 480, warm text (`lseg-150-480`); one CAT-Seg training step (`catseg-train`: 384, class pooling 2, CLIP q/v
 trained as the official "attention" policy, BCE loss, `--train-classes` of COCO-Stuff's 171), with peak memory.
 
 The training step runs each side in a process of its own, one after the other (never both at once), with the same
@@ -36,6 +41,7 @@ import argparse
 import contextlib
 import gc
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -78,6 +84,7 @@ CASES = [
     "catseg-sliding-171",
     "lseg-150",
     "lseg-150-text",
+    "lseg-150-480",
     "catseg-train",
 ]
 # The parity fixtures' tolerances (shared/fixtures/README.md, section 3).
@@ -114,8 +121,8 @@ def competing_load(processes: int):
 
 
 def interleaved(functions: dict, repeats: int) -> dict:
-    """Median seconds of each function, the functions alternating in order (and reversed every other repeat), and
-    the median fp32 matmul rate measured between the repeats."""
+    """The seconds of each repeat of each function, the functions alternating in order (and reversed every other
+    repeat), and the median fp32 matmul rate measured between the repeats (``"matmul"``)."""
     times: dict[str, list[float]] = {name: [] for name in functions}
     rates = []
     for repeat in range(repeats):
@@ -125,7 +132,36 @@ def interleaved(functions: dict, repeats: int) -> dict:
             functions[name]()
             times[name].append(time.perf_counter() - start)
         rates.append(matmul_gflops(repeats=5))
-    return {**{name: statistics.median(values) for name, values in times.items()}, "matmul": statistics.median(rates)}
+    return {**times, "matmul": statistics.median(rates)}
+
+
+def ratio_range(official: list[float], ours: list[float]) -> dict:
+    """Median, lowest and highest of the repeats' ratios official / ours (repeat ``i`` of each, run side by side)."""
+    ratios = [theirs / mine for theirs, mine in zip(official, ours)]
+    return {"median": statistics.median(ratios), "low": min(ratios), "high": max(ratios)}
+
+
+def compiled_side(functions: dict, call, model, tolerance: dict, args) -> tuple[float | None, list[dict]]:
+    """With ``--compile``: ``call(compiled)`` as the side ``"compiled"`` of ``functions``, where ``compiled`` is
+    ``model`` compiled by inductor in one graph. Returns the seconds of its first call, which traces and compiles,
+    and the check that its output (the first, where ``call`` returns several) agrees with eager mode's at
+    ``tolerance``; without ``--compile``, ``(None, [])``.
+
+    Shapes are static (``dynamic=False``), and dynamo's caches are cleared first, so each case pays for its own
+    graph: the compile time of that case, and the code inductor makes for those exact shapes.
+    """
+    if not args.compile:
+        return None, []
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        start = time.perf_counter()
+        output = call(compiled)
+        seconds = time.perf_counter() - start
+        eager = call(model)
+    functions["compiled"] = lambda: call(compiled)
+    first = (lambda value: value[0] if isinstance(value, tuple) else value)
+    return seconds, [agreement(first(output), first(eager), tolerance, "compiled against eager")]
 
 
 def agreement(ours: torch.Tensor, official: torch.Tensor, tolerance: dict, what: str) -> dict:
@@ -188,24 +224,27 @@ class CatSegPair:
         return (images - self.mean) / self.std
 
 
-def image_384(seed: int, batch: int = 1) -> torch.Tensor:
-    """Random 0..255 images with integer values (like decoded photos)."""
+def random_image(seed: int, batch: int = 1, size: int = 384) -> torch.Tensor:
+    """Random 0..255 square images with integer values (like decoded photos)."""
     generator = torch.Generator().manual_seed(seed)
-    return (torch.rand(batch, 3, 384, 384, generator=generator) * 255).round()
+    return (torch.rand(batch, 3, size, size, generator=generator) * 255).round()
 
 
 def catseg_view_case(pair: CatSegPair, classes: int, args) -> dict:
     """One 384 view, warm text: normalisation, forward, sigmoid and the resize to 384 (the official's output)."""
     names = vocabulary(classes)
-    image = image_384(args.seed)
+    image = random_image(args.seed)
     text_embeds = TextFeatureCache()(pair.ours, pair.processor, names)
 
-    def ours():
-        logits = pair.ours(pixel_values=pair.normalise(image), text_embeds=text_embeds).logits
+    def call(model):
+        logits = model(pixel_values=pair.normalise(image), text_embeds=text_embeds).logits
         return logits, F.interpolate(logits.sigmoid(), size=(384, 384), mode="bilinear", align_corners=False)[0]
 
+    def ours():
+        return call(pair.ours)
+
     functions = {"ours": ours}
-    checks = []
+    compile_s, checks = compiled_side(functions, call, pair.ours, LOGITS, args)
     if pair.official is not None:
         harness.set_official_catseg_classes(pair.official, names)
         harness.set_official_catseg_pooling(pair.official, 1)
@@ -223,8 +262,10 @@ def catseg_view_case(pair: CatSegPair, classes: int, args) -> dict:
         checks = [
             agreement(logits, pair.official_logits[-1], LOGITS, "logits"),
             agreement(probabilities, official_probabilities, PROBABILITIES, "probabilities at 384"),
+            *checks,
         ]
-    return measure(f"CAT-Seg B/16, one 384 view, {classes} classes, warm text", functions, ours, checks, args)
+    case = f"CAT-Seg B/16, one 384 view, {classes} classes, warm text"
+    return measure(case, functions, ours, checks, args, compile_s)
 
 
 def catseg_text_case(pair: CatSegPair, classes: int, args) -> dict:
@@ -258,11 +299,14 @@ def catseg_sliding_case(pair: CatSegPair, classes: int, args) -> dict:
     image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
     text_embeds = TextFeatureCache()(pair.ours, pair.processor, names)
 
+    def call(model):
+        return sliding_window_probabilities(model, pair.processor.image_processor, image, text_embeds)
+
     def ours():
-        return sliding_window_probabilities(pair.ours, pair.processor.image_processor, image, text_embeds)
+        return call(pair.ours)
 
     functions = {"ours": ours}
-    checks = []
+    compile_s, checks = compiled_side(functions, call, pair.ours, PROBABILITIES, args)
     if pair.official is not None:
         harness.set_official_catseg_classes(pair.official, names)
         harness.set_official_catseg_pooling(pair.official, 1)
@@ -281,14 +325,15 @@ def catseg_sliding_case(pair: CatSegPair, classes: int, args) -> dict:
 
         functions["official"] = official
         with torch.no_grad():
-            checks = [agreement(ours(), official(), PROBABILITIES, "probabilities at 480x640")]
-    return measure(f"CAT-Seg B/16, sliding window (5 views), 640x480, {classes} classes", functions, ours, checks, args)
+            checks = [agreement(ours(), official(), PROBABILITIES, "probabilities at 480x640"), *checks]
+    case = f"CAT-Seg B/16, sliding window (5 views), 640x480, {classes} classes"
+    return measure(case, functions, ours, checks, args, compile_s)
 
 
 def train_inputs(classes: int, batch: int, seed: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """The training step's vocabulary (the first ``classes`` of COCO-Stuff's 171), images and labels."""
     names = vocabulary(171)[:classes]
-    images = image_384(seed, batch)
+    images = random_image(seed, batch)
     targets = torch.randint(0, len(names), (batch, 384, 384), generator=torch.Generator().manual_seed(seed))
     targets[:, :, :32] = 255  # ignored pixels, which the official loss keeps as all-negative rows
     return names, images, targets
@@ -629,24 +674,23 @@ def lseg_labels(count: int) -> list[str]:
     return [name.split(", ")[0] for name in vocabulary(count)]
 
 
-def lseg_case(pair: LSegPair, warm_text: bool, args) -> dict:
+def lseg_case(pair: LSegPair, warm_text: bool, size: int, args) -> dict:
+    """One ``size`` x ``size`` crop (384, or the official evaluation's 480) with 150 labels."""
     labels = lseg_labels(150)
-    pixel_values = (image_384(args.seed) / 255 - 0.5) / 0.5
-    text_inputs = pair.processor(text=labels, return_tensors="pt")
-
+    pixel_values = (random_image(args.seed, size=size) / 255 - 0.5) / 0.5
     if warm_text:
-        text_embeds = TextFeatureCache()(pair.ours, pair.processor, labels)
-
-        def ours():
-            return pair.ours(pixel_values=pixel_values, text_embeds=text_embeds).logits
-
+        text = {"text_embeds": TextFeatureCache()(pair.ours, pair.processor, labels)}
     else:
+        text = dict(pair.processor(text=labels, return_tensors="pt"))
 
-        def ours():
-            return pair.ours(pixel_values=pixel_values, **text_inputs).logits
+    def call(model):
+        return model(pixel_values=pixel_values, **text).logits
+
+    def ours():
+        return call(pair.ours)
 
     functions = {"ours": ours}
-    checks = []
+    compile_s, checks = compiled_side(functions, call, pair.ours, LSEG_LOGITS, args)
     stack = contextlib.ExitStack()
     if pair.official is not None:
         if warm_text:
@@ -661,13 +705,16 @@ def lseg_case(pair: LSegPair, warm_text: bool, args) -> dict:
     with stack:
         if pair.official is not None:
             with torch.no_grad():
-                checks = [agreement(ours(), official(), LSEG_LOGITS, "logits at 384")]
-        text = "warm text" if warm_text else "text encoded in the call"
-        return measure(f"LSeg ViT-L/16, 384, 150 labels, {text}", functions, ours, checks, args)
+                checks = [agreement(ours(), official(), LSEG_LOGITS, f"logits at {size}"), *checks]
+        wording = "warm text" if warm_text else "text encoded in the call"
+        return measure(f"LSeg ViT-L/16, {size}, 150 labels, {wording}", functions, ours, checks, args, compile_s)
 
 
-def measure(case: str, functions: dict, ours, checks: list[dict], args) -> dict:
-    """Interleaved medians, ours' FLOPs and their share of the matmul rate, and the agreement checks."""
+def measure(
+    case: str, functions: dict, ours, checks: list[dict], args, compile_s: float | None = None
+) -> dict:
+    """Interleaved medians, each ratio's median and range over the repeats, ours' FLOPs and their share of the matmul
+    rate, the agreement checks, and (with a ``"compiled"`` side) the compile time ``compile_s``."""
     with torch.no_grad():
         if not checks:  # the checks ran every function once already
             for function in functions.values():
@@ -675,14 +722,21 @@ def measure(case: str, functions: dict, ours, checks: list[dict], args) -> dict:
         start_load = load_average()
         timings = interleaved(functions, args.repeats)
         gflop = flops_of(ours) / 1e9
+    seconds = {name: statistics.median(timings[name]) for name in functions}
+    official = timings.get("official")
     result = {
         "case": case,
-        "ours_s": timings["ours"],
-        "official_s": timings.get("official"),
-        "ratio": timings["official"] / timings["ours"] if "official" in timings else None,
+        "ours_s": seconds["ours"],
+        "official_s": seconds.get("official"),
+        "ratio": seconds["official"] / seconds["ours"] if official else None,
+        "ratio_range": ratio_range(official, timings["ours"]) if official else None,
+        "compiled_s": seconds.get("compiled"),
+        "compile_s": compile_s,
+        "compiled_ratio_range": ratio_range(official, timings["compiled"]) if official and "compiled" in seconds else None,
+        "seconds": {name: timings[name] for name in functions},
         "ours_gflop": gflop,
         "matmul_gflops": timings["matmul"],
-        "ours_share_of_matmul": gflop / timings["ours"] / timings["matmul"],
+        "ours_share_of_matmul": gflop / seconds["ours"] / timings["matmul"],
         "checks": checks,
         "outputs_agree": all(check["ok"] for check in checks) if checks else None,
         "loadavg_before": start_load,
@@ -718,7 +772,8 @@ def markdown(report: dict) -> str:
         f"/proc/loadavg {report['loadavg_start']} at the start, {report['loadavg_end']} at the end; "
         f"medians of {report['repeats']}, {order}; official: {official}.",
         "",
-        "| case | ours s | official s | ratio | ours, share of the matmul rate | outputs agree | load (1 min) |",
+        "| case | ours s | official s | ratio (lowest-highest) | ours, share of the matmul rate | outputs agree "
+        "| load (1 min) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in report["cases"]:
@@ -726,10 +781,29 @@ def markdown(report: dict) -> str:
         if r["checks"]:
             agree += " (" + ", ".join(_check_cell(c) for c in r["checks"]) + ")"
         lines.append(
-            f"| {r['case']} | {r['ours_s']:.2f} | {_cell(r['official_s'], '{:.2f}')} | {_cell(r['ratio'], '{:.2f}x')} "
+            f"| {r['case']} | {r['ours_s']:.2f} | {_cell(r['official_s'], '{:.2f}')} | {_ratio_cell(r)} "
             f"| {_cell(r['ours_share_of_matmul'], '{:.0%}')} of {r['matmul_gflops']:.0f} GFLOP/s | {agree} "
             f"| {r['loadavg_before'].split()[0]} |"
         )
+    compiled = [r for r in report["cases"] if r.get("compile_s") is not None]
+    if compiled:
+        lines += [
+            "",
+            "Ours compiled by inductor (`torch.compile(model, fullgraph=True)`, static shapes), timed interleaved with "
+            "the sides above; the compile time is its first call's. It pays off after the number of images whose "
+            "saving over eager covers the compile time.",
+            "",
+            "| case | compiled s | compile s | eager / compiled | ratio to the official (lowest-highest) "
+            "| pays off after |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in compiled:
+            saving = r["ours_s"] - r["compiled_s"]
+            pays_off = f"{math.ceil(r['compile_s'] / saving)} images" if saving > 0 else "never (not faster)"
+            lines.append(
+                f"| {r['case']} | {r['compiled_s']:.2f} | {r['compile_s']:.1f} | {r['ours_s'] / r['compiled_s']:.2f}x "
+                f"| {_range_cell(r['compiled_ratio_range'])} | {pays_off} |"
+            )
     for r in report["cases"]:
         if "ours_peak_mib" in r:
             ours, official = (
@@ -767,6 +841,17 @@ def _check_cell(check: dict) -> str:
     return check["what"] + ("" if check["ok"] else " **NO**")
 
 
+def _range_cell(ratios: dict | None) -> str:
+    return "" if ratios is None else f"{ratios['median']:.2f}x ({ratios['low']:.2f}-{ratios['high']:.2f})"
+
+
+def _ratio_cell(result: dict) -> str:
+    # The training step's sides run one process after the other, so its ratio has no per-repeat range.
+    if result.get("ratio_range") is None:
+        return _cell(result["ratio"], "{:.2f}x")
+    return _range_cell(result["ratio_range"])
+
+
 def _cell(value, form: str) -> str:
     return "" if value is None else form.format(value)
 
@@ -779,7 +864,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"folder with the official code (default: ${harness.OFFICIAL_ROOT_ENV}); without it ours only",
     )
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of each side (default 5)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time ours compiled by inductor (fullgraph, static shapes) in the inference cases, and its compile time",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--competing-load", type=int, default=0, metavar="N", help="N busy processes meanwhile")
     parser.add_argument(
@@ -867,7 +957,8 @@ def main(argv: list[str] | None = None) -> int:
         if lseg_cases:
             pair = LSegPair(root, lseg_labels(150), args.seed)
             for case in lseg_cases:
-                report["cases"].append(lseg_case(pair, case == "lseg-150", args))
+                size = 480 if case == "lseg-150-480" else 384
+                report["cases"].append(lseg_case(pair, case != "lseg-150-text", size, args))
             del pair
     report["loadavg_end"] = load_average()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ that computes once per image what every class shares, and works in cache-sized c
 [`closed_form_padding_class_aggregation`] and [`folded_upsampling_decoder`]. The modules call them when
 `config.fast_paths` is set (the default); tests check that both forms agree. In CPU inference the fast paths also
 take oneDNN's fused linear kernels ([`linear_activation`]) and run their chunks on one single-threaded worker per
-intra-op thread ([`map_chunks_in_threads`]).
+intra-op thread ([`map_chunks_in_threads`]). Under `torch.compile` and `torch.export` neither is used, so the whole
+model is one graph for any vocabulary size up to `config.max_classes` (tests/test_compile.py).
 """
 
 from __future__ import annotations
@@ -207,13 +208,14 @@ def linear_activation(
     (`torch.backends.mkldnn.enabled = False`), and while tracing for `torch.compile` / `torch.export`, it is the plain
     composition.
     """
+    # The compile check comes first: dynamo refuses to trace `torch.backends.mkldnn.is_available`.
     if (
-        _ONEDNN_LINEAR is not None
+        not torch.compiler.is_compiling()
+        and _ONEDNN_LINEAR is not None
         and hidden_states.device.type == "cpu"
         and hidden_states.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and not torch.compiler.is_compiling()
         and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
     ):
         return _ONEDNN_LINEAR(
@@ -732,21 +734,20 @@ class CatSegDecoderStage(nn.Module):
         return F.relu(self.norm2(self.conv2(hidden_states)), inplace=True)
 
 
-def _phase_taps() -> torch.Tensor:
+def _phase_taps(like: torch.Tensor) -> torch.Tensor:
     """How a x2 transposed convolution followed by a 3x3 convolution reads its low-resolution input, per output phase.
 
-    `(2, 2, 3, 2)` 0/1 tensor: `[phase, k, d, t]` is 1 when output phase `phase` reads, through tap `k` of a 2x2
-    kernel on the input padded by 1, the 3x3 tap `d` (offset `d - 1`) that lands on transposed-convolution tap `t`.
+    `(2, 2, 3, 2)` 0/1 tensor on the device and in the dtype of `like`: `[phase, k, d, t]` is 1 when output phase
+    `phase` reads, through tap `k` of a 2x2 kernel on the input padded by 1, the 3x3 tap `d` (offset `d - 1`) that
+    lands on transposed-convolution tap `t`. Made where it is used rather than kept on the CPU: a CPU tensor in a
+    compiled CUDA graph stops `torch.compile(mode="reduce-overhead")` from replaying it as a CUDA graph.
     """
-    taps = torch.zeros(2, 2, 3, 2)
+    taps = like.new_zeros(2, 2, 3, 2)
     for phase in (0, 1):
         for offset in (-1, 0, 1):
             row = phase + offset  # upsampled row, relative to twice the input row
             taps[phase, row // 2 - phase + 1, offset + 1, row % 2] = 1
     return taps
-
-
-_PHASE_TAPS = _phase_taps()
 
 
 def folded_upsample_conv_terms(
@@ -762,7 +763,7 @@ def folded_upsample_conv_terms(
         `(batch, out_channels, 2 * size, 2 * size)`: conv1 of `[transposed convolution's bias, guidance]`.
     """
     upsampled_channels = stage.upsample.out_channels
-    taps = _PHASE_TAPS.to(guidance)
+    taps = _phase_taps(guidance)
     kernel = torch.einsum(
         "akyt,blxs,poyx,cots->abpckl", taps, taps, stage.conv1.weight[:, :upsampled_channels], stage.upsample.weight
     )
@@ -797,7 +798,8 @@ def folded_upsample_conv(
         for b in (0, 1):
             phase = phases[:, a : a + size, b : b + size, (2 * a + b) * channels : (2 * a + b + 1) * channels]
             phase, target = phase.unflatten(0, (batch, classes)), upsampled[..., a, :, b, :]
-            if torch.is_grad_enabled():  # `out=` has no autograd
+            # `out=` has no autograd, and dynamo cannot trace it into a strided view.
+            if torch.is_grad_enabled() or torch.compiler.is_compiling():
                 target.copy_(phase + shared[..., a, :, b, :])
             else:
                 torch.add(phase, shared[..., a, :, b, :], out=target)
@@ -1335,7 +1337,9 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
                 f"{tuple(labels.shape)}."
             )
         ignored = labels == self.config.ignore_index
-        if bool(((labels < 0) | (labels >= num_classes))[~ignored].any()):
+        # The check reads the labels' values, which a traced graph cannot branch on; compiled, an index outside the
+        # vocabulary still fails, in the scatter below.
+        if not torch.compiler.is_compiling() and bool(((labels < 0) | (labels >= num_classes))[~ignored].any()):
             bad = sorted(set(labels[~ignored & ((labels < 0) | (labels >= num_classes))].unique().tolist()))
             raise ValueError(
                 f"labels hold values {bad[:10]} outside the {num_classes} classes of the vocabulary and the ignore "

@@ -6,8 +6,9 @@ with the L2-normalised CLIP text embeddings of the labels, divided by a fixed te
 `spatial_regularization` blocks -> bilinear upsampling to the input resolution.
 
 Two steps run in a faster form beside their plain one, each tested equal to it (to float summation order):
-`dpt_neck_channels_last` for transformers' `DPTNeck`, and, without autograd, `scaled_correlation_in_row_blocks` for
-the scaled product of the correlation.
+`dpt_neck_channels_last` for transformers' `DPTNeck`, and, without autograd and outside `torch.compile`,
+`scaled_correlation_in_row_blocks` for the scaled product of the correlation. Under `torch.compile` the model is one
+graph for any number of labels (tests/test_compile.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ from transformers.models.dpt.modeling_dpt import DPTNeck
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
-from transformers.utils.output_capturing import resolve_hidden_states_indices, selected_hidden_states
+from transformers.utils.output_capturing import (
+    maybe_install_capturing_hooks,
+    resolve_hidden_states_indices,
+    selected_hidden_states,
+)
 
 from .configuration_lseg import LSegConfig
 
@@ -134,8 +139,10 @@ class LSegPixelEmbeddings(nn.Module):
         """`(batch, fusion_hidden_size, h, w)` -> `(batch, projection_dim, h, w)` unit vectors."""
         embeddings = self.projection(fused_features)
         # Without autograd the division goes in place: this is the model's largest map, and a second one costs
-        # more in fresh memory (page faults) than the division itself.
-        return F.normalize(embeddings, dim=1, out=None if embeddings.requires_grad else embeddings)
+        # more in fresh memory (page faults) than the division itself. A compiled graph plans its own buffers, and
+        # dynamo cannot trace `out=` into a tensor it did not allocate.
+        in_place = not embeddings.requires_grad and not torch.compiler.is_compiling()
+        return F.normalize(embeddings, dim=1, out=embeddings if in_place else None)
 
 
 def scaled_correlation_in_row_blocks(
@@ -261,6 +268,9 @@ class LSegModel(LSegPreTrainedModel):
         # The deepest fusion stage has no coarser input to merge, so its first residual unit never runs; its weights
         # stay only because the official checkpoints hold them.
         self.neck.fusion_stage.layers[0].residual_layer1.requires_grad_(False)
+        # The forward always asks the ViT for its hidden states, and transformers installs the hooks that record
+        # them on first use, under a lock that `torch.compile` cannot trace: installed here, the forward is one graph.
+        maybe_install_capturing_hooks(self.dpt)
 
     def get_input_embeddings(self) -> nn.Module:
         """The ViT's patch embedding, as for transformers' DPT and ViT."""
@@ -566,6 +576,9 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
                 f"labels must be integer (batch_size={batch}, height, width) label indices; got a "
                 f"{labels.dtype} tensor of shape {tuple(labels.shape)}."
             )
+        if torch.compiler.is_compiling():
+            # The values cannot be read while tracing; an index outside the vocabulary then fails in the loss.
+            return
         labelled = labels[labels != self.config.ignore_index]
         outside = labelled[(labelled < 0) | (labelled >= num_labels)]
         if outside.numel():

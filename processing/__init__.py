@@ -2,8 +2,8 @@
 
 Every module here is copied by ``save_pretrained`` next to the weights as remote code, so they are flat siblings that
 import each other only relatively and import nothing else of this project. Building a processor with the official
-settings (``training.presets``), registering these classes with the Auto factories and the pipeline task, and saving
-a Hub-ready folder (``training.remote_code``) are application code and live in ``training/``.
+settings (``training.models.presets``), registering these classes with the Auto factories and the pipeline task, and
+saving a Hub-ready folder (``training.models.remote_code``) are application code and live in ``training/``.
 """
 
 from .image_processing_ovseg import OVSegImageProcessor

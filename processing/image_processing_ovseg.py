@@ -76,7 +76,7 @@ class OVSegImageProcessorKwargs(ImagesKwargs, total=False):
 class OVSegImageProcessor(PilBackend):
     r"""
     Image processor for open-vocabulary semantic segmentation (CAT-Seg, LSeg). Defaults are CAT-Seg ViT-B/16's
-    official preprocessing; `training.presets` builds the other variants.
+    official preprocessing; `training.models.presets` builds the other variants.
 
     Images may be PIL images (any mode; EXIF orientation applied), numpy arrays (HWC or CHW, uint8, uint16, bool or
     float in [0, 1]), torch tensors (CHW), file paths or URLs; they always become RGB, since both models take three

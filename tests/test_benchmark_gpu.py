@@ -17,7 +17,8 @@ import benchmark_gpu  # noqa: E402
 
 
 # One thread: on a shared machine, two threads competing with other work run this several times slower.
-TINY = ["--device", "cpu", "--tiny", "--repeats", "1", "--threads", "1"]
+# Eager only unless a test asks for compiled rows (inductor would compile for minutes on a CPU).
+TINY = ["--device", "cpu", "--tiny", "--repeats", "1", "--threads", "1", "--compile-modes"]
 
 
 @pytest.fixture(autouse=True)
@@ -90,6 +91,41 @@ def test_the_tiny_run_checks_exactness_against_the_reference(tiny_run):
     assert lseg["fp32"]["max_abs_logit_diff"] < 1e-3 * lseg["fp32"]["max_abs_logit_reference"]
     assert lseg["fp32"]["argmax_agreement_vs_reference"] > 0.99
     assert 0 < lseg["bf16"]["argmax_agreement_vs_fp32"] <= 1
+
+
+def test_the_compiled_rows_capture_one_graph_and_agree_with_eager(tmp_path, monkeypatch):
+    modes = []
+    compile = torch.compile
+
+    def recorded(model, **kwargs):
+        modes.append(kwargs)
+        return compile(model, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recorded)
+    argv = [*TINY, "--cases", "catseg-sliding-150", "lseg-150", "--dtypes", "fp32", "--image-batch", "2"]
+    # aot_eager captures the graphs as inductor would (fullgraph: a graph break fails), without code generation.
+    argv += ["--compile-modes", "default", "reduce-overhead", "--compile-backend", "aot_eager", "--out", str(tmp_path)]
+    assert benchmark_gpu.main(argv) == 0
+    # One compilation per case and mode; the modes are inductor's, so aot_eager is given none.
+    assert modes == 4 * [{"fullgraph": True, "backend": "aot_eager"}]
+    sliding, lseg = json.loads((tmp_path / "benchmark_gpu.json").read_text())["cases"]
+    for mode in ("default", "reduce-overhead"):
+        compiled = sliding["dtypes"]["fp32"]["compiled"][mode]
+        assert compiled["first_calls_s"] > 0 and compiled["forward_views_batch1_ms"] > 0
+        assert compiled["max_abs_logit_diff"] < 1e-4 and compiled["label_map_agreement_vs_eager"] == 1.0
+        compiled = lseg["dtypes"]["fp32"]["compiled"][mode]
+        assert compiled["forward_ms"] > 0 and compiled["argmax_agreement_vs_eager"] == 1.0
+    markdown = (tmp_path / "benchmark_gpu.md").read_text()
+    assert "| catseg-sliding-150 | fp32, compiled reduce-overhead | |" in markdown
+    assert "| lseg-150 | fp32, compiled default |" in markdown and "lseg-150 fp32 reduce-overhead: " in markdown
+
+
+def test_inductor_gets_the_compile_mode(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    args = benchmark_gpu.parse_args(["--device", "cpu", "--compile-modes", "default", "reduce-overhead"])
+    assert [mode for mode, _ in benchmark_gpu.compiled_models(torch.nn.Identity(), args)] == ["default", "reduce-overhead"]
+    assert calls == [{"fullgraph": True, "backend": "inductor", "mode": mode} for mode in ("default", "reduce-overhead")]
 
 
 def test_cuda_without_a_cuda_device_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):

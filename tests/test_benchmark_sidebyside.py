@@ -186,7 +186,40 @@ def test_interleaved_alternates_the_order_and_takes_medians(monkeypatch):
     calls = []
     result = benchmark_sidebyside.interleaved({"ours": lambda: calls.append("o"), "official": lambda: calls.append("x")}, 3)
     assert calls == ["o", "x", "x", "o", "o", "x"]
-    assert result["matmul"] == 50.0 and result["ours"] >= 0 and result["official"] >= 0
+    assert result["matmul"] == 50.0 and len(result["ours"]) == len(result["official"]) == 3
+    assert min(result["ours"]) >= 0 and min(result["official"]) >= 0
+
+
+def test_a_ratio_is_the_median_and_range_of_the_repeats_own_ratios():
+    # Repeat by repeat: 2/1, 6/2, 3/3; not the ratio of the medians (3/2).
+    ratios = benchmark_sidebyside.ratio_range(official=[2.0, 6.0, 3.0], ours=[1.0, 2.0, 3.0])
+    assert ratios == {"median": 2.0, "low": 1.0, "high": 3.0}
+
+
+def test_the_compiled_side_is_timed_beside_eager_with_its_compile_time(tmp_path, monkeypatch, capsys, no_official_env):
+    monkeypatch.setattr(benchmark_sidebyside, "ours_catseg_config", lambda: tiny_catseg_config(image_size=384))
+    monkeypatch.setattr(benchmark_sidebyside, "matmul_gflops", lambda repeats: 100.0)
+    compiled = []
+    compile = torch.compile
+
+    def capture_only(model, **kwargs):
+        # Inductor's code generation takes minutes on a CI machine; the benchmark's own path is what is tested.
+        assert kwargs == {"fullgraph": True, "dynamic": False}
+        compiled.append(model)
+        return compile(model, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", capture_only)
+    code = benchmark_sidebyside.main(["--cases", "catseg-20", "--repeats", "2", "--compile", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and len(compiled) == 1
+    (case,) = json.loads((tmp_path / "sidebyside.json").read_text())["cases"]
+    assert case["compile_s"] > 0 and case["compiled_s"] > 0 and len(case["seconds"]["compiled"]) == 2
+    assert [check["what"] for check in case["checks"]] == ["compiled against eager"] and case["outputs_agree"]
+    # The case's second row is in the compiled table: compiled s, compile s, eager / compiled, ratio, pays off after.
+    rows = [line for line in out.splitlines() if line.startswith("| CAT-Seg B/16, one 384 view, 20 classes")]
+    cells = [cell.strip() for cell in rows[-1].strip("|").split("|")]
+    assert len(rows) == 2 and cells[1:3] == [f"{case['compiled_s']:.2f}", f"{case['compile_s']:.1f}"]
+    assert cells[4] == "" and (cells[5].endswith(" images") or cells[5] == "never (not faster)")
 
 
 def test_agreement_reports_the_difference_and_refuses_other_shapes():

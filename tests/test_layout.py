@@ -50,9 +50,9 @@ TRAINING = {module_name(path): path for path in sorted((ROOT / "training").rglob
 PACKAGES = {name for name, path in TRAINING.items() if path.name == "__init__.py"}
 
 
-def imported_modules(name: str) -> set[str]:
-    """The training modules that module `name` imports anywhere (functions included), `from package import module`
-    resolved to the module."""
+def imported_names(name: str) -> set[str]:
+    """Every `training...` name that module `name` imports anywhere (functions included), relative imports made
+    absolute and `from package import module` resolved to the module."""
     package = name if name in PACKAGES else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(TRAINING[name].read_text())):
@@ -67,11 +67,17 @@ def imported_modules(name: str) -> set[str]:
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in TRAINING else base for alias in node.names]
         else:
             continue
-        found |= {target for target in targets if target in TRAINING and target != name}
+        found |= {target for target in targets if target.split(".")[0] == "training" and target != name}
     return found
 
 
-IMPORTS = {name: imported_modules(name) for name in TRAINING}
+NAMES = {name: imported_names(name) for name in TRAINING}
+IMPORTS = {name: {target for target in targets if target in TRAINING} for name, targets in NAMES.items()}
+
+
+def test_every_project_import_names_a_module_that_exists():
+    missing = {name: sorted(targets - TRAINING.keys()) for name, targets in NAMES.items()}
+    assert {name: targets for name, targets in missing.items() if targets} == {}
 
 
 def unit(name: str) -> str:

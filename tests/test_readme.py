@@ -70,6 +70,11 @@ assert text_embeds.shape == (3, 16) and logits.shape == (1, 3, 16, 16)  # 4x the
         "replace": {'"openai/clip-vit-base-patch16"': '"tiny-clip"'},
         "check": "assert model.learnable_parameter_counts()['total'] > model.learnable_parameter_counts()['clip'] > 0",
     },
+    'model = DenseClipForSemanticSegmentation.from_pretrained("openai/clip-vit-base-patch16").eval()': {
+        "replace": {'"openai/clip-vit-base-patch16"': '"tiny-clip"', '"photo.jpg"': '"room.jpg"'},
+        "check": "assert tuple(result.label_map.shape) == (48, 40) "
+        "and result.labels == ['cat', 'sofa', 'wooden floor']",
+    },
     'model = AutoModelForSemanticSegmentation.from_pretrained("lseg-demo", trust_remote_code=True).eval()': {
         "check": "assert logits.shape == (1, 3, 37, 50) and type(model).__name__ == 'LSegForSemanticSegmentation'",
     },

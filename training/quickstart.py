@@ -262,9 +262,13 @@ def train_side_by_side(configs: dict[str, TrainConfig], interval: float = 10.0) 
     for process in processes.values():
         process.start()
     try:
+        shown = ""
         while any(process.is_alive() for process in processes.values()):
             time.sleep(interval)
-            print("      " + " | ".join(_progress(name, configs[name]) for name in configs), flush=True)
+            line = "      " + " | ".join(_progress(name, configs[name]) for name in configs)
+            if line != shown:
+                print(line, flush=True)
+                shown = line
     finally:
         for process in processes.values():
             if process.is_alive():
@@ -343,18 +347,15 @@ def predict_in_fresh_process(model_dirs: dict[str, Path], data_dir: Path, output
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def predict_dense_clip(clip_dir: Path, data_dir: Path, shuffle_classes: bool = False) -> dict[str, np.ndarray]:
-    """The training-free baseline's label maps of the test splits, from the pretrained CLIP.
-
-    `shuffle_classes` hands each class another class's text embedding (a broken model, for the tests).
-    """
+def predict_dense_clip(clip_dir: Path, data_dir: Path) -> dict[str, np.ndarray]:
+    """The training-free baseline's label maps of the test splits, from the pretrained CLIP."""
     from modeling_catseg import DenseClipForSemanticSegmentation
 
     from .models.presets import catseg_processor
 
     model = DenseClipForSemanticSegmentation.from_pretrained(clip_dir).eval()
     processor = catseg_processor(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-    return predict_splits(model, processor, data_dir, shuffle_classes)
+    return predict_splits(model, processor, data_dir)
 
 
 def predict_splits(model, processor, data_dir: Path, shuffle_classes: bool = False) -> dict[str, np.ndarray]:
@@ -435,12 +436,17 @@ def run(
         "lseg": lseg_train_config(output_dir, data_dir, lseg_start, max_steps, seed),
     }
     model_dirs = train_side_by_side(configs)
-    stage(3, f"trained CAT-Seg and LSeg on the seen pairs, {max_steps} steps each -> {', '.join(map(str, model_dirs.values()))}")
+    stage(
+        3,
+        f"trained CAT-Seg and LSeg on the seen pairs, {max_steps} steps each -> {', '.join(map(str, model_dirs.values()))}",
+    )
 
     predictions_file = output_dir / "predictions.npz"
     loaded = predict_in_fresh_process(model_dirs, data_dir, predictions_file, threads)
     saved = np.load(predictions_file)
-    predictions = {method: {split: saved[f"{method}/{split}"] for split, _ in SPLITS.values()} for method in model_dirs}
+    predictions = {
+        method: {split: saved[f"{method}/{split}"] for split, _ in SPLITS.values()} for method in model_dirs
+    }
     predictions["dense_clip"] = predict_dense_clip(clip_dir, data_dir)
     stage(
         4,
@@ -451,12 +457,17 @@ def run(
     )
 
     labels, ignore_index, images = ground_truth(data_dir)
-    methods = {method: score_method(predictions[method], labels, ignore_index) for method in ("catseg", "lseg", "dense_clip")}
+    methods = {
+        method: score_method(predictions[method], labels, ignore_index) for method in ("catseg", "lseg", "dense_clip")
+    }
     results = {
         "seed": seed,
         "seconds": round(time.perf_counter() - started, 1),
         "chance": chance_levels(labels, ignore_index),
-        "methods": {method: {key: scores[key] for key in ("seen", "unseen", "background")} for method, scores in methods.items()},
+        "methods": {
+            method: {key: scores[key] for key in ("seen", "unseen", "background")}
+            for method, scores in methods.items()
+        },
         "per_class_iou": {method: scores["per_class_iou"] for method, scores in methods.items()},
         "vocabulary": list(TEST_VOCABULARY),
         "unseen_classes": list(UNSEEN_CLASSES),
@@ -499,7 +510,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.quickstart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output-dir", default="outputs/quickstart")
     parser.add_argument(
-        "--max-steps", type=int, default=1500, help="segmentation training steps of each model (fewer for a smoke test)"
+        "--max-steps",
+        type=int,
+        default=2500,
+        help="segmentation training steps of each model (fewer for a smoke test)",
     )
     parser.add_argument("--clip-steps", type=int, default=600, help="tiny-CLIP 'web' pretraining steps")
     parser.add_argument("--train-images", type=int, default=1600)

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
+import PIL.ImageFont
 
 from .engine.checkpoints import write_text_atomic
 from .evaluation.mean_iou import StreamingMeanIoU
 from .hub.model_card import replace_results_section
 from .shapes_dataset import ALL_CLASSES, BACKGROUND, SEEN_CLASSES, UNSEEN_CLASSES
-from .apps.visualization import _font, class_colours, tint
+from .apps.visualization import class_colours, tint
 
 # The vocabulary of both test sets, so that their scores are comparable.
 TEST_VOCABULARY = (BACKGROUND, *ALL_CLASSES)
@@ -98,7 +99,7 @@ def comparison_picture(
     panels = {"image": None, "ground truth": ground_truth, **{METHOD_TITLES[m]: v for m, v in maps.items()}}
     big_image = np.kron(image, np.ones((scale, scale, 1), dtype=np.uint8))
     side, gap, title_height = big_image.shape[0], 2 * scale, 8 * scale
-    font = _font(4 * scale)
+    font = PIL.ImageFont.load_default(size=4 * scale)
     shown = sorted({int(v) for m in panels.values() if m is not None for v in np.unique(m)} - {255})
     legend_rows = -(-len(shown) // 3)
     legend_height = 7 * scale * legend_rows + gap
@@ -136,13 +137,15 @@ def bar_chart(results: dict, path: Path) -> None:
     width, height, margin, bottom = 720, 420, 60, 70
     canvas = PIL.Image.new("RGB", (width, height), (255, 255, 255))
     draw = PIL.ImageDraw.Draw(canvas)
-    font, small = _font(16), _font(13)
+    font, small = PIL.ImageFont.load_default(size=16), PIL.ImageFont.load_default(size=13)
     plot_height = height - margin - bottom
     y_of = lambda value: height - bottom - plot_height * value / 100
     for tick in range(0, 101, 20):
         draw.line((margin, y_of(tick), width - 20, y_of(tick)), fill=(225, 225, 225))
         draw.text((margin - 8, y_of(tick)), str(tick), fill=(90, 90, 90), font=small, anchor="rm")
-    draw.text((margin, margin // 2), f"mean IoU (%), seed {results['seed']}", fill=(20, 20, 20), font=font, anchor="lm")
+    draw.text(
+        (margin, margin // 2), f"mean IoU (%), seed {results['seed']}", fill=(20, 20, 20), font=font, anchor="lm"
+    )
     series = {"seen": (70, 130, 180), "unseen": (230, 120, 30)}
     methods = list(results["methods"])
     group = (width - margin - 20) / len(methods)

@@ -31,7 +31,7 @@ from training.models.inference import InferenceOptions
 from training.models.loading import load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = REPO_ROOT / "outputs" / "quickstart" / "run" / "model"
+DEFAULT_MODEL = REPO_ROOT / "outputs" / "quickstart" / "catseg" / "model"
 # The class-name lists are third-party files (see training/data/protocols.py): found here when ../shared is beside the
 # checkout, or in --class-names-dir.
 DEFAULT_CLASS_NAMES_DIR = REPO_ROOT.parent / "shared" / "data" / "class-names"
@@ -47,7 +47,7 @@ TEMPLATE_CHOICES = ("model default", "{}", "a photo of a {}.", "imagenet")
 MAX_PIXELS = 40_000_000  # about 6300x6300: larger uploads are refused before they are decoded
 MAX_UPLOAD = "25mb"
 MAX_CLASSES = 1000
-QUICKSTART_LABELS = "background\nred triangle\ngreen circle\nblue square"
+QUICKSTART_LABELS = "background\nred dots\ngreen checks\nblue stripes"  # the unseen pairs
 
 
 class DemoError(OvsegError, ValueError):
@@ -238,9 +238,9 @@ def run_segmentation(
 
 
 def write_examples(folder: Path, count: int = 3) -> list[str]:
-    """Example images from the project's own generated data (the quickstart's unseen colour/shape pairs),
+    """Example images from the project's own generated data (the quickstart's unseen colour/pattern pairs),
     enlarged so they are visible in the page."""
-    from .shapes_dataset import BACKGROUND, UNSEEN_CLASSES, draw_example
+    from training.shapes_dataset import BACKGROUND, UNSEEN_CLASSES, draw_example
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)

@@ -2,7 +2,7 @@
 
 ```bash
 pip install -e ".[demo]"
-ovseg-demo                                   # the quickstart's tiny model (outputs/quickstart/run/model)
+ovseg-demo                                   # the quickstart's tiny model (outputs/quickstart/catseg/model)
 ovseg-demo --model path/to/folder_or.pth     # a converted folder, a Hub id, or an official checkpoint
 ovseg-demo --models-dir models/              # every CAT-Seg / LSeg folder in models/ becomes a choice
 ovseg-demo --write-space space/ --model ID   # a Hugging Face Space folder (app.py, requirements.txt, README.md)
