@@ -626,7 +626,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch.compile modes to time beside eager (none: eager only)",
     )
     parser.add_argument(
-        "--compile-backend", default="inductor", help="torch.compile backend (aot_eager: capture only, for a CPU check)"
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (aot_eager: capture only, for a CPU check)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement, after a warm-up")
     parser.add_argument("--image-batch", type=int, default=4, help="images whose views share one forward pass")

@@ -20,8 +20,9 @@ way; its compile time (the first call: tracing and code generation) is reported 
 Cases: CAT-Seg ViT-B/16, one 384 view, warm text, 20 / 171 / 847 classes (`catseg-20`, `catseg-171`, `catseg-847`);
 the cold text encoding of 847 prompts (`catseg-text-847`); the official sliding-window evaluation of one 640x480
 image at 171 classes (`catseg-sliding-171`); LSeg ViT-L/16 at 384 with 150 labels, warm text (`lseg-150`) and text
-encoded in the call (`lseg-150-text`), and at the official evaluation crop of 480, warm text (`lseg-150-480`); one CAT-Seg training step (`catseg-train`: 384, class pooling 2, CLIP q/v
-trained as the official "attention" policy, BCE loss, `--train-classes` of COCO-Stuff's 171), with peak memory.
+encoded in the call (`lseg-150-text`), and at the official evaluation crop of 480, warm text (`lseg-150-480`); one
+CAT-Seg training step (`catseg-train`: 384, class pooling 2, CLIP q/v trained as the official "attention" policy,
+BCE loss, `--train-classes` of COCO-Stuff's 171), with peak memory.
 
 The training step runs each side in a process of its own, one after the other (never both at once), with the same
 seeded weights and inputs: the median of `--repeats` steps after one warm-up step, whose loss and gradients the
@@ -160,7 +161,7 @@ def compiled_side(functions: dict, call, model, tolerance: dict, args) -> tuple[
         seconds = time.perf_counter() - start
         eager = call(model)
     functions["compiled"] = lambda: call(compiled)
-    first = (lambda value: value[0] if isinstance(value, tuple) else value)
+    first = lambda value: value[0] if isinstance(value, tuple) else value
     return seconds, [agreement(first(output), first(eager), tolerance, "compiled against eager")]
 
 
@@ -315,7 +316,9 @@ def catseg_sliding_case(pair: CatSegPair, classes: int, args) -> dict:
         def official():
             # detectron2's test mapper (ResizeShortestEdge 640) comes before the model; both sides pay for it.
             resized = _test_time_resize(image, window["shortest_edge"], window["max_size"])
-            inputs = [{"image": torch.from_numpy(resized.copy()).permute(2, 0, 1).float(), "height": 480, "width": 640}]
+            inputs = [
+                {"image": torch.from_numpy(resized.copy()).permute(2, 0, 1).float(), "height": 480, "width": 640}
+            ]
             pair.official.sliding_window = True
             try:
                 with harness.official_patches():
@@ -481,8 +484,6 @@ def train_child(spec: dict) -> None:
     _save_atomic(result, spec["out"])
 
 
-
-
 # A child is stopped when the machine's free memory falls below this, before the kernel picks a process to kill.
 MACHINE_RESERVE_BYTES = 512 * 2**20
 
@@ -562,7 +563,11 @@ def train_checks(ours: dict, official: dict, reference: dict | None = None) -> l
     return [
         agreement(ours["loss"], official["loss"], LOSS, "loss"),
         direct,
-        {"what": "same trained tensors", "ok": trained[0] == trained[1], "detail": sorted(trained[0] ^ trained[1])[:5]},
+        {
+            "what": "same trained tensors",
+            "ok": trained[0] == trained[1],
+            "detail": sorted(trained[0] ^ trained[1])[:5],
+        },
     ]
 
 
@@ -710,9 +715,7 @@ def lseg_case(pair: LSegPair, warm_text: bool, size: int, args) -> dict:
         return measure(f"LSeg ViT-L/16, {size}, 150 labels, {wording}", functions, ours, checks, args, compile_s)
 
 
-def measure(
-    case: str, functions: dict, ours, checks: list[dict], args, compile_s: float | None = None
-) -> dict:
+def measure(case: str, functions: dict, ours, checks: list[dict], args, compile_s: float | None = None) -> dict:
     """Interleaved medians, each ratio's median and range over the repeats, ours' FLOPs and their share of the matmul
     rate, the agreement checks, and (with a ``"compiled"`` side) the compile time ``compile_s``."""
     with torch.no_grad():
@@ -732,7 +735,9 @@ def measure(
         "ratio_range": ratio_range(official, timings["ours"]) if official else None,
         "compiled_s": seconds.get("compiled"),
         "compile_s": compile_s,
-        "compiled_ratio_range": ratio_range(official, timings["compiled"]) if official and "compiled" in seconds else None,
+        "compiled_ratio_range": ratio_range(official, timings["compiled"])
+        if official and "compiled" in seconds
+        else None,
         "seconds": {name: timings[name] for name in functions},
         "ours_gflop": gflop,
         "matmul_gflops": timings["matmul"],
@@ -789,8 +794,8 @@ def markdown(report: dict) -> str:
     if compiled:
         lines += [
             "",
-            "Ours compiled by inductor (`torch.compile(model, fullgraph=True)`, static shapes), timed interleaved with "
-            "the sides above; the compile time is its first call's. It pays off after the number of images whose "
+            "Ours compiled by inductor (`torch.compile(model, fullgraph=True)`, static shapes), timed interleaved "
+            "with the sides above; the compile time is its first call's. It pays off after the number of images whose "
             "saving over eager covers the compile time.",
             "",
             "| case | compiled s | compile s | eager / compiled | ratio to the official (lowest-highest) "
@@ -868,7 +873,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="also time ours compiled by inductor (fullgraph, static shapes) in the inference cases, and its compile time",
+        help="also time ours compiled by inductor (fullgraph, static shapes) in the inference cases, and its compile "
+        "time",
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--competing-load", type=int, default=0, metavar="N", help="N busy processes meanwhile")

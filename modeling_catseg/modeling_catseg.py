@@ -204,9 +204,9 @@ def linear_activation(
     In CPU fp32 inference this is one oneDNN call with the activation as a post-op. At the aggregation's shapes
     (thousands of tokens, 128 to 512 features) oneDNN's kernel ran 1.1-1.4x faster than the `addmm` behind `F.linear`
     (which first copies the bias into every output row) on a 2-core AMD EPYC, and the activation costs no extra pass
-    over memory: the Swin MLP took half the time. Under autograd (the oneDNN op has no backward), on other devices and dtypes, with oneDNN switched off
-    (`torch.backends.mkldnn.enabled = False`), and while tracing for `torch.compile` / `torch.export`, it is the plain
-    composition.
+    over memory: the Swin MLP took half the time. Under autograd (the oneDNN op has no backward), on other devices and
+    dtypes, with oneDNN switched off (`torch.backends.mkldnn.enabled = False`), and while tracing for
+    `torch.compile` / `torch.export`, it is the plain composition.
     """
     # The compile check comes first: dynamo refuses to trace `torch.backends.mkldnn.is_available`.
     if (
@@ -316,7 +316,12 @@ class CatSegWindowAttention(nn.Module):
             attention_mask = attention_mask.repeat(batch, 1, 1).unsqueeze(1)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         context, _ = attention(
-            self, split_heads(query), split_heads(key), split_heads(value), attention_mask, scaling=self.scaling,
+            self,
+            split_heads(query),
+            split_heads(key),
+            split_heads(value),
+            attention_mask,
+            scaling=self.scaling,
             dropout=0.0,
         )
         # (batch * windows, area, heads, head_dim) -> (batch, windows, area, dim)
@@ -522,9 +527,7 @@ class CatSegLinearAttention(nn.Module):
         """`elu + 1` of projected queries or keys `(..., dim)`, split into heads `(..., heads, head_dim)`."""
         return (F.elu(projected) + 1).unflatten(-1, (self.num_heads, -1))
 
-    def attend(
-        self, query: torch.Tensor, key_sum: torch.Tensor, key_value: torch.Tensor, length: int
-    ) -> torch.Tensor:
+    def attend(self, query: torch.Tensor, key_sum: torch.Tensor, key_value: torch.Tensor, length: int) -> torch.Tensor:
         """`(..., queries, heads, head_dim)` queries against the sums over the `length` tokens of the sequence of the
         keys `(..., heads, head_dim)` and of the outer products of keys and values divided by `length` `(..., heads,
         head_dim, head_dim)` -> `(..., queries, dim)`."""
@@ -750,9 +753,7 @@ def _phase_taps(like: torch.Tensor) -> torch.Tensor:
     return taps
 
 
-def folded_upsample_conv_terms(
-    stage: CatSegDecoderStage, guidance: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def folded_upsample_conv_terms(stage: CatSegDecoderStage, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What [`folded_upsample_conv`] shares between all classes: the folded kernel and conv1's response to the
     inputs that do not depend on the class.
 
@@ -983,7 +984,8 @@ class CatSegPreTrainedModel(PreTrainedModel):
         return clip_name.startswith((prefix + "q_proj.", prefix + "k_proj."))
 
     def learnable_parameter_counts(self) -> dict[str, int]:
-        """Learnable parameters as the official code counts them: `{"clip": ..., "cost_aggregation": ..., "total": ...}`.
+        """Learnable parameters as the official code counts them: `{"clip": ..., "cost_aggregation": ..., "total":
+        ...}`.
 
         `"clip"` counts CLIP and its visual prompt tokens, `"cost_aggregation"` the aggregator and the decoder. With
         the ViT-L/14@336 preset the totals are the paper's Table 6 (`"qv"`: 70.27M). A parameter counts when the

@@ -215,7 +215,9 @@ class LSegSpatialRegularizationBlock(nn.Module):
         """`(batch, num_labels, h, w)` -> `(batch, num_labels, h, w)`."""
         batch, num_labels, height, width = logits.shape
         for step in range(self.depth):
-            filtered = F.conv2d(logits.reshape(batch * num_labels, 1, height, width), self.weight, self.bias, padding=1)
+            filtered = F.conv2d(
+                logits.reshape(batch * num_labels, 1, height, width), self.weight, self.bias, padding=1
+            )
             filtered = filtered.view_as(logits)
             if self.add_label_maximum:
                 filtered = filtered + logits.amax(dim=1, keepdim=True)
@@ -449,9 +451,10 @@ class LSegForSemanticSegmentation(LSegPreTrainedModel):
     ) -> LSegForSemanticSegmentation:
         """A new LSeg, ready to train, whose ViT comes from a DPT or ViT checkpoint and whose text encoder from CLIP.
 
-        `image_encoder` is a `DPTModel`, `ViTModel` (or any model with their `embeddings`/`encoder` layout), a hub id such as `"Intel/dpt-large"` or `"google/vit-large-patch16-384"`, or a local folder; only
-        its ViT is used (LSeg's neck, with BatchNorm in the fusion units, starts fresh, as in the original
-        training). `text_encoder` is a `CLIPModel`, hub id or folder, e.g. `"openai/clip-vit-base-patch32"`.
+        `image_encoder` is a `DPTModel`, `ViTModel` (or any model with their `embeddings`/`encoder` layout), a hub id
+        such as `"Intel/dpt-large"` or `"google/vit-large-patch16-384"`, or a local folder; only its ViT is used
+        (LSeg's neck, with BatchNorm in the fusion units, starts fresh, as in the original training).
+        `text_encoder` is a `CLIPModel`, hub id or folder, e.g. `"openai/clip-vit-base-patch32"`.
 
         Without `config`, the ViT and CLIP dimensions are read from the checkpoints, the hooks sit at the ends of the
         four quarters of the ViT (blocks 5/11/17/23 of 24) and the rest is the demo model's; `config_kwargs`

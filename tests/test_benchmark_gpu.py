@@ -124,8 +124,13 @@ def test_inductor_gets_the_compile_mode(monkeypatch):
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
     args = benchmark_gpu.parse_args(["--device", "cpu", "--compile-modes", "default", "reduce-overhead"])
-    assert [mode for mode, _ in benchmark_gpu.compiled_models(torch.nn.Identity(), args)] == ["default", "reduce-overhead"]
-    assert calls == [{"fullgraph": True, "backend": "inductor", "mode": mode} for mode in ("default", "reduce-overhead")]
+    assert [mode for mode, _ in benchmark_gpu.compiled_models(torch.nn.Identity(), args)] == [
+        "default",
+        "reduce-overhead",
+    ]
+    assert calls == [
+        {"fullgraph": True, "backend": "inductor", "mode": mode} for mode in ("default", "reduce-overhead")
+    ]
 
 
 def test_cuda_without_a_cuda_device_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):

@@ -184,7 +184,9 @@ def test_competing_load_runs_busy_processes_only_during_the_block():
 def test_interleaved_alternates_the_order_and_takes_medians(monkeypatch):
     monkeypatch.setattr(benchmark_sidebyside, "matmul_gflops", lambda repeats: 50.0)
     calls = []
-    result = benchmark_sidebyside.interleaved({"ours": lambda: calls.append("o"), "official": lambda: calls.append("x")}, 3)
+    result = benchmark_sidebyside.interleaved(
+        {"ours": lambda: calls.append("o"), "official": lambda: calls.append("x")}, 3
+    )
     assert calls == ["o", "x", "x", "o", "o", "x"]
     assert result["matmul"] == 50.0 and len(result["ours"]) == len(result["official"]) == 3
     assert min(result["ours"]) >= 0 and min(result["official"]) >= 0
@@ -361,8 +363,18 @@ def test_the_training_rows_name_the_set_check_without_a_number_and_list_the_batc
         official_peak_added_mib=5000.0,
     )
     report = dict(
-        date="d", machine="m", torch="t", threads=2, omp_wait_policy="unset", competing_load=0, repeats=3,
-        official="/official", loadavg_start="1", loadavg_end="1", cases=[case], train_memory_limit_gib=24.0,
+        date="d",
+        machine="m",
+        torch="t",
+        threads=2,
+        omp_wait_policy="unset",
+        competing_load=0,
+        repeats=3,
+        official="/official",
+        loadavg_start="1",
+        loadavg_end="1",
+        cases=[case],
+        train_memory_limit_gib=24.0,
         train_batches_not_fitting=[{"batch": 2, "fits": False, "detail": "official: killed"}],
     )
     text = benchmark_sidebyside.markdown(report)

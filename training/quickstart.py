@@ -14,9 +14,9 @@ its segmentation labels. The quickstart reproduces that division of labour in a 
 2. **"Web" pretraining.** A tiny CLIP learns with CLIP's contrastive objective from captioned images of the whole
    concept space, unseen pairs included: several shapes per image, captions that name some of them by their full
    name or one word, in varied word order and phrasing.
-3. **Segmentation training** on the seen pairs only, with `training.train` (Accelerate, atomic checkpoints), of
-   CAT-Seg from that CLIP, and of LSeg with that CLIP's text tower (frozen, as in LSeg), side by side in two
-   processes.
+3. **Segmentation training** on the seen pairs only, with `training.engine.loop.train` (Accelerate, atomic
+   checkpoints), of CAT-Seg from that CLIP, and of LSeg with that CLIP's text tower (frozen, as in LSeg), side by
+   side in two processes.
 4. **Zero-shot evaluation.** A fresh Python process that cannot import this project reloads both saved folders
    with `AutoModelForSemanticSegmentation.from_pretrained(..., trust_remote_code=True)` and segments every test
    image with every name competing. The training-free dense-CLIP baseline (MaskCLIP's reading of CLIP's patches,
@@ -37,23 +37,24 @@ for _variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE
     os.environ.setdefault(_variable, "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import argparse
-import json
-import logging
-import multiprocessing
-import subprocess
-import sys
-import time
-from pathlib import Path
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import multiprocessing  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-from .engine.config import TrainConfig
-from .data.sources import load_segmentation_data
-from .engine.optim import lr_factor
-from .quickstart_report import (
+from .conversion.state_dicts import load_state_dict_strictly  # noqa: E402
+from .data.sources import load_segmentation_data  # noqa: E402
+from .engine.config import TrainConfig  # noqa: E402
+from .engine.optim import lr_factor  # noqa: E402
+from .quickstart_report import (  # noqa: E402
     SPLITS,
     TEST_VOCABULARY,
     bar_chart,
@@ -65,7 +66,7 @@ from .quickstart_report import (
     write_card_results,
     write_results,
 )
-from .shapes_dataset import SEEN_CLASSES, UNSEEN_CLASSES, build_shapes_dataset, default_splits, draw_captioned_image
+from .shapes_dataset import SEEN_CLASSES, UNSEEN_CLASSES, build_shapes_dataset, default_splits, draw_captioned_image  # noqa: E402
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
@@ -186,7 +187,7 @@ def new_lseg(folder: Path, clip_dir: Path) -> Path:
         for name, tensor in clip.state_dict().items()
         if name.split(".", 1)[0] in ("text_model", "text_projection")
     }
-    model.lseg.text_encoder.load_state_dict(text_state)
+    load_state_dict_strictly(model.lseg.text_encoder, text_state, "The tiny CLIP's text tower")
     model.save_pretrained(folder)
     lseg_processor(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE).save_pretrained(folder)
     return folder
@@ -438,7 +439,8 @@ def run(
     model_dirs = train_side_by_side(configs)
     stage(
         3,
-        f"trained CAT-Seg and LSeg on the seen pairs, {max_steps} steps each -> {', '.join(map(str, model_dirs.values()))}",
+        f"trained CAT-Seg and LSeg on the seen pairs, {max_steps} steps each -> "
+        + ", ".join(map(str, model_dirs.values())),
     )
 
     predictions_file = output_dir / "predictions.npz"

@@ -80,7 +80,8 @@ def results_table(results: dict) -> str:
     ]
     for method, scores in results["methods"].items():
         lines.append(
-            f"{METHOD_TITLES[method]:<12} {scores['seen']:>7.1f} {scores['unseen']:>19.1f} {scores['background']:>11.1f}"
+            f"{METHOD_TITLES[method]:<12} {scores['seen']:>7.1f} {scores['unseen']:>19.1f} "
+            f"{scores['background']:>11.1f}"
         )
     return "\n".join(lines)
 

@@ -195,7 +195,7 @@ def build_split(split: ShapesSplit, size: int = 64) -> Dataset:
 def build_shapes_dataset(folder: str | Path, splits: dict[str, ShapesSplit] | None = None, size: int = 64) -> Path:
     """Write every split as a `save_to_disk` copy under `folder/<split>` with its `id2label.json`.
 
-    Returns `folder`. Load a split with `training.data.load_split(DataConfig(dataset=folder / "train"))`.
+    Returns `folder`. Load a split with `training.data.sources.load_segmentation_data(folder / "train")`.
     """
     folder = Path(folder)
     for name, split in (splits or default_splits()).items():
