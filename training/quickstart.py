@@ -66,7 +66,14 @@ from .quickstart_report import (  # noqa: E402
     write_card_results,
     write_results,
 )
-from .shapes_dataset import SEEN_CLASSES, UNSEEN_CLASSES, build_shapes_dataset, default_splits, draw_captioned_image  # noqa: E402
+from .shapes_dataset import (  # noqa: E402
+    ALL_CLASSES,
+    SEEN_CLASSES,
+    UNSEEN_CLASSES,
+    build_shapes_dataset,
+    default_splits,
+    draw_captioned_image,
+)
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
@@ -429,7 +436,11 @@ def run(
     )
 
     clip_dir = pretrain_tiny_clip(output_dir / "tiny-clip", clip_steps, seed)
-    stage(2, f"'web' pretraining of a tiny CLIP: {clip_steps} steps on captioned images of all 12 pairs -> {clip_dir}")
+    stage(
+        2,
+        f"'web' pretraining of a tiny CLIP: {clip_steps} steps on captioned images of all {len(ALL_CLASSES)} pairs "
+        f"-> {clip_dir}",
+    )
 
     lseg_start = new_lseg(output_dir / "lseg-start", clip_dir)
     configs = {
