@@ -60,3 +60,16 @@ def test_the_quickstart_refuses_a_non_positive_budget_in_one_line(capsys):
         quickstart.main(["--max-steps", "0"])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_info.value.code == 2 and error.endswith("--max-steps must be at least 1, got 0")
+
+
+def test_the_quickstart_refuses_an_output_folder_it_cannot_write_in_one_line(tmp_path, capsys):
+    import pytest
+
+    from training import quickstart
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        quickstart.main(["--output-dir", str(blocker / "out")])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and error.endswith(f"{blocker} is a file, so the folder cannot be created")

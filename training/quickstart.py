@@ -51,9 +51,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from .conversion.state_dicts import load_state_dict_strictly  # noqa: E402
+from .core.errors import UsageError  # noqa: E402
 from .data.sources import load_segmentation_data  # noqa: E402
 from .engine.config import TrainConfig  # noqa: E402
 from .engine.optim import lr_factor  # noqa: E402
+from .models.loading import check_writable_folder  # noqa: E402
 from .quickstart_report import (  # noqa: E402
     SPLITS,
     TEST_VOCABULARY,
@@ -493,6 +495,7 @@ def run(
         labels["test_unseen"][index],
         {method: predictions[method]["test_unseen"][index] for method in methods},
         output_dir / "comparison.png",
+        ignore_index,
     )
     bar_chart(results, output_dir / "chart.png")
     for method, folder in model_dirs.items():
@@ -549,6 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("max_steps", "clip_steps", "train_images", "test_images", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    try:
+        check_writable_folder(Path(args.output_dir), "--output-dir")
+    except UsageError as error:
+        parser.error(str(error))
     torch.set_num_threads(args.threads)
     quiet_libraries()
     run(

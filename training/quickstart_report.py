@@ -31,7 +31,10 @@ METHOD_TITLES = {"catseg": "CAT-Seg", "lseg": "LSeg", "dense_clip": "dense CLIP"
 def to_test_vocabulary(label: np.ndarray, class_names: tuple[str, ...], ignore_index: int) -> np.ndarray:
     """A split's label map (indices into its own `class_names`) as indices into `TEST_VOCABULARY`."""
     to_test = np.array([TEST_VOCABULARY.index(name) for name in class_names])
-    return np.where(label == ignore_index, ignore_index, to_test[np.minimum(label, len(to_test) - 1)])
+    mapped = np.full(label.shape, ignore_index, dtype=np.int64)
+    labelled = label != ignore_index
+    mapped[labelled] = to_test[label[labelled]]  # a value outside the split's classes raises IndexError
+    return mapped
 
 
 def mean_of(metric: StreamingMeanIoU, classes: tuple[str, ...]) -> float:
@@ -92,16 +95,21 @@ def write_results(path: Path, results: dict) -> None:
 
 
 def comparison_picture(
-    image: np.ndarray, ground_truth: np.ndarray, maps: dict[str, np.ndarray], path: Path, scale: int = 5
+    image: np.ndarray,
+    ground_truth: np.ndarray,
+    maps: dict[str, np.ndarray],
+    path: Path,
+    ignore_index: int,
+    scale: int = 5,
 ) -> None:
     """One test image, its ground truth and each method's label map side by side, titled, with a legend of every
-    class shown in any panel (label maps index `TEST_VOCABULARY`)."""
+    class shown in any panel (label maps index `TEST_VOCABULARY`; unlabelled ground truth shows as background)."""
     labels = list(TEST_VOCABULARY)
     panels = {"image": None, "ground truth": ground_truth, **{METHOD_TITLES[m]: v for m, v in maps.items()}}
     big_image = np.kron(image, np.ones((scale, scale, 1), dtype=np.uint8))
     side, gap, title_height = big_image.shape[0], 2 * scale, 8 * scale
     font = PIL.ImageFont.load_default(size=4 * scale)
-    shown = sorted({int(v) for m in panels.values() if m is not None for v in np.unique(m)} - {255})
+    shown = sorted({int(v) for m in panels.values() if m is not None for v in np.unique(m)} - {ignore_index})
     legend_rows = -(-len(shown) // 3)
     legend_height = 7 * scale * legend_rows + gap
     canvas = PIL.Image.new(
@@ -114,7 +122,9 @@ def comparison_picture(
         if label_map is None:
             panel = big_image
         else:
-            big_map = np.kron(np.where(label_map == 255, 0, label_map), np.ones((scale, scale), dtype=np.int64))
+            big_map = np.kron(
+                np.where(label_map == ignore_index, 0, label_map), np.ones((scale, scale), dtype=np.int64)
+            )
             panel = tint(big_image, big_map, labels, alpha=0.75)
         canvas.paste(PIL.Image.fromarray(panel), (left, title_height))
     colours = class_colours(labels)
