@@ -279,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     if any(arg == "--dataset" or arg.startswith("--dataset=") for arg in argv):  # a whole dataset
         parser = build_labelling_parser()
         args = parser.parse_args(argv)
-
         return run_command(parser.prog, lambda: label(args), launch=("training.commands.segment", argv))
     parser = build_parser()
     args = parser.parse_args(argv)
