@@ -5,6 +5,13 @@ The classes live in flat sibling modules so that `save_pretrained` can copy them
 
 from transformers import AutoConfig, AutoModel, AutoModelForSemanticSegmentation
 
+from .backbones_catseg import (
+    CATSEG_BACKBONES,
+    CatSegBackbone,
+    CatSegClipBackbone,
+    CatSegSiglipBackbone,
+    register_backbone,
+)
 from .configuration_catseg import CatSegConfig
 from .modeling_catseg import CatSegForSemanticSegmentation, CatSegModel, CatSegPreTrainedModel
 from .modeling_dense_clip import DenseClipForSemanticSegmentation
@@ -17,6 +24,11 @@ CatSegConfig.register_for_auto_class()
 CatSegForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 
 __all__ = [
+    "CATSEG_BACKBONES",
+    "CatSegBackbone",
+    "CatSegClipBackbone",
+    "CatSegSiglipBackbone",
+    "register_backbone",
     "CatSegConfig",
     "CatSegModel",
     "CatSegForSemanticSegmentation",

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import CLIPConfig, PreTrainedConfig
+from transformers import AutoConfig, CLIPConfig, PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # CAT-Seg exists only as remote code, so every saved folder names its classes, whichever class was saved:
 # `save_pretrained` itself records only the saved class's own Auto entry.
@@ -14,22 +18,42 @@ CATSEG_AUTO_MAP = {
     "AutoModelForSemanticSegmentation": "modeling_catseg.CatSegForSemanticSegmentation",
 }
 
-# Which CLIP parameters train, per row of the paper's Table 6. Each policy is a predicate on the parameter names of
-# `transformers.CLIPModel`; everything outside CLIP always trains.
-CLIP_FINETUNE_POLICIES = ("freeze", "prompt", "full", "attention", "qk", "kv", "qv_image", "qv_text", "qv")
+# Which backbone parameters train, per row of the paper's Table 6: per tower, the roles that train (each backbone
+# adapter says which role each of its parameters plays). Everything outside the backbone always trains.
+_BLOCK = {"query", "key", "value", "attention", "block"}
+FINETUNE_POLICIES = {
+    "freeze": {},
+    "prompt": {},
+    "full": {"vision": _BLOCK, "text": _BLOCK},
+    "attention": {"vision": _BLOCK - {"block"}, "text": _BLOCK - {"block"}},
+    "qk": {"vision": {"query", "key"}, "text": {"query", "key"}},
+    "kv": {"vision": {"key", "value"}, "text": {"key", "value"}},
+    "qv": {"vision": {"query", "value"}, "text": {"query", "value"}},
+    # The paper's QV (Img) count includes the vision position embedding, which its code trained alongside.
+    "qv_image": {"vision": {"query", "value", "position"}},
+    "qv_text": {"text": {"query", "value"}},
+}
+
+# How a model runs, not what it is: these were saved in config.json before they became runtime options
+# (`CatSegPreTrainedModel.set_execution_options` and the `top_k_classes` argument of the forward).
+RUNTIME_OPTIONS = {"fast_paths": True, "cost_map_chunk_size": None, "top_k_classes": None}
 
 
 class CatSegConfig(PreTrainedConfig):
     r"""
-    Configuration of a CAT-Seg model: a CLIP backbone (a nested [`CLIPConfig`]) followed by cost aggregation.
+    Configuration of a CAT-Seg model: a vision-language backbone (a nested configuration: [`CLIPConfig`],
+    [`SiglipConfig`], or any `model_type` with a registered backbone adapter, see `backbones_catseg.py`) followed by
+    cost aggregation.
 
     The defaults reproduce the released ViT-B/16 model (`model_base.pth`); [`CatSegConfig.vit_large_patch14_336`]
-    gives the released ViT-L/14@336 one.
+    gives the released ViT-L/14@336 one. Configurations saved before backbones were pluggable name the backbone
+    `clip_config`; they load unchanged.
 
     Args:
-        clip_config (`CLIPConfig` or `dict`, *optional*):
-            The CLIP backbone. Keep the vision `image_size` of the pretrained CLIP (224 for ViT-B/16) so its position
-            table loads unchanged; it is interpolated at run time to `image_size`.
+        backbone_config (`PreTrainedConfig` or `dict`, *optional*):
+            The backbone (a dict needs its `model_type`; the default is the released ViT-B/16's CLIP). Keep the
+            vision `image_size` of the pretrained model (224 for CLIP ViT-B/16) so its position table loads
+            unchanged; it is interpolated at run time to `image_size`.
         image_size (`int`, *optional*, defaults to 384):
             Side of the square image given to CLIP. With patch 16 (14) this gives the 24x24 grid the aggregator
             works on.
@@ -62,25 +86,6 @@ class CatSegConfig(PreTrainedConfig):
             image, and the others get logit `dropped_class_logit`.
         dropped_class_logit (`float`, *optional*, defaults to -100.0):
             Logit of the classes cut by `max_classes` or `top_k_classes`.
-        top_k_classes (`int`, *optional*):
-            Opt-in speed-up for very large vocabularies: aggregate only this many classes, chosen like the
-            `max_classes` cut. The class aggregation still pads to `max_classes`, so each kept class gets exactly
-            the logits the official model gives it on the kept sub-vocabulary; a pixel changes label only where its
-            class was pruned. `None` (the official behaviour) keeps up to `max_classes`.
-        cost_map_chunk_size (`int`, *optional*):
-            How many (image, class) cost maps the per-class stages (spatial aggregation and upsampling decoder)
-            process together; the class aggregation takes the same number of tokens at a time. It bounds peak memory
-            for large vocabularies and batches (sliding windows) and does not change the result. `None` picks by
-            device: 8 on CPU, where chunks that stay in the cache run fastest, and 256 elsewhere; under
-            `torch.compile` nothing is chunked, so the graph is not traced once per chunk. Only the fast paths
-            chunk.
-        fast_paths (`bool`, *optional*, defaults to `True`):
-            Run spatial aggregation, class aggregation and the upsampling decoder through their exact
-            reformulations, which compute what all classes share once per image (the guidance half of the
-            query/key projections, the padding tokens' share of the class attention, the guidance half of the
-            decoder's first convolution, folded into the transposed convolution) and work in cache-sized chunks.
-            `False` runs the paper's form (upsample -> concatenate -> convolve, guidance concatenated into every
-            query and key); both give the same logits up to float rounding (tested).
         decoder_dims (`list[int]`, *optional*, defaults to `[64, 32]`):
             Output channels of the two upsampling stages (multiples of 16: the stages use `GroupNorm(dim // 16)`).
         decoder_guidance_dims (`list[int]`, *optional*, defaults to `[256, 128]`):
@@ -90,10 +95,10 @@ class CatSegConfig(PreTrainedConfig):
         prompt_template (`str`, *optional*, defaults to `"A photo of a {} in the scene"`):
             The official single prompt template; only the first synonym of a name written `"a, b"` is used.
         clip_finetune (`str`, *optional*, defaults to `"qv"`):
-            Which CLIP parameters train (Table 6): `"freeze"`, `"prompt"` (deep visual prompt tokens), `"full"`
-            (every transformer block), `"attention"` (all attention parameters of both towers), `"qk"`, `"kv"`,
-            `"qv_image"` (image tower, plus its position embedding as in the paper's count), `"qv_text"`, or `"qv"`
-            (query and value weights of both towers: the released setting).
+            Which backbone parameters train (Table 6): `"freeze"`, `"prompt"` (deep visual prompt tokens, CLIP
+            only), `"full"` (every transformer block), `"attention"` (all attention parameters of both towers),
+            `"qk"`, `"kv"`, `"qv_image"` (image tower, plus its position embedding as in the paper's count),
+            `"qv_text"`, or `"qv"` (query and value weights of both towers: the released setting).
         prompt_depth (`int`, *optional*, defaults to 0):
             Number of vision blocks that receive learned prompt tokens (deep visual prompt tuning).
         prompt_length (`int`, *optional*, defaults to 0):
@@ -106,11 +111,11 @@ class CatSegConfig(PreTrainedConfig):
     """
 
     model_type = "catseg"
-    sub_configs = {"clip_config": CLIPConfig}
+    sub_configs = {"backbone_config": AutoConfig}
 
     def __init__(
         self,
-        clip_config: CLIPConfig | dict[str, Any] | None = None,
+        backbone_config: PreTrainedConfig | dict[str, Any] | None = None,
         image_size: int = 384,
         guidance_layers: list[int] | tuple[int, ...] = (3, 7),
         hidden_dim: int = 128,
@@ -125,9 +130,6 @@ class CatSegConfig(PreTrainedConfig):
         eval_class_pooling_size: int = 1,
         max_classes: int = 256,
         dropped_class_logit: float = -100.0,
-        top_k_classes: int | None = None,
-        cost_map_chunk_size: int | None = None,
-        fast_paths: bool = True,
         decoder_dims: list[int] | tuple[int, ...] = (64, 32),
         decoder_guidance_dims: list[int] | tuple[int, ...] = (256, 128),
         decoder_guidance_proj_dims: list[int] | tuple[int, ...] = (32, 16),
@@ -139,8 +141,21 @@ class CatSegConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         **kwargs: Any,
     ) -> None:
-        if clip_config is None:
-            clip_config = _openai_clip_config(
+        legacy = kwargs.pop("clip_config", None)
+        if legacy is not None:
+            if backbone_config is not None:
+                raise ValueError("Give the backbone once: backbone_config (clip_config is its former name).")
+            backbone_config = legacy
+        for name, default in RUNTIME_OPTIONS.items():
+            value = kwargs.pop(name, default)
+            if value != default:
+                logger.warning_once(
+                    f"{name}={value!r} is a runtime option now and is not read from the configuration: pass "
+                    f"top_k_classes to the forward (or segment()), and fast_paths / cost_map_chunk_size to "
+                    f"model.set_execution_options()."
+                )
+        if backbone_config is None:
+            backbone_config = _openai_clip_config(
                 text=dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=12),
                 vision=dict(
                     hidden_size=768,
@@ -152,9 +167,10 @@ class CatSegConfig(PreTrainedConfig):
                 ),
                 projection_dim=512,
             )
-        elif isinstance(clip_config, dict):
-            clip_config = CLIPConfig(**clip_config)
-        self.clip_config = clip_config
+        elif isinstance(backbone_config, dict):
+            settings = dict(backbone_config)
+            backbone_config = CONFIG_MAPPING[settings.pop("model_type", "clip")](**settings)
+        self.backbone_config = backbone_config
         self.image_size = image_size
         self.guidance_layers = list(guidance_layers)
         self.hidden_dim = hidden_dim
@@ -169,9 +185,6 @@ class CatSegConfig(PreTrainedConfig):
         self.eval_class_pooling_size = eval_class_pooling_size
         self.max_classes = max_classes
         self.dropped_class_logit = dropped_class_logit
-        self.top_k_classes = top_k_classes
-        self.cost_map_chunk_size = cost_map_chunk_size
-        self.fast_paths = fast_paths
         self.decoder_dims = list(decoder_dims)
         self.decoder_guidance_dims = list(decoder_guidance_dims)
         self.decoder_guidance_proj_dims = list(decoder_guidance_proj_dims)
@@ -186,15 +199,15 @@ class CatSegConfig(PreTrainedConfig):
         self._check()
 
     def _check(self) -> None:
-        vision = self.clip_config.vision_config
-        if self.clip_finetune not in CLIP_FINETUNE_POLICIES:
+        vision = self.backbone_config.vision_config
+        if self.clip_finetune not in FINETUNE_POLICIES:
             raise ValueError(
                 f"clip_finetune={self.clip_finetune!r} is not a CAT-Seg fine-tuning policy; "
-                f"choose one of {', '.join(CLIP_FINETUNE_POLICIES)}."
+                f"choose one of {', '.join(FINETUNE_POLICIES)}."
             )
         if self.image_size % vision.patch_size:
             raise ValueError(
-                f"image_size={self.image_size} is not a multiple of the CLIP patch size {vision.patch_size}."
+                f"image_size={self.image_size} is not a multiple of the backbone's patch size {vision.patch_size}."
             )
         if len(self.guidance_layers) != len(self.decoder_dims):
             raise ValueError(
@@ -203,8 +216,8 @@ class CatSegConfig(PreTrainedConfig):
         last = vision.num_hidden_layers - 1
         if any(not 0 <= layer < last for layer in self.guidance_layers):
             raise ValueError(
-                f"guidance_layers {self.guidance_layers} must be CLIP vision blocks before the last one "
-                f"(0..{last - 1}): the last block runs the dense value path."
+                f"guidance_layers {self.guidance_layers} must be vision blocks before the last one "
+                f"(0..{last - 1}): the last block makes the dense embeddings."
             )
         stage_inputs = [self.hidden_dim, *self.decoder_dims[:-1]]
         if any(guidance >= dim for dim, guidance in zip(stage_inputs, self.decoder_guidance_proj_dims)):
@@ -215,32 +228,24 @@ class CatSegConfig(PreTrainedConfig):
         if any(dim % 16 for dim in self.decoder_dims):
             raise ValueError(f"decoder_dims {self.decoder_dims} must be multiples of 16 (GroupNorm(dim // 16)).")
         if self.prompt_depth > vision.num_hidden_layers:
-            raise ValueError(
-                f"prompt_depth={self.prompt_depth} exceeds the {vision.num_hidden_layers} CLIP vision blocks."
-            )
-        for name in ("top_k_classes", "cost_map_chunk_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}={value!r} must be a positive integer, or None for the default.")
-        if not isinstance(self.fast_paths, bool):
-            raise ValueError(f"fast_paths={self.fast_paths!r} must be True or False.")
+            raise ValueError(f"prompt_depth={self.prompt_depth} exceeds the {vision.num_hidden_layers} vision blocks.")
         if self.clip_finetune == "prompt" and not (self.prompt_depth and self.prompt_length):
             raise ValueError('clip_finetune="prompt" needs prompt_depth > 0 and prompt_length > 0.')
 
     @property
     def text_config(self):
-        """CLIP's text configuration (for code written against CLIP-like configurations)."""
-        return self.clip_config.text_config
+        """The backbone's text configuration (for code written against CLIP-like configurations)."""
+        return self.backbone_config.text_config
 
     @property
     def vision_config(self):
-        """CLIP's vision configuration."""
-        return self.clip_config.vision_config
+        """The backbone's vision configuration."""
+        return self.backbone_config.vision_config
 
     @property
     def feature_resolution(self) -> int:
-        """Side of the CLIP patch grid the aggregator works on (24 for both released models)."""
-        return self.image_size // self.clip_config.vision_config.patch_size
+        """Side of the patch grid the aggregator works on (24 for both released models)."""
+        return self.image_size // self.backbone_config.vision_config.patch_size
 
     @classmethod
     def vit_base_patch16_384(cls, **kwargs: Any) -> "CatSegConfig":
@@ -262,7 +267,7 @@ class CatSegConfig(PreTrainedConfig):
             ),
             projection_dim=768,
         )
-        return cls(**{"clip_config": clip_config, "image_size": 336, "guidance_layers": (7, 15), **kwargs})
+        return cls(**{"backbone_config": clip_config, "image_size": 336, "guidance_layers": (7, 15), **kwargs})
 
 
 def _openai_clip_config(text: dict[str, Any], vision: dict[str, Any], projection_dim: int) -> CLIPConfig:

@@ -8,11 +8,14 @@ per-class logits at 4x the CLIP patch grid.
 Each stage's module is written in the paper's form. Beside it, as its own function, sits an exact reformulation
 that computes once per image what every class shares, and works in cache-sized chunks of classes or positions
 ([`chunked`], the one place that chunks): [`shared_guidance_spatial_aggregation`],
-[`closed_form_padding_class_aggregation`] and [`folded_upsampling_decoder`]. The modules call them when
-`config.fast_paths` is set (the default); tests check that both forms agree. In CPU inference the fast paths also
-take oneDNN's fused linear kernels ([`linear_activation`]) and run their chunks on one single-threaded worker per
-intra-op thread ([`map_chunks_in_threads`]). Under `torch.compile` and `torch.export` neither is used, so the whole
-model is one graph for any vocabulary size up to `config.max_classes` (tests/test_compile.py).
+[`closed_form_padding_class_aggregation`] and [`folded_upsampling_decoder`]. Each module calls its own while its
+`fast_path` attribute is set (the default; a runtime choice, not saved: see
+[`CatSegPreTrainedModel.set_execution_options`]); tests check that both forms agree. In CPU inference the fast paths
+also take oneDNN's fused linear kernels ([`linear_activation`]) and run their chunks on single-threaded workers
+([`map_chunks_in_threads`]). Under `torch.compile` and `torch.export` neither is used, so the whole model is one
+graph for any vocabulary size up to `config.max_classes` (tests/test_compile.py).
+
+The vision-language backbone (CLIP, SigLIP, ...) is reached only through the interface of `backbones_catseg.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPModel, PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -35,7 +38,8 @@ from transformers.models.clip.modeling_clip import eager_attention_forward
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_catseg import CatSegConfig
+from .backbones_catseg import CatSegBackbone, backbone_class
+from .configuration_catseg import FINETUNE_POLICIES, CatSegConfig
 
 
 @dataclass
@@ -119,25 +123,36 @@ class CatSegSemanticSegmenterOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-def cost_maps_per_chunk(config: CatSegConfig, device: torch.device) -> int:
-    """`config.cost_map_chunk_size`, or when it is `None` the default for `device` (see [`CatSegConfig`])."""
-    if config.cost_map_chunk_size is not None:
-        return config.cost_map_chunk_size
-    return 8 if device.type == "cpu" else 256
+class FastPathModule(nn.Module):
+    """A stage with an exact fast path beside its paper form. `fast_path` and `cost_map_chunk_size` are runtime
+    attributes (set them on the model with [`CatSegPreTrainedModel.set_execution_options`]), never saved.
+
+    `cost_map_chunk_size`: how many (image, class) cost maps the fast path processes together. It bounds peak memory
+    for large vocabularies and batches (sliding windows) and does not change the result. `None` picks by device: 8 on
+    CPU, where chunks that stay in the cache run fastest, and 256 elsewhere.
+    """
+
+    fast_path: bool = True
+    cost_map_chunk_size: int | None = None
+
+    def cost_maps_per_chunk(self, device: torch.device) -> int:
+        if self.cost_map_chunk_size is not None:
+            return self.cost_map_chunk_size
+        return 8 if device.type == "cpu" else 256
 
 
-def chunked(function, tensor: torch.Tensor, dim: int, config: CatSegConfig, maps_per_slice: float) -> torch.Tensor:
+def chunked(function, tensor: torch.Tensor, dim: int, module: FastPathModule, maps_per_slice: float) -> torch.Tensor:
     """`function(tensor)` computed on chunks along `dim` and concatenated, to bound peak memory.
 
-    A chunk holds about [`cost_maps_per_chunk`] (image, class) cost maps' worth of data, `maps_per_slice` being what
-    one slice along `dim` holds. Only for functions that treat the slices along `dim` independently, so the result
+    A chunk holds about `module.cost_maps_per_chunk` (image, class) cost maps' worth of data, `maps_per_slice` being
+    what one slice along `dim` holds. Only for functions that treat the slices along `dim` independently, so the result
     does not depend on the chunking. Under `torch.compile` / `torch.export` it is one call: a traced graph would
     otherwise hold one copy per chunk, and the chunk count would tie the graph to the number of classes. In CPU
     inference the chunks are spread over the intra-op threads ([`map_chunks_in_threads`]).
     """
     if torch.compiler.is_compiling():
         return function(tensor)
-    chunk_size = max(1, int(cost_maps_per_chunk(config, tensor.device) / maps_per_slice))
+    chunk_size = max(1, int(module.cost_maps_per_chunk(tensor.device) / maps_per_slice))
     if chunk_size >= tensor.shape[dim]:
         return function(tensor)
     threads = torch.get_num_threads()
@@ -151,20 +166,21 @@ def chunked(function, tensor: torch.Tensor, dim: int, config: CatSegConfig, maps
         count = -(-tensor.shape[dim] // chunk_size)
         count = -(-count // threads) * threads
         chunk_size = max(1, -(-tensor.shape[dim] // count))
-        return map_chunks_in_threads(function, tensor.split(chunk_size, dim=dim), dim, threads)
+        return map_chunks_in_threads(function, tensor.split(chunk_size, dim=dim), dim)
     return torch.cat([function(chunk) for chunk in tensor.split(chunk_size, dim=dim)], dim=dim)
 
 
-def map_chunks_in_threads(function, chunks: tuple[torch.Tensor, ...], dim: int, threads: int) -> torch.Tensor:
-    """`torch.cat([function(chunk) for chunk in chunks], dim)` with the chunks shared among `threads` threads, each
-    running its ops single-threaded; `function` keeps the length of `dim`.
+def map_chunks_in_threads(function, chunks: tuple[torch.Tensor, ...], dim: int) -> torch.Tensor:
+    """`torch.cat([function(chunk) for chunk in chunks], dim)` with the chunks shared among as many single-threaded
+    workers as the calling thread has intra-op threads; `function` keeps the length of `dim`.
 
     The chunks are many small kernels each. Split across OpenMP threads, every kernel ends in a barrier, which
     stalls whenever one thread loses its core to another process: on a shared machine that made the model several
-    times slower. Independent chunks on independent threads keep both cores busy without waiting for each other,
-    and each worker copies its result into the output while it is still in cache. `torch.set_num_threads` is
-    process-wide, so it is restored afterwards. [`chunked`] uses it without autograd and autocast only; the grad mode
-    and inference mode are per thread and are carried into the workers.
+    times slower. Independent chunks on independent threads keep the cores busy without waiting for each other, and
+    each worker copies its result into the output while it is still in cache. The workers are shared by every
+    caller ([`single_threaded_workers`]), so concurrent calls (a server answering two requests) neither change a
+    thread count nor multiply the threads. [`chunked`] uses it without autograd and autocast only; the grad mode and
+    inference mode are per thread and are carried into the workers.
     """
     inference = torch.is_inference_mode_enabled()
     starts = [0]
@@ -182,14 +198,42 @@ def map_chunks_in_threads(function, chunks: tuple[torch.Tensor, ...], dim: int, 
                     output = result.new_empty((*result.shape[:dim], starts[-1], *result.shape[dim + 1 :]))
             output.narrow(dim, starts[index], chunks[index].shape[dim]).copy_(result)
 
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=min(threads, len(chunks))) as pool:
-            # list() waits for every chunk and raises the first error.
-            list(pool.map(run, range(len(chunks))))
-    finally:
-        torch.set_num_threads(threads)
+    # list() waits for every chunk and raises the first error.
+    list(single_threaded_workers(torch.get_num_threads()).map(run, range(len(chunks))))
     return output
+
+
+_WORKER_POOLS: dict[int, ThreadPoolExecutor] = {}
+_WORKER_POOLS_LOCK = threading.Lock()
+# A forked child has none of its parent's threads: it starts its own pools.
+os.register_at_fork(after_in_child=_WORKER_POOLS.clear)
+
+
+def single_threaded_workers(count: int) -> ThreadPoolExecutor:
+    """A process-wide pool of `count` threads, each running its ops on one intra-op thread.
+
+    `torch.set_num_threads` sets the count of the calling thread only, but it also records the count that threads
+    started later begin with. So every worker sets its own count once, all of them together when the pool is made,
+    and the caller then records its own count again; no thread count changes after that, whatever runs meanwhile.
+    """
+    with _WORKER_POOLS_LOCK:
+        pool = _WORKER_POOLS.get(count)
+        if pool is None:
+            started = threading.Barrier(count)
+
+            def start() -> None:
+                # A thread takes the recorded count at its first parallel op unless it has been through that
+                # initialisation already (which `get_num_threads` runs), so the order matters.
+                torch.get_num_threads()
+                torch.set_num_threads(1)
+                # Holding every worker until all have started makes the pool start `count` distinct threads now.
+                started.wait()
+
+            pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="catseg-chunks")
+            list(pool.map(lambda _: start(), range(count)))
+            torch.set_num_threads(count)
+            _WORKER_POOLS[count] = pool
+        return pool
 
 
 # oneDNN's linear with a fused activation, the op `torch.compile` uses on CPU; absent from builds without oneDNN.
@@ -452,12 +496,11 @@ def shared_guidance_swin_block(
     return hidden_states + fused_mlp(block.mlp, block.norm2(hidden_states))
 
 
-class CatSegSpatialAggregation(nn.Module):
+class CatSegSpatialAggregation(FastPathModule):
     """Spatial aggregation: a regular and a shifted Swin block over each class's cost map, guided by the image."""
 
     def __init__(self, config: CatSegConfig) -> None:
         super().__init__()
-        self.config = config
         self.guidance_norm = nn.LayerNorm(config.appearance_guidance_dim)
         self.blocks = nn.ModuleList([CatSegSwinBlock(config, shift=False), CatSegSwinBlock(config, shift=True)])
 
@@ -467,7 +510,7 @@ class CatSegSpatialAggregation(nn.Module):
             hidden_states: `(batch, classes, grid, grid, hidden_dim)`.
             appearance_guidance: `(batch, grid, grid, guidance_dim)`: the projected dense CLIP features.
         """
-        if self.config.fast_paths:
+        if self.fast_path:
             return shared_guidance_spatial_aggregation(self, hidden_states, appearance_guidance)
         guidance = self.guidance_norm(appearance_guidance)
         for block in self.blocks:
@@ -489,7 +532,7 @@ def shared_guidance_spatial_aggregation(
             tokens = shared_guidance_swin_block(block, tokens, guidance_term)
         return tokens.view(chunk.shape)
 
-    return chunked(aggregate, hidden_states, dim=1, config=spatial.config, maps_per_slice=hidden_states.shape[0])
+    return chunked(aggregate, hidden_states, dim=1, module=spatial, maps_per_slice=hidden_states.shape[0])
 
 
 class CatSegLinearAttention(nn.Module):
@@ -610,7 +653,7 @@ def upsample_maps(hidden_states: torch.Tensor, size: tuple[int, int]) -> torch.T
     return upsampled.unflatten(0, hidden_states.shape[:2]).permute(0, 1, 3, 4, 2)
 
 
-class CatSegClassAggregation(nn.Module):
+class CatSegClassAggregation(FastPathModule):
     """Class aggregation: attention across classes at every (pooled) position, guided by the text features.
 
     The class axis is padded to `config.max_classes` with a learned token, and the result is added back to the
@@ -620,7 +663,6 @@ class CatSegClassAggregation(nn.Module):
 
     def __init__(self, config: CatSegConfig) -> None:
         super().__init__()
-        self.config = config
         dim, guidance_dim = config.hidden_dim, config.text_guidance_dim
         self.max_classes = config.max_classes
         self.padding_tokens = nn.Parameter(torch.zeros(1, 1, dim))
@@ -637,7 +679,7 @@ class CatSegClassAggregation(nn.Module):
             text_guidance: `(batch, classes, guidance_dim)`: the projected text features.
             pooling_size: average-pooling window of the attended positions.
         """
-        if self.config.fast_paths:
+        if self.fast_path:
             return closed_form_padding_class_aggregation(self, hidden_states, text_guidance, pooling_size)
         batch, classes, height, width, dim = hidden_states.shape
         pooled = pool_maps(hidden_states, pooling_size)
@@ -680,7 +722,7 @@ def closed_form_padding_class_aggregation(
         return chunk + tokens if pooling_size == 1 else tokens
 
     maps_per_position = batch * classes / (height * width)
-    tokens = chunked(aggregate, pooled.flatten(2, 3), 2, aggregation.config, maps_per_slice=maps_per_position)
+    tokens = chunked(aggregate, pooled.flatten(2, 3), 2, aggregation, maps_per_slice=maps_per_position)
     if pooling_size == 1:
         return tokens.view(hidden_states.shape)
     return hidden_states + upsample_maps(tokens.view(pooled.shape), (height, width))
@@ -807,7 +849,7 @@ def folded_upsample_conv(
     return upsampled.view(batch * classes, 2 * size, 2 * size, channels).permute(0, 3, 1, 2)
 
 
-class CatSegUpsamplingDecoder(nn.Module):
+class CatSegUpsamplingDecoder(FastPathModule):
     """Upsampling decoder: recovers detail at 2x and 4x the grid from intermediate CLIP layers, then one logit map.
 
     Stage `i` is guided by CLIP block `config.guidance_layers[i]`, upsampled by `2 ** (i + 1)` with a learned
@@ -816,8 +858,7 @@ class CatSegUpsamplingDecoder(nn.Module):
 
     def __init__(self, config: CatSegConfig) -> None:
         super().__init__()
-        self.config = config
-        vision_dim = config.clip_config.vision_config.hidden_size
+        vision_dim = config.vision_config.hidden_size
         self.guidance_upsamplers = nn.ModuleList(
             nn.ConvTranspose2d(vision_dim, dim, kernel_size=2 ** (i + 1), stride=2 ** (i + 1))
             for i, dim in enumerate(config.decoder_guidance_dims)
@@ -847,7 +888,7 @@ class CatSegUpsamplingDecoder(nn.Module):
                 self.guidance_upsamplers, self.guidance_projections, guidance_features
             )
         ]
-        if self.config.fast_paths:
+        if self.fast_path:
             return folded_upsampling_decoder(self, aggregated_features, guidance)
         hidden_states = aggregated_features.permute(0, 1, 4, 2, 3)
         for stage, stage_guidance in zip(self.stages, guidance):
@@ -872,9 +913,7 @@ def folded_upsampling_decoder(
             hidden_states = hidden_states.unflatten(0, chunk.shape[:2])
         return decoder.head(hidden_states.flatten(0, 1)).view(*chunk.shape[:2], *hidden_states.shape[-2:])
 
-    return chunked(
-        decode, aggregated_features, dim=1, config=decoder.config, maps_per_slice=aggregated_features.shape[0]
-    )
+    return chunked(decode, aggregated_features, dim=1, module=decoder, maps_per_slice=aggregated_features.shape[0])
 
 
 class CatSegPreTrainedModel(PreTrainedModel):
@@ -899,14 +938,43 @@ class CatSegPreTrainedModel(PreTrainedModel):
         elif isinstance(module, CatSegModel) and module.visual_prompt_tokens is not None:
             init.xavier_uniform_(module.visual_prompt_tokens)
 
-    def _clip(self) -> CLIPModel:
-        return self.clip if isinstance(self, CatSegModel) else self.catseg.clip
+    @property
+    def backbone(self) -> CatSegBackbone:
+        """The vision-language backbone (a `CLIPModel`, `SiglipModel`, ... with the [`CatSegBackbone`] interface)."""
+        base = self if isinstance(self, CatSegModel) else self.catseg
+        return getattr(base, base.backbone_prefix)
 
     def get_input_embeddings(self) -> nn.Module:
-        return self._clip().text_model.embeddings.token_embedding
+        return self.backbone.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Module) -> None:
-        self._clip().text_model.embeddings.token_embedding = value
+        self.backbone.set_input_embeddings(value)
+
+    def set_execution_options(self, fast_paths: bool = True, cost_map_chunk_size: int | None = None) -> None:
+        """How the model runs; neither changes the result beyond float rounding, and neither is saved.
+
+        Args:
+            fast_paths: run spatial aggregation, class aggregation and the upsampling decoder through their exact
+                reformulations, which compute what all classes share once per image (the guidance half of the
+                query/key projections, the padding tokens' share of the class attention, the guidance half of the
+                decoder's first convolution, folded into the transposed convolution) and work in cache-sized
+                chunks. `False` runs the paper's form (upsample -> concatenate -> convolve, guidance concatenated
+                into every query and key).
+            cost_map_chunk_size: how many (image, class) cost maps the fast paths process together (see
+                [`FastPathModule`]); `None` picks by device.
+        """
+        if not isinstance(fast_paths, bool):
+            raise ValueError(f"fast_paths={fast_paths!r} must be True or False.")
+        if cost_map_chunk_size is not None and (
+            isinstance(cost_map_chunk_size, bool)
+            or not isinstance(cost_map_chunk_size, int)
+            or cost_map_chunk_size < 1
+        ):
+            raise ValueError(f"cost_map_chunk_size={cost_map_chunk_size!r} must be a positive integer, or None.")
+        for module in self.modules():
+            if isinstance(module, FastPathModule):
+                module.fast_path = fast_paths
+                module.cost_map_chunk_size = cost_map_chunk_size
 
     @can_return_tuple
     def get_text_features(
@@ -916,13 +984,8 @@ class CatSegPreTrainedModel(PreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
     ) -> BaseModelOutputWithPooling:
-        """CLIP's text output for tokenised prompts `(num_classes, sequence_length)`, with `pooler_output` the
-        L2-normalised text features `(num_classes, projection_dim)` that CAT-Seg uses.
-
-        Outside `torch.compile`/`torch.export`, prompts are cut after their longest end-of-text token: attention is
-        causal and the feature is read at the end-of-text token, so the padding after it cannot change the result
-        and is not worth computing (the cut length depends on the data, which a traced graph cannot).
-        """
+        """The backbone's text output for tokenised prompts `(num_classes, sequence_length)`, with `pooler_output`
+        the L2-normalised text embeddings `(num_classes, embed_dim)` that CAT-Seg uses."""
         if input_ids.ndim != 2:
             raise ValueError(
                 f"input_ids must be (num_classes, sequence_length), one vocabulary shared by the batch; got shape "
@@ -932,187 +995,113 @@ class CatSegPreTrainedModel(PreTrainedModel):
             output_hidden_states = self.config.output_hidden_states
         if output_attentions is None:
             output_attentions = self.config.output_attentions
-        if not torch.compiler.is_compiling():
-            length = self._prompt_length(input_ids, attention_mask)
-            input_ids = input_ids[:, :length]
-            attention_mask = attention_mask[:, :length] if attention_mask is not None else None
-        output = self._clip().get_text_features(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
+        output = self.backbone.encode_text(input_ids, attention_mask, output_hidden_states, output_attentions)
         output.pooler_output = F.normalize(output.pooler_output, dim=-1)
         return output
 
-    def _prompt_length(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None) -> int:
-        """Tokens up to the last prompt's end-of-text token (all of them when some prompt has none)."""
-        if attention_mask is not None:
-            return int(attention_mask.sum(dim=1).max())
-        eos = self.config.clip_config.text_config.eos_token_id
-        is_eos = input_ids == (eos if eos != 2 else input_ids.max())
-        if not bool(is_eos.any(dim=1).all()):
-            return input_ids.shape[1]
-        return int(is_eos.int().argmax(dim=1).max()) + 1
-
     def apply_clip_finetune_policy(self) -> None:
-        """Set `requires_grad` on the CLIP parameters according to `config.clip_finetune` (paper, Table 6).
+        """Set `requires_grad` on the backbone parameters according to `config.clip_finetune` (paper, Table 6).
 
         Applied when a model is built. `from_pretrained` loads every parameter as trainable (as for any transformers
-        model), so call this again after loading to fine-tune. Everything outside CLIP trains; the visual prompt
-        tokens train only under the `"prompt"` policy. The query
-        and key projections of the last vision block stay frozen whatever the policy: its dense value path never
-        uses them, so they could get no gradient (and distributed training could not skip the unused-parameter
-        search).
+        model), so call this again after loading to fine-tune. Everything outside the backbone trains; the visual
+        prompt tokens train only under the `"prompt"` policy. Parameters that CAT-Seg's use of the backbone never
+        reaches (CLIP: the query and key projections of the last vision block, whose dense value path skips them)
+        stay frozen whatever the policy, since they could get no gradient (and distributed training could not skip
+        the unused-parameter search).
         """
+        backbone = self.backbone
         for name, parameter in self.named_parameters():
-            parameter.requires_grad_(self._learnable_by_policy(name) and not self._unused_by_dense_path(name))
+            in_backbone = self._backbone_parameter_name(name)
+            unused = in_backbone is not None and backbone.unused_parameter(in_backbone)
+            parameter.requires_grad_(self._learnable_by_policy(name) and not unused)
+
+    def _backbone_parameter_name(self, name: str) -> str | None:
+        """`name` inside the backbone (`catseg.clip.text_model...` -> `text_model...`), or `None` outside it."""
+        prefix = f"{self.backbone_prefix_path}."
+        return name[len(prefix) :] if name.startswith(prefix) else None
+
+    @property
+    def backbone_prefix_path(self) -> str:
+        """Where the backbone's parameters sit in this model's state dict (`catseg.clip`, `clip`, ...)."""
+        base = self if isinstance(self, CatSegModel) else self.catseg
+        return base.backbone_prefix if base is self else f"{self.base_model_prefix}.{base.backbone_prefix}"
 
     def _learnable_by_policy(self, name: str) -> bool:
         """Whether the official fine-tuning rule of `config.clip_finetune` makes parameter `name` trainable."""
-        if ".clip." in f".{name}":
-            return _CLIP_FINETUNE_RULES[self.config.clip_finetune](name.split("clip.", 1)[1])
+        in_backbone = self._backbone_parameter_name(name)
+        if in_backbone is not None:
+            role = self.backbone.parameter_role(in_backbone)
+            return role is not None and role[1] in FINETUNE_POLICIES[self.config.clip_finetune].get(role[0], ())
         if name.endswith("visual_prompt_tokens"):
             return self.config.clip_finetune == "prompt"
         return True
 
-    def _unused_by_dense_path(self, name: str) -> bool:
-        last = self.config.clip_config.vision_config.num_hidden_layers - 1
-        prefix = f"vision_model.encoder.layers.{last}.self_attn."
-        clip_name = name.split("clip.", 1)[1] if ".clip." in f".{name}" else ""
-        return clip_name.startswith((prefix + "q_proj.", prefix + "k_proj."))
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """The model's parameters by part, for per-part learning rates: `{"backbone": [...], "visual_prompts": [...],
+        "cost_aggregation": [...]}` (names as in `named_parameters()`; the last holds the aggregator and decoder)."""
+        groups = {"backbone": [], "visual_prompts": [], "cost_aggregation": []}
+        for name, _ in self.named_parameters():
+            if self._backbone_parameter_name(name) is not None:
+                groups["backbone"].append(name)
+            elif name.endswith("visual_prompt_tokens"):
+                groups["visual_prompts"].append(name)
+            else:
+                groups["cost_aggregation"].append(name)
+        return groups
 
     def learnable_parameter_counts(self) -> dict[str, int]:
         """Learnable parameters as the official code counts them: `{"clip": ..., "cost_aggregation": ..., "total":
         ...}`.
 
-        `"clip"` counts CLIP and its visual prompt tokens, `"cost_aggregation"` the aggregator and the decoder. With
-        the ViT-L/14@336 preset the totals are the paper's Table 6 (`"qv"`: 70.27M). A parameter counts when the
-        official rule of `config.clip_finetune` makes it trainable, even if it receives no gradient: the query (and,
-        for some policies, key) projections of the last vision block are counted, as the official code marks them
-        trainable, although here they are frozen because its dense value path never uses them.
+        `"clip"` counts the backbone and its visual prompt tokens, `"cost_aggregation"` the aggregator and the
+        decoder. With the ViT-L/14@336 preset the totals are the paper's Table 6 (`"qv"`: 70.27M). A parameter
+        counts when the official rule of `config.clip_finetune` makes it trainable, even if it receives no gradient:
+        the query (and, for some policies, key) projections of the last vision block are counted, as the official
+        code marks them trainable, although here they are frozen because its dense value path never uses them.
         """
         counts = {"clip": 0, "cost_aggregation": 0}
-        for name, parameter in self.named_parameters():
-            if self._learnable_by_policy(name):
-                in_clip = ".clip." in f".{name}" or name.endswith("visual_prompt_tokens")
-                counts["clip" if in_clip else "cost_aggregation"] += parameter.numel()
+        groups = self.parameter_groups()
+        parameters = dict(self.named_parameters())
+        for group, names in groups.items():
+            for name in names:
+                if self._learnable_by_policy(name):
+                    counts["cost_aggregation" if group == "cost_aggregation" else "clip"] += parameters[name].numel()
         counts["total"] = counts["clip"] + counts["cost_aggregation"]
         return counts
 
 
-def _is_attention_weight(name: str, *projections: str) -> bool:
-    return ".self_attn." in name and name.endswith(".weight") and name.split(".")[-2] in projections
-
-
-_CLIP_FINETUNE_RULES = {
-    "freeze": lambda name: False,
-    "prompt": lambda name: False,
-    "full": lambda name: ".encoder.layers." in name,
-    "attention": lambda name: ".self_attn." in name,
-    "qk": lambda name: _is_attention_weight(name, "q_proj", "k_proj"),
-    "kv": lambda name: _is_attention_weight(name, "k_proj", "v_proj"),
-    "qv": lambda name: _is_attention_weight(name, "q_proj", "v_proj"),
-    # The paper's QV (Img) count includes the vision position embedding, which its code trained alongside.
-    "qv_image": lambda name: (
-        name.startswith("vision_model.")
-        and (_is_attention_weight(name, "q_proj", "v_proj") or name.endswith("embeddings.position_embedding.weight"))
-    ),
-    "qv_text": lambda name: name.startswith("text_model.") and _is_attention_weight(name, "q_proj", "v_proj"),
-}
-
-
 class CatSegModel(CatSegPreTrainedModel):
-    """CLIP, the cost volume and its aggregation; [`CatSegForSemanticSegmentation`] adds the upsampling decoder."""
+    """The backbone, the cost volume and its aggregation; [`CatSegForSemanticSegmentation`] adds the upsampling
+    decoder.
+
+    The backbone sits under the attribute its adapter names (`clip` for CLIP, `siglip` for SigLIP), so its weights
+    keep their checkpoint names (`catseg.clip.vision_model...`).
+    """
 
     def __init__(self, config: CatSegConfig) -> None:
         super().__init__(config)
-        projection_dim = config.clip_config.projection_dim
-        self.clip = CLIPModel._from_config(config.clip_config)
-        self.visual_prompt_tokens = (
-            nn.Parameter(
-                torch.zeros(config.prompt_depth, config.prompt_length, config.clip_config.vision_config.hidden_size)
+        adapter = backbone_class(config.backbone_config)
+        if config.prompt_length > 0 and not adapter.supports_visual_prompts:
+            raise ValueError(
+                f"Deep visual prompt tuning (prompt_length > 0) is not implemented for {adapter.__name__} backbones."
             )
+        self.backbone_prefix = adapter.catseg_prefix
+        self.add_module(self.backbone_prefix, adapter._from_config(config.backbone_config))
+        self.embed_dim = adapter.embed_dim(config.backbone_config)
+        self.visual_prompt_tokens = (
+            nn.Parameter(torch.zeros(config.prompt_depth, config.prompt_length, config.vision_config.hidden_size))
             if config.prompt_length > 0
             else None
         )
         kernel = config.cost_embed_kernel_size
         self.cost_embedding = nn.Conv2d(1, config.hidden_dim, kernel_size=kernel, padding=kernel // 2)
         self.appearance_guidance_projection = nn.Conv2d(
-            projection_dim, config.appearance_guidance_dim, kernel_size=3, padding=1
+            self.embed_dim, config.appearance_guidance_dim, kernel_size=3, padding=1
         )
-        self.text_guidance_projection = nn.Linear(projection_dim, config.text_guidance_dim)
+        self.text_guidance_projection = nn.Linear(self.embed_dim, config.text_guidance_dim)
         self.layers = nn.ModuleList(CatSegAggregationLayer(config) for _ in range(config.num_layers))
         self.post_init()
         self.apply_clip_finetune_policy()
-
-    def get_dense_image_features(
-        self,
-        pixel_values: torch.FloatTensor,
-        output_hidden_states: bool | list[int] = False,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple | None, tuple | None]:
-        """Dense CLIP features `(batch, projection_dim, grid, grid)`, the guidance layers' patch tokens, and the vision
-        tower's hidden states and attentions when asked for (see [`CatSegModelOutput`]). `output_hidden_states` may
-        list the indices to keep (negative ones count from the end); the others are `None`.
-
-        The last vision block runs only its value path: `out_proj(v_proj(norm1(x)))` plus the input CLS token as the
-        residual, then its MLP; the result goes through `post_layernorm` and `visual_projection` on every token.
-        """
-        vision = self.clip.vision_model
-        hidden_states = vision.pre_layrnorm(vision.embeddings(pixel_values, interpolate_pos_encoding=True))
-        *blocks, last_block = vision.encoder.layers
-        grid = self.config.feature_resolution
-        taps = {}
-        num_states = len(vision.encoder.layers) + 1
-        if isinstance(output_hidden_states, (list, tuple)):
-            kept = {index % num_states for index in output_hidden_states}
-        else:
-            kept = set(range(num_states)) if output_hidden_states else set()
-        all_hidden_states = [hidden_states if 0 in kept else None]
-        attentions = [] if output_attentions else None
-        for index, block in enumerate(blocks):
-            hidden_states = self._run_vision_block(block, hidden_states, index, attentions)
-            if index in self.config.guidance_layers:
-                taps[index] = _patch_tokens_to_map(hidden_states, grid)
-            all_hidden_states.append(hidden_states if index + 1 in kept else None)
-        attention = last_block.self_attn
-        values = attention.out_proj(attention.v_proj(last_block.layer_norm1(hidden_states)))
-        hidden_states = values + hidden_states[:, :1]
-        hidden_states = hidden_states + last_block.mlp(last_block.layer_norm2(hidden_states))
-        all_hidden_states.append(hidden_states if num_states - 1 in kept else None)
-        dense = self.clip.visual_projection(vision.post_layernorm(hidden_states))
-        return (
-            _patch_tokens_to_map(dense, grid),
-            tuple(taps[index] for index in self.config.guidance_layers),
-            tuple(all_hidden_states) if kept else None,
-            tuple(attentions) if output_attentions else None,
-        )
-
-    def _run_vision_block(
-        self, block: nn.Module, hidden_states: torch.Tensor, index: int, attentions: list | None
-    ) -> torch.Tensor:
-        """A regular CLIP block; with deep visual prompt tuning, fresh prompt tokens ride along after the CLS token.
-
-        With `attentions` (a list), the block's attention probabilities are appended to it.
-        """
-        prompts = None
-        if self.visual_prompt_tokens is not None and index < self.config.prompt_depth:
-            prompts = self.visual_prompt_tokens[index].expand(hidden_states.shape[0], -1, -1)
-            hidden_states = torch.cat([hidden_states[:, :1], prompts, hidden_states[:, 1:]], dim=1)
-        hook = None
-        if attentions is not None:
-            # CLIP's layer returns only its hidden states; its attention module also returns the probabilities.
-            hook = block.self_attn.register_forward_hook(lambda module, args, output: attentions.append(output[1]))
-        try:
-            hidden_states = block(hidden_states, None)
-        finally:
-            if hook is not None:
-                hook.remove()
-        if prompts is None:
-            return hidden_states
-        return torch.cat([hidden_states[:, :1], hidden_states[:, 1 + prompts.shape[1] :]], dim=1)
 
     @can_return_tuple
     def forward(
@@ -1122,45 +1111,51 @@ class CatSegModel(CatSegPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         text_embeds: torch.FloatTensor | None = None,
         class_pooling_size: int | None = None,
+        top_k_classes: int | None = None,
         output_hidden_states: bool | list[int] | None = None,
         output_attentions: bool | None = None,
     ) -> CatSegModelOutput:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
-                Images normalised with the CLIP mean and std (use the processor). Other sizes than
-                `config.image_size` are resized to it bilinearly, as the official model does.
+                Images normalised as the backbone expects (use the processor). Other sizes than `config.image_size`
+                are resized to it bilinearly, as the official model does.
             input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)`, *optional*):
                 The tokenised class prompts, one vocabulary shared by the whole batch.
             attention_mask (`torch.Tensor` of shape `(num_classes, sequence_length)`, *optional*):
                 Mask of `input_ids`.
-            text_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)` or `(batch_size, num_classes,
-            projection_dim)`, *optional*):
+            text_embeds (`torch.FloatTensor` of shape `(num_classes, embed_dim)` or `(batch_size, num_classes,
+            embed_dim)`, *optional*):
                 Precomputed text features (from [`~CatSegModel.get_text_features`]) instead of `input_ids`.
             class_pooling_size (`int`, *optional*):
                 Pooling of the class aggregation; defaults to `config.class_pooling_size` in training mode and
                 `config.eval_class_pooling_size` in evaluation mode (the official protocol).
+            top_k_classes (`int`, *optional*):
+                Opt-in speed-up for very large vocabularies: aggregate only this many classes, chosen like the
+                `config.max_classes` cut. The class aggregation still pads to `max_classes`, so each kept class gets
+                exactly the logits the official model gives it on the kept sub-vocabulary; a pixel changes label
+                only where its class was pruned. `None` (the official behaviour) keeps up to `max_classes`.
             output_hidden_states (`bool` or `list[int]`, *optional*):
-                Return the CLIP vision tower's hidden states (a list: only those indices, the others `None`).
+                Return the backbone's vision hidden states (a list: only those indices, the others `None`).
             output_attentions (`bool`, *optional*):
-                Return the CLIP vision blocks' attention probabilities (eager attention only).
+                Return the backbone's vision attention probabilities (eager attention only).
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        pixel_values = self._clip_input(pixel_values)
+        pixel_values = self._backbone_input(pixel_values)
         if (input_ids is None) == (text_embeds is None):
             raise ValueError(
                 "Give the class vocabulary exactly once: either input_ids (num_classes, sequence_length) from the "
-                "processor, or text_embeds (num_classes, projection_dim) from get_text_features()."
+                "processor, or text_embeds (num_classes, embed_dim) from get_text_features()."
             )
         if text_embeds is None:
             text_embeds = self.get_text_features(input_ids, attention_mask).pooler_output
-        elif text_embeds.shape[-1] != self.config.clip_config.projection_dim or text_embeds.ndim not in (2, 3):
+        elif text_embeds.shape[-1] != self.embed_dim or text_embeds.ndim not in (2, 3):
             raise ValueError(
-                f"text_embeds must be (num_classes, {self.config.clip_config.projection_dim}) or (batch_size, "
-                f"num_classes, {self.config.clip_config.projection_dim}); got shape {tuple(text_embeds.shape)}."
+                f"text_embeds must be (num_classes, {self.embed_dim}) or (batch_size, num_classes, "
+                f"{self.embed_dim}); got shape {tuple(text_embeds.shape)}."
             )
         if text_embeds.shape[-2] == 0:
             raise ValueError("The vocabulary is empty: give at least one class.")
@@ -1169,16 +1164,25 @@ class CatSegModel(CatSegPreTrainedModel):
                 self.config.class_pooling_size if self.training else self.config.eval_class_pooling_size
             )
 
-        dense_image_features, guidance_features, vision_hidden_states, attentions = self.get_dense_image_features(
-            pixel_values, output_hidden_states, output_attentions
+        image = self.backbone.dense_image_features(
+            pixel_values,
+            self.config.guidance_layers,
+            self.visual_prompt_tokens,
+            output_hidden_states,
+            output_attentions,
         )
+        dense_image_features = image.dense_image_features
         batch = pixel_values.shape[0]
         class_features = F.normalize(text_embeds, dim=-1).to(dense_image_features.dtype)
         if class_features.ndim == 2:
             class_features = class_features.expand(batch, -1, -1)
         cost_volume = torch.einsum("bchw,btc->bthw", F.normalize(dense_image_features, dim=1), class_features)
         aggregated, selected_classes = cost_volume, None
-        kept = min(self.config.max_classes, self.config.top_k_classes or self.config.max_classes)
+        if top_k_classes is not None and (
+            isinstance(top_k_classes, bool) or not isinstance(top_k_classes, int) or top_k_classes < 1
+        ):
+            raise ValueError(f"top_k_classes={top_k_classes!r} must be a positive integer, or None.")
+        kept = min(self.config.max_classes, top_k_classes or self.config.max_classes)
         if cost_volume.shape[1] > kept:
             # Keep the classes that best match some patch; the rest get a constant logit in the head.
             scores = cost_volume.flatten(2).amax(dim=-1)
@@ -1199,21 +1203,21 @@ class CatSegModel(CatSegPreTrainedModel):
 
         return CatSegModelOutput(
             aggregated_features=hidden_states.permute(0, 4, 1, 2, 3),
-            guidance_features=guidance_features,
+            guidance_features=image.guidance_features,
             dense_image_features=dense_image_features,
             text_embeds=text_embeds,
             cost_volume=cost_volume,
             selected_classes=selected_classes,
-            hidden_states=vision_hidden_states,
-            attentions=attentions,
+            hidden_states=image.hidden_states,
+            attentions=image.attentions,
         )
 
-    def _clip_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`pixel_values` at CLIP's resolution: other sizes are resized bilinearly (no antialiasing), as the official
+    def _backbone_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`pixel_values` at `config.image_size`: other sizes are resized bilinearly (no antialiasing), as the official
         model does (the ViT-L/14@336 model takes 384 crops and resizes them to 336)."""
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(
-                f"pixel_values must be (batch_size, 3, height, width) CLIP-normalised images; got shape "
+                f"pixel_values must be (batch_size, 3, height, width) normalised images; got shape "
                 f"{tuple(pixel_values.shape)}. Prepare images with the CAT-Seg processor."
             )
         size = self.config.image_size
@@ -1232,25 +1236,30 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_clip(cls, clip: CLIPModel | str | os.PathLike, **config_kwargs) -> "CatSegForSemanticSegmentation":
-        """A new CAT-Seg, ready to train, whose CLIP starts from any `CLIPModel` checkpoint.
+    def from_vision_language_model(
+        cls, backbone: PreTrainedModel | str | os.PathLike, **config_kwargs
+    ) -> "CatSegForSemanticSegmentation":
+        """A new CAT-Seg, ready to train, whose backbone starts from a vision-language checkpoint.
 
-        `clip` is a model, a hub id (`"openai/clip-vit-base-patch16"`, OpenCLIP or MetaCLIP models in the CLIP
-        format) or a local folder. By default the image size gives CLIP a 24x24 patch grid (384 for patch 16, 336
-        for patch 14), and the guidance layers are the blocks at one and two thirds of the depth (blocks 3 and 7 of
-        12, 7 and 15 of 24), as in the released models; `config_kwargs` override any [`CatSegConfig`] field.
+        `backbone` is a model, a hub id or a local folder of any `model_type` with a registered adapter: a
+        `CLIPModel` (`"openai/clip-vit-base-patch16"`, OpenCLIP ViT-H/14 and ViT-bigG/14 or MetaCLIP in the CLIP
+        format) or a `SiglipModel` (`"google/siglip-base-patch16-384"`, SigLIP 2's fixed-resolution
+        `"google/siglip2-base-patch16-384"`). By default the image size gives a 24x24 patch grid (384 for patch 16,
+        336 for patch 14), and the guidance layers are the blocks at one and two thirds of the depth (blocks 3 and 7
+        of 12, 7 and 15 of 24), as in the released models; `config_kwargs` override any [`CatSegConfig`] field.
+        Build the matching processor with `OVSegProcessor.from_backbone(backbone, model)`.
         """
-        if not isinstance(clip, CLIPModel):
-            clip = CLIPModel.from_pretrained(clip)
-        vision = clip.config.vision_config
+        if isinstance(backbone, (str, os.PathLike)):
+            backbone = backbone_class(AutoConfig.from_pretrained(backbone)).from_pretrained(backbone)
+        vision = backbone.config.vision_config
         depth = vision.num_hidden_layers
         defaults = {
             "image_size": 24 * vision.patch_size,
             "guidance_layers": [depth // 3 - 1, 2 * depth // 3 - 1],
         }
-        config = CatSegConfig(clip_config=clip.config.to_dict(), **{**defaults, **config_kwargs})
+        config = CatSegConfig(backbone_config=backbone.config.to_dict(), **{**defaults, **config_kwargs})
         model = cls(config)
-        model.catseg.clip.load_state_dict(clip.state_dict())
+        model.backbone.load_state_dict(backbone.state_dict())
         return model
 
     @can_return_tuple
@@ -1262,29 +1271,33 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         text_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         class_pooling_size: int | None = None,
+        top_k_classes: int | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
     ) -> CatSegSemanticSegmenterOutput:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
-                Images normalised with the CLIP mean and std (use the processor). Other sizes than
-                `config.image_size` are resized to it bilinearly, as the official model does.
+                Images normalised as the backbone expects (use the processor). Other sizes than `config.image_size`
+                are resized to it bilinearly, as the official model does.
             input_ids (`torch.LongTensor` of shape `(num_classes, sequence_length)`, *optional*):
                 The tokenised class prompts, one vocabulary shared by the whole batch.
             attention_mask (`torch.Tensor` of shape `(num_classes, sequence_length)`, *optional*):
                 Mask of `input_ids`.
-            text_embeds (`torch.FloatTensor` of shape `(num_classes, projection_dim)`, *optional*):
+            text_embeds (`torch.FloatTensor` of shape `(num_classes, embed_dim)`, *optional*):
                 Precomputed text features instead of `input_ids`, so a vocabulary is encoded once.
             labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
                 Class indices into the vocabulary, or `config.ignore_index`. Gives the official BCE loss.
             class_pooling_size (`int`, *optional*):
                 Pooling of the class aggregation; defaults to the official 2 in training and 1 in evaluation.
+            top_k_classes (`int`, *optional*):
+                Aggregate only the K best-matching classes per image (see [`CatSegModel.forward`]); the others get
+                `config.dropped_class_logit`.
             output_hidden_states (`bool`, *optional*):
-                Also return the CLIP vision hidden states, the dense CLIP features, the cost volume, the aggregated
-                features and the text features.
+                Also return the backbone's vision hidden states, the dense image features, the cost volume, the
+                aggregated features and the text features.
             output_attentions (`bool`, *optional*):
-                Return the CLIP vision blocks' attention probabilities (eager attention only).
+                Return the backbone's vision attention probabilities (eager attention only).
 
         Example:
 
@@ -1305,6 +1318,7 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
             attention_mask=attention_mask,
             text_embeds=text_embeds,
             class_pooling_size=class_pooling_size,
+            top_k_classes=top_k_classes,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
@@ -1351,11 +1365,6 @@ class CatSegForSemanticSegmentation(CatSegPreTrainedModel):
         targets = torch.zeros_like(logits)
         targets.scatter_(1, labels.masked_fill(ignored, 0).unsqueeze(1), (~ignored).unsqueeze(1).to(logits.dtype))
         return F.binary_cross_entropy_with_logits(logits, targets)
-
-
-def _patch_tokens_to_map(tokens: torch.Tensor, grid: int) -> torch.Tensor:
-    """`(batch, 1 + grid * grid, dim)` tokens -> `(batch, dim, grid, grid)` map of the patch tokens (CLS dropped)."""
-    return tokens[:, 1:].transpose(1, 2).unflatten(2, (grid, grid))
 
 
 __all__ = ["CatSegModel", "CatSegForSemanticSegmentation", "CatSegPreTrainedModel"]

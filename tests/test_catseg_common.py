@@ -31,7 +31,7 @@ class CatSegModelTester:
         self.sequence_length = sequence_length
         self.image_size = image_size
         config = self.get_config()
-        vision = config.clip_config.vision_config
+        vision = config.backbone_config.vision_config
         # What the attention and hidden-state tests check: the CLIP vision tower's blocks, whose last block
         # (the dense value path) has no attention.
         self.num_hidden_layers = vision.num_hidden_layers - 1
@@ -45,7 +45,7 @@ class CatSegModelTester:
         # Under the mixin's 1M-parameter cap: a 1000-token vocabulary, three vision blocks (two with attention).
         clip = tiny_clip_config(vision_layers=3)
         clip["text_config"].update(vocab_size=1000, bos_token_id=998, eos_token_id=999)
-        return tiny_catseg_config(clip_config=clip)
+        return tiny_catseg_config(backbone_config=clip)
 
     def prepare_config_and_inputs(self):
         pixel_values = floats_tensor([self.batch_size, 3, self.image_size, self.image_size])
@@ -84,7 +84,7 @@ class CatSegCommonTests(ModelTesterMixin):
 
     def _text_features_get_expected_num_attentions(self, model_tester=None):
         # get_text_features returns CLIP's text tower output, whose depth differs from the vision tower's.
-        return self.model_tester.get_config().clip_config.text_config.num_hidden_layers
+        return self.model_tester.get_config().backbone_config.text_config.num_hidden_layers
 
     def test_config(self):
         self.config_tester.run_common_tests()
@@ -160,7 +160,7 @@ def test_torch_export_from_text_embeds_with_a_dynamic_number_of_classes(num_clas
     torch.manual_seed(0)
     model = CatSegForSemanticSegmentation(tiny_catseg_config()).eval()
     pixel_values = torch.randn(1, 3, 64, 64)
-    example = torch.randn(3, model.config.clip_config.projection_dim)
+    example = torch.randn(3, model.catseg.embed_dim)
     # Vocabularies up to max_classes - 1 are padded; larger ones take the data-dependent top-k cut.
     classes = torch.export.Dim("num_classes", min=1, max=model.config.max_classes - 1)
     program = torch.export.export(
@@ -170,7 +170,7 @@ def test_torch_export_from_text_embeds_with_a_dynamic_number_of_classes(num_clas
         dynamic_shapes={"pixel_values": None, "text_embeds": {0: classes}},
         strict=False,
     )
-    text_embeds = torch.randn(num_classes, model.config.clip_config.projection_dim)
+    text_embeds = torch.randn(num_classes, model.catseg.embed_dim)
     torch.testing.assert_close(
         program.module()(pixel_values, text_embeds=text_embeds).logits,
         model(pixel_values, text_embeds=text_embeds).logits,

@@ -62,9 +62,9 @@ def test_cli_writes_a_folder_that_reproduces_the_official_logits(official, tmp_p
 def test_inference_follows_the_official_rules_for_released_widths(official_state_dict):
     config = infer_catseg_config(official_state_dict)
     # Without overrides heads are width // 64, as the official CLIP builder derives them.
-    assert config.clip_config.vision_config.num_attention_heads == 1
-    assert config.clip_config.text_config.num_attention_heads == 1
-    assert config.clip_config.vision_config.image_size == 224 and config.clip_config.projection_dim == 32
+    assert config.backbone_config.vision_config.num_attention_heads == 1
+    assert config.backbone_config.text_config.num_attention_heads == 1
+    assert config.backbone_config.vision_config.image_size == 224 and config.backbone_config.projection_dim == 32
 
 
 def test_truncated_file(official, tmp_path):

@@ -3,7 +3,7 @@
 The plain forms are the paper's and the official code's: roll -> window partition -> window attention with the
 guidance concatenated into queries and keys -> reverse (spatial aggregation); linear attention across classes padded
 with learned tokens, the guidance concatenated into queries and keys (class aggregation); transposed-convolution
-upsampling -> concatenated guidance -> convolution (upsampling decoder). `config.fast_paths` picks between them.
+upsampling -> concatenated guidance -> convolution (upsampling decoder). Each module's `fast_path` picks between them.
 """
 
 import contextlib
@@ -23,13 +23,13 @@ from modeling_catseg.modeling_catseg import (
     CatSegUpsamplingDecoder,
     chunked,
     closed_form_padding_class_aggregation,
-    cost_maps_per_chunk,
     folded_upsample_conv,
     folded_upsample_conv_terms,
     folded_upsampling_decoder,
     guidance_query_key,
     linear_activation,
     map_chunks_in_threads,
+    single_threaded_workers,
     padded_linear_attention,
     padding_key_value,
     shared_guidance_spatial_aggregation,
@@ -132,13 +132,14 @@ def test_shared_guidance_swin_block_equals_the_swin_block(shift, grad_mode):
 
 
 def test_shared_guidance_spatial_aggregation_equals_the_plain_form_also_in_chunks():
-    spatial = randomised(CatSegSpatialAggregation(config(fast_paths=False)))
+    spatial = randomised(CatSegSpatialAggregation(config()))
+    spatial.fast_path = False
     hidden, guidance = states(2, 5, 8, 8, 16), states(2, 8, 8, 8)
     plain = spatial(hidden, guidance)
     for chunk in (None, 2):  # one call, and chunks of one class of the two images
-        spatial.config.cost_map_chunk_size = chunk
+        spatial.cost_map_chunk_size = chunk
         torch.testing.assert_close(shared_guidance_spatial_aggregation(spatial, hidden, guidance), plain, **EXACT)
-    spatial.config.fast_paths = True
+    spatial.fast_path = True
     torch.testing.assert_close(spatial(hidden, guidance), plain, **EXACT)
 
 
@@ -162,11 +163,12 @@ def test_padded_linear_attention_equals_attention_over_the_padded_sequence():
 @pytest.mark.parametrize("pooling", [1, 2])
 @pytest.mark.parametrize("classes", [3, 8])  # padded to max_classes=8, and not padded
 def test_closed_form_padding_class_aggregation_equals_the_plain_form(pooling, classes, grad_mode):
-    aggregation = randomised(CatSegClassAggregation(config(fast_paths=False)))
+    aggregation = randomised(CatSegClassAggregation(config()))
+    aggregation.fast_path = False
     hidden, guidance = states(2, classes, 8, 8, 16), states(2, classes, 8)
     plain = aggregation(hidden, guidance, pooling)
     for chunk in (None, 3):  # one call, and a few positions at a time
-        aggregation.config.cost_map_chunk_size = chunk
+        aggregation.cost_map_chunk_size = chunk
         with grad_mode():
             fast = closed_form_padding_class_aggregation(aggregation, hidden, guidance, pooling)
         torch.testing.assert_close(fast, plain, **EXACT)
@@ -197,7 +199,8 @@ def test_folded_upsample_conv_equals_transposed_convolution_then_conv1(size):
 
 @GRAD_MODES
 def test_folded_upsampling_decoder_equals_the_plain_decoder_also_in_chunks(grad_mode):
-    decoder = randomised(CatSegUpsamplingDecoder(config(fast_paths=False)))
+    decoder = randomised(CatSegUpsamplingDecoder(config()))
+    decoder.fast_path = False
     aggregated = states(2, 5, 8, 8, 16)
     guidance_features = (states(2, 32, 8, 8), 2 * states(2, 32, 8, 8))
     plain = decoder(aggregated, guidance_features)
@@ -205,7 +208,7 @@ def test_folded_upsampling_decoder_equals_the_plain_decoder_also_in_chunks(grad_
     layers = zip(decoder.guidance_upsamplers, decoder.guidance_projections, guidance_features)
     projected = [torch.relu(project(upsample(features))) for upsample, project, features in layers]
     for chunk in (None, 2):
-        decoder.config.cost_map_chunk_size = chunk
+        decoder.cost_map_chunk_size = chunk
         with grad_mode():
             fast = folded_upsampling_decoder(decoder, aggregated, projected)
         torch.testing.assert_close(fast, plain, **EXACT)
@@ -217,20 +220,21 @@ def test_the_model_gives_the_same_logits_with_and_without_fast_paths(pooling):
     torch.manual_seed(0)
     model = randomised(CatSegForSemanticSegmentation(config())).eval()
     pixel_values = torch.randn(2, 3, 128, 128)
-    text_embeds = torch.randn(5, model.config.clip_config.projection_dim)
+    text_embeds = torch.randn(5, model.catseg.embed_dim)
     fast = model(pixel_values, text_embeds=text_embeds, class_pooling_size=pooling).logits
-    model.config.fast_paths = False
+    model.set_execution_options(fast_paths=False)
+    assert not any(getattr(module, "fast_path", False) for module in model.modules())
     plain = model(pixel_values, text_embeds=text_embeds, class_pooling_size=pooling).logits
     torch.testing.assert_close(fast, plain, **EXACT)
     assert fast.abs().max() > 0.1  # the comparison is not between zeros
 
 
 def test_chunk_size_defaults_to_the_device_and_to_one_call_when_compiling(monkeypatch):
-    settings = config()
-    assert cost_maps_per_chunk(settings, torch.device("cpu")) == 8
-    assert cost_maps_per_chunk(settings, torch.device("cuda")) == 256
+    settings = CatSegSpatialAggregation(config())
+    assert settings.cost_maps_per_chunk(torch.device("cpu")) == 8
+    assert settings.cost_maps_per_chunk(torch.device("cuda")) == 256
     settings.cost_map_chunk_size = 5
-    assert cost_maps_per_chunk(settings, torch.device("cuda")) == 5
+    assert settings.cost_maps_per_chunk(torch.device("cuda")) == 5
     calls = []
 
     def double(chunk):
@@ -246,12 +250,17 @@ def test_chunk_size_defaults_to_the_device_and_to_one_call_when_compiling(monkey
     assert calls == [12]
 
 
-def test_cpu_inference_spreads_the_chunks_over_threads_and_restores_the_thread_count():
-    settings = config(cost_map_chunk_size=2)
-    seen = []
+def test_cpu_inference_spreads_the_chunks_over_single_threaded_workers_and_changes_no_thread_count():
+    settings = CatSegSpatialAggregation(config())
+    settings.cost_map_chunk_size = 2
+    seen, started_meanwhile = [], []
 
     def record(chunk):
         seen.append((threading.get_ident(), torch.get_num_threads(), torch.is_inference_mode_enabled()))
+        # A thread started while the workers run (a server's new request) begins with the process's count.
+        newcomer = threading.Thread(target=lambda: started_meanwhile.append(torch.get_num_threads()))
+        newcomer.start()
+        newcomer.join()
         time.sleep(0.05)  # long enough for the second worker to take a chunk
         return chunk * 3
 
@@ -259,6 +268,7 @@ def test_cpu_inference_spreads_the_chunks_over_threads_and_restores_the_thread_c
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
+        single_threaded_workers(2)  # the pool is made once per process; its making is not what is tested
         with torch.inference_mode():
             result = chunked(record, tensor, 1, settings, maps_per_slice=1)
         assert torch.get_num_threads() == 2
@@ -266,6 +276,7 @@ def test_cpu_inference_spreads_the_chunks_over_threads_and_restores_the_thread_c
         assert len(seen) == 5 and len({ident for ident, _, _ in seen}) == 2
         assert threading.get_ident() not in {ident for ident, _, _ in seen}
         assert all(count == 1 and inference for _, count, inference in seen)
+        assert started_meanwhile == [2] * 5
         # Under autograd the chunks run in the calling thread, with its threads.
         seen.clear()
         chunked(record, tensor.requires_grad_(), 1, settings, maps_per_slice=1)
@@ -274,12 +285,15 @@ def test_cpu_inference_spreads_the_chunks_over_threads_and_restores_the_thread_c
         torch.set_num_threads(threads)
 
 
-def test_an_error_in_a_chunk_reaches_the_caller_and_the_thread_count_is_restored():
+def test_an_error_in_a_chunk_reaches_the_caller_and_no_thread_count_changes():
     def fail(chunk):
         raise ValueError("chunk failed")
 
     threads = torch.get_num_threads()
-    with pytest.raises(ValueError, match="chunk failed"):
-        map_chunks_in_threads(fail, torch.zeros(4).split(1), 0, threads=max(2, threads))
-    assert torch.get_num_threads() == max(2, threads)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="chunk failed"):
+            map_chunks_in_threads(fail, torch.zeros(4).split(1), 0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

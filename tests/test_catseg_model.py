@@ -1,4 +1,7 @@
+
 """CAT-Seg behaviour beyond fixture parity: config, fine-tuning policies, text handling, top-k cap, errors."""
+
+import json
 
 import pytest
 import torch
@@ -66,8 +69,8 @@ def test_presets_match_the_released_models():
     base, large = CatSegConfig.vit_base_patch16_384(), CatSegConfig.vit_large_patch14_336()
     assert (base.image_size, base.guidance_layers, base.feature_resolution) == (384, [3, 7], 24)
     assert (large.image_size, large.guidance_layers, large.feature_resolution) == (336, [7, 15], 24)
-    assert base.clip_config.vision_config.image_size == 224  # the stored 14x14 position table loads unchanged
-    assert large.clip_config.projection_dim == 768 and large.clip_config.vision_config.patch_size == 14
+    assert base.backbone_config.vision_config.image_size == 224  # the stored 14x14 position table loads unchanged
+    assert large.backbone_config.projection_dim == 768 and large.backbone_config.vision_config.patch_size == 14
 
 
 @pytest.mark.parametrize(
@@ -76,7 +79,7 @@ def test_presets_match_the_released_models():
         (dict(clip_finetune="lora"), "not a CAT-Seg fine-tuning policy"),
         (dict(guidance_layers=[0, 3]), "before the last one"),
         (dict(decoder_dims=[16, 8]), "multiples of 16"),
-        (dict(image_size=70), "not a multiple of the CLIP patch size"),
+        (dict(image_size=70), "not a multiple of the backbone's patch size"),
         (dict(clip_finetune="prompt"), "needs prompt_depth > 0"),
         (dict(guidance_layers=[1]), "one entry per decoder stage"),
         (dict(decoder_guidance_proj_dims=[16, 4]), "must each be smaller than the input width"),
@@ -92,7 +95,7 @@ def test_config_round_trip(tmp_path):
     config.save_pretrained(tmp_path)
     loaded = CatSegConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()
-    assert isinstance(loaded.clip_config, CLIPConfig)
+    assert isinstance(loaded.backbone_config, CLIPConfig)
 
 
 @torch.no_grad()
@@ -160,11 +163,7 @@ def test_vocabularies_above_max_classes_keep_the_best_matching_classes(model):
 def test_top_k_pruning_gives_kept_classes_their_sub_vocabulary_logits(model):
     ids = prompts(7)
     full = model(pixels(), input_ids=ids, output_hidden_states=True)
-    model.config.top_k_classes = 3
-    try:
-        pruned = model(pixels(), input_ids=ids, output_hidden_states=True)
-    finally:
-        model.config.top_k_classes = None
+    pruned = model(pixels(), input_ids=ids, output_hidden_states=True, top_k_classes=3)
     kept = pruned.selected_classes[0]
     assert kept.tolist() == sorted(full.cost_volume[0].flatten(1).amax(-1).topk(3).indices.tolist())
     dropped = torch.ones(7, dtype=torch.bool)
@@ -176,11 +175,31 @@ def test_top_k_pruning_gives_kept_classes_their_sub_vocabulary_logits(model):
     assert not torch.allclose(pruned.logits[0, kept], full.logits[0, kept], atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["top_k_classes", "cost_map_chunk_size"])
 @pytest.mark.parametrize("value", [0, -3, 2.5, True])
-def test_speed_options_must_be_positive_integers(name, value):
-    with pytest.raises(ValueError, match=f"{name}={value!r} must be a positive integer, or None for the default"):
-        tiny_catseg_config(**{name: value})
+def test_speed_options_must_be_positive_integers(model, value):
+    with pytest.raises(ValueError, match=f"cost_map_chunk_size={value!r} must be a positive integer, or None"):
+        model.set_execution_options(cost_map_chunk_size=value)
+    with pytest.raises(ValueError, match=f"top_k_classes={value!r} must be a positive integer, or None"):
+        model(pixels(), input_ids=prompts(3), top_k_classes=value)
+
+
+def test_runtime_options_are_not_saved_and_old_configurations_still_load(model, tmp_path, caplog):
+    model.set_execution_options(fast_paths=False, cost_map_chunk_size=3)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert not {"fast_paths", "cost_map_chunk_size", "top_k_classes", "clip_config"} & set(saved)
+    model.set_execution_options()
+    # A configuration written before backbones were pluggable and runtime options left it.
+    saved["clip_config"] = saved.pop("backbone_config")
+    saved.update(fast_paths=True, cost_map_chunk_size=None, top_k_classes=None)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    reloaded = CatSegForSemanticSegmentation.from_pretrained(tmp_path).eval()
+    assert reloaded.config.backbone_config.model_type == "clip" and reloaded.backbone_prefix_path == "catseg.clip"
+    assert not hasattr(reloaded.config, "fast_paths")
+    with torch.no_grad():
+        assert torch.equal(
+            reloaded(pixels(), input_ids=prompts(3)).logits, model(pixels(), input_ids=prompts(3)).logits
+        )
 
 
 @torch.no_grad()
@@ -272,11 +291,11 @@ def test_deep_visual_prompt_tuning_trains_only_prompts_in_clip():
     assert (model(pixels(), input_ids=prompts(3)).logits - before).abs().max() > 1e-3
 
 
-def test_from_clip_starts_from_the_given_clip_weights(tmp_path):
+def test_from_vision_language_model_starts_from_the_given_clip_weights(tmp_path):
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(**tiny_clip_config(vision_layers=12)))
     clip.save_pretrained(tmp_path / "clip")
-    model = CatSegForSemanticSegmentation.from_clip(
+    model = CatSegForSemanticSegmentation.from_vision_language_model(
         str(tmp_path / "clip"), window_size=12, hidden_dim=16, decoder_dims=[16, 16], decoder_guidance_proj_dims=[4, 4]
     )
     assert model.config.image_size == 384 and model.config.guidance_layers == [3, 7]
@@ -306,11 +325,11 @@ def test_chunks_bound_memory_without_changing_logits(model, pooling):
     expected = model(pixels(2), input_ids=ids, class_pooling_size=pooling).logits
     # One class of the two images per spatial and decoder chunk; the class aggregation attends 3 of the 16 (or of
     # the 4 pooled) positions at a time.
-    model.config.cost_map_chunk_size = 3
+    model.set_execution_options(cost_map_chunk_size=3)
     try:
         chunked = model(pixels(2), input_ids=ids, class_pooling_size=pooling).logits
     finally:
-        model.config.cost_map_chunk_size = None
+        model.set_execution_options()
     torch.testing.assert_close(chunked, expected, atol=1e-6, rtol=1e-5)
 
 

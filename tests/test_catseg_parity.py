@@ -83,11 +83,11 @@ def test_text_features_and_intermediates(model, fixture):
 def test_logits_for_both_class_poolings(model, fixture, pooling, fast_paths):
     """Also the paper's plain form of every stage (`fast_paths=False`), not only its exact reformulations."""
     _, io = fixture
-    model.config.fast_paths = fast_paths
+    model.set_execution_options(fast_paths=fast_paths)
     try:
         logits = model(clip_pixels(io["image"]), input_ids=io["input_ids"], class_pooling_size=pooling).logits
     finally:
-        model.config.fast_paths = True
+        model.set_execution_options()
     assert logits.shape == (1, 5, 96, 96)
     torch.testing.assert_close(logits, io[f"logits_pool{pooling}"], **LOGITS)
 

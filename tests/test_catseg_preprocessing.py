@@ -48,7 +48,7 @@ def image(height: int, width: int, seed: int = 0) -> np.ndarray:
 def large_path():
     """A tiny model on the ViT-L/14@336 code path: patch 14, CLIP resolution 336, a 24x24 grid, 12x12 windows."""
     torch.manual_seed(0)
-    config = tiny_catseg_config(clip_config=tiny_clip_config(patch_size=14), image_size=336, window_size=12)
+    config = tiny_catseg_config(backbone_config=tiny_clip_config(patch_size=14), image_size=336, window_size=12)
     return CatSegForSemanticSegmentation(config).eval(), catseg_processor(image_size=336, patch_size=14)
 
 
@@ -81,7 +81,7 @@ def test_the_model_resizes_other_sizes_to_the_clip_resolution(large_path):
     """As the official model does: a normalised 384 crop is resized to 336 inside the model."""
     model, _ = large_path
     crop = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(0))
-    text_embeds = torch.randn(3, model.config.clip_config.projection_dim, generator=torch.Generator().manual_seed(1))
+    text_embeds = torch.randn(3, model.catseg.embed_dim, generator=torch.Generator().manual_seed(1))
     resized = F.interpolate(crop, size=(336, 336), mode="bilinear", align_corners=False)
     torch.testing.assert_close(
         model(crop, text_embeds=text_embeds).logits, model(resized, text_embeds=text_embeds).logits, atol=0, rtol=0

@@ -22,7 +22,7 @@ def tiny_clip_config(vision_layers: int = 4, patch_size: int = 16) -> dict[str, 
 def tiny_catseg_config(**overrides: Any) -> CatSegConfig:
     """A 4x4 CLIP grid (64 px, patch 16) with 2x2 windows, so the shifted-window mask is exercised."""
     settings = dict(
-        clip_config=tiny_clip_config(),
+        backbone_config=tiny_clip_config(),
         image_size=64,
         guidance_layers=[0, 1],
         hidden_dim=16,

@@ -5,7 +5,7 @@
 The exported graph takes `pixel_values` `(batch_size, 3, height, width)` and `text_embeds` `(num_classes,
 projection_dim)` (from the model's `get_text_features`, so the text tower is not part of the graph) and returns the
 `logits`. The number of classes is a dynamic dimension: one export serves every vocabulary (for CAT-Seg, every
-vocabulary of at most `config.max_classes` classes, 256 for the released models, or `config.top_k_classes`: a larger
+vocabulary of at most `config.max_classes` classes, 256 for the released models: a larger
 one goes through the top-k class selection, which depends on the data and stays out of the graph; both the program and
 `onnx_logits` refuse more classes); the image size is fixed at export time. The ONNX file is written by torch's dynamo
 exporter (`torch.onnx.export(..., dynamo=True)`) from the same program, and checked against PyTorch with ONNX Runtime
@@ -46,7 +46,7 @@ class LogitsFromTextEmbeds(nn.Module):
 def example_inputs(model: nn.Module, height: int, width: int, num_classes: int = 3) -> tuple[torch.Tensor, ...]:
     """Random `pixel_values` `(1, 3, height, width)` and `text_embeds` `(num_classes, projection_dim)`."""
     generator = torch.Generator().manual_seed(0)
-    dim = model.config.clip_config.projection_dim
+    dim = model.catseg.embed_dim if model.config.model_type == "catseg" else model.config.clip_config.projection_dim
     pixel_values = torch.rand(1, 3, height, width, generator=generator) * 2 - 1
     return pixel_values, torch.randn(num_classes, dim, generator=generator)
 
@@ -55,13 +55,9 @@ MAX_CLASSES_KEY = "max_num_classes"
 
 
 def class_limit(model: nn.Module) -> int:
-    """The most classes an exported graph takes: CAT-Seg aggregates at most `max_classes` (or `top_k_classes`) and
-    selects them from larger vocabularies by data-dependent top-k, which the graph leaves out."""
-    config = model.config
-    max_classes = getattr(config, "max_classes", None)
-    if max_classes is None:
-        return 4096
-    return min(max_classes, getattr(config, "top_k_classes", None) or max_classes)
+    """The most classes an exported graph takes: CAT-Seg aggregates at most `max_classes` and selects them from
+    larger vocabularies by data-dependent top-k, which the graph leaves out."""
+    return getattr(model.config, "max_classes", 4096)
 
 
 def export_program(model: nn.Module, pixel_values: torch.Tensor, text_embeds: torch.Tensor):

@@ -173,7 +173,7 @@ def infer_catseg_config(
     }
     stages = count(re.escape(a) + r"decoder(\d)\.up\.weight")
     inferred = {
-        "clip_config": clip_config,
+        "backbone_config": {"model_type": "clip", **clip_config},
         "image_size": grid * patch,
         "guidance_layers": [3, 7] if patch == 16 else [7, 15],
         "hidden_dim": hidden_dim,

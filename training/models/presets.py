@@ -68,7 +68,7 @@ def processor_for_config(config: PretrainedConfig) -> OVSegProcessor:
     if config.model_type == "catseg":
         return catseg_processor(
             image_size=config.image_size,
-            patch_size=config.clip_config.vision_config.patch_size,
+            patch_size=config.backbone_config.vision_config.patch_size,
             prompt_template=config.prompt_template,
         )
     if config.model_type == "lseg":
