@@ -107,8 +107,9 @@ class CatSegBackbone:
 
     @staticmethod
     def text_settings() -> dict:
-        """How prompts must be tokenised for this text tower: `{"lowercase": bool, "padding": ..., "max_length":
-        ...}` (the last two as the tokenizer takes them; absent: pad to the longest prompt)."""
+        """How prompts must be tokenised for this text tower: `{"lowercase": bool}` plus any of `padding`,
+        `max_length` and `padding_side` as the tokenizer takes them (absent: the tokenizer's own, padding to the
+        longest prompt)."""
         raise NotImplementedError
 
 
@@ -386,7 +387,7 @@ class CatSegSiglipBackbone(SiglipModel, CatSegBackbone):
 
     @staticmethod
     def text_settings() -> dict:
-        return {"lowercase": True, "padding": "max_length", "max_length": 64}
+        return {"lowercase": True, "padding": "max_length", "max_length": 64, "padding_side": "right"}
 
 
 def siglip_dense_embeddings(head: nn.Module, tokens: torch.Tensor) -> torch.Tensor:

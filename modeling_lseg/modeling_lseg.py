@@ -248,6 +248,22 @@ class LSegPreTrainedModel(PreTrainedModel):
             init.dirac_(module.weight)
             init.zeros_(module.bias)
 
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """The model's parameters by part, for per-part learning rates: `{"image_encoder": [...], "decoder": [...],
+        "text_encoder": [...]}` (names as in `named_parameters()`). The image encoder is the ViT and the DPT's
+        reassemble stage (the original's "pretrained"), the decoder everything the original built from scratch (its
+        recipe trains it at 10x), the text encoder the frozen CLIP text tower."""
+        groups = {"image_encoder": [], "decoder": [], "text_encoder": []}
+        for name, _ in self.named_parameters():
+            path = f".{name}"
+            if ".text_encoder." in path:
+                groups["text_encoder"].append(name)
+            elif ".dpt." in path or ".reassemble_stage." in path:
+                groups["image_encoder"].append(name)
+            else:
+                groups["decoder"].append(name)
+        return groups
+
 
 class LSegModel(LSegPreTrainedModel):
     """The DPT image encoder, the CLIP text encoder and their word-pixel correlation.

@@ -14,13 +14,15 @@ text side is one row per prompt plus ``prompt_class_ids``; turn it into one embe
 Hub-facing: imports between our modules are relative (``from .x import y``) so the file survives the remote-code copy.
 """
 
+import os
+
 import torch
-from transformers import BatchFeature
+from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature
 from transformers.image_utils import ImageInput
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils import logging
 
-from .image_processing_ovseg import OVSegImageProcessorKwargs
+from .image_processing_ovseg import OVSegImageProcessor, OVSegImageProcessorKwargs
 from .text_prompts_ovseg import (
     CATSEG_TEMPLATE,
     SYNONYM_MODES,
@@ -54,11 +56,12 @@ class OVSegProcessorKwargs(ProcessingKwargs, total=False):
 
 class OVSegProcessor(ProcessorMixin):
     r"""
-    Wraps an [`OVSegImageProcessor`] and a CLIP tokenizer into one processor.
+    Wraps an [`OVSegImageProcessor`] and the text tower's tokenizer into one processor.
 
     Args:
         image_processor ([`OVSegImageProcessor`]): the model's image settings.
-        tokenizer ([`CLIPTokenizer`]): the OpenAI CLIP tokenizer.
+        tokenizer: the backbone's tokenizer (the OpenAI CLIP tokenizer for the released models). Its saved settings
+            may fix how prompts are padded (SigLIP: `padding="max_length"`, `max_length=64`).
         prompt_templates (`str` or `list[str]`, defaults to `"A photo of a {} in the scene"`):
             Default template(s) with one `{}` for the class name: CAT-Seg's official single template; `"{}"` (raw
             names) for LSeg; `"imagenet"` for OpenAI CLIP's 80 templates. Several templates are averaged as
@@ -66,6 +69,8 @@ class OVSegProcessor(ProcessorMixin):
         synonyms (`str`, defaults to `"first"`):
             A label `"a, b"` lists synonyms of one class. `"first"` encodes only `a` (the official convention);
             `"average"` encodes every synonym and averages them.
+        lowercase (`bool`, defaults to `False`):
+            Lower-case every prompt before tokenising (SigLIP 2 was trained on lower-cased text).
     """
 
     valid_processor_kwargs = OVSegProcessorKwargs
@@ -75,9 +80,16 @@ class OVSegProcessor(ProcessorMixin):
     images_kwargs = {"return_tensors": "pt"}
 
     def __init__(
-        self, image_processor=None, tokenizer=None, prompt_templates=CATSEG_TEMPLATE, synonyms="first", **kwargs
+        self,
+        image_processor=None,
+        tokenizer=None,
+        prompt_templates=CATSEG_TEMPLATE,
+        synonyms="first",
+        lowercase=False,
+        **kwargs,
     ):
         self.prompt_templates = resolve_templates(prompt_templates)
+        self.lowercase = lowercase
         if synonyms not in SYNONYM_MODES:
             raise VocabularyError(f"synonyms must be one of {SYNONYM_MODES}, got {synonyms!r}")
         self.synonyms = synonyms
@@ -159,7 +171,8 @@ class OVSegProcessor(ProcessorMixin):
                     f"labels {group} all use the first synonym {name!r}, so they get identical scores (as in the "
                     "official code); pass synonyms='average' to tell them apart"
                 )
-        return build_prompts(labels, templates, synonyms)
+        prompts, class_ids = build_prompts(labels, templates, synonyms)
+        return [prompt.lower() for prompt in prompts] if self.lowercase else prompts, class_ids
 
     def _tokenize_vocabulary(self, labels, prompt_templates=None, synonyms=None, **tokenizer_kwargs) -> dict:
         prompts, class_ids = self.build_prompts(labels, prompt_templates, synonyms)
@@ -175,8 +188,8 @@ class OVSegProcessor(ProcessorMixin):
                 if length > limit:
                     shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
                     raise VocabularyError(
-                        f"label {class_id} gives the prompt {shown!r} of {length} tokens, more than CLIP's "
-                        f"{limit}-token context: shorten the class name or the template"
+                        f"label {class_id} gives the prompt {shown!r} of {length} tokens, more than the text "
+                        f"tower's {limit}-token context: shorten the class name or the template"
                     )
         data = dict(tokens)
         if len(prompts) != len(labels):
@@ -198,12 +211,15 @@ class OVSegProcessor(ProcessorMixin):
         """
         device = next(model.parameters()).device
         input_ids = torch.as_tensor(text_inputs["input_ids"])
-        attention_mask = torch.as_tensor(text_inputs["attention_mask"])
+        # Some tokenizers (SigLIP's) return no mask: their text towers attend over the padding.
+        attention_mask = text_inputs.get("attention_mask")
+        attention_mask = torch.as_tensor(attention_mask) if attention_mask is not None else None
         features = []
         for start in range(0, len(input_ids), batch_size):
+            batch = slice(start, start + batch_size)
             output = model.get_text_features(
-                input_ids=input_ids[start : start + batch_size].to(device),
-                attention_mask=attention_mask[start : start + batch_size].to(device),
+                input_ids=input_ids[batch].to(device),
+                attention_mask=attention_mask[batch].to(device) if attention_mask is not None else None,
             )
             features.append(output if isinstance(output, torch.Tensor) else output.pooler_output)
         features = torch.cat(features)
@@ -211,6 +227,41 @@ class OVSegProcessor(ProcessorMixin):
             return torch.nn.functional.normalize(features, dim=-1)
         class_ids = torch.as_tensor(text_inputs["prompt_class_ids"], device=device)
         return average_prompt_embeds(features, class_ids, int(class_ids.max()) + 1)
+
+    @classmethod
+    def from_backbone(
+        cls, backbone: str | os.PathLike, model, prompt_templates=None, **image_processor_kwargs
+    ) -> "OVSegProcessor":
+        """The processor of a CAT-Seg built with `CatSegForSemanticSegmentation.from_vision_language_model(backbone)`.
+
+        Args:
+            backbone: the vision-language checkpoint (hub id or folder) the model was built from: its tokenizer and
+                its image normalisation are taken from there.
+            model: that CAT-Seg model: its input size, patch size and prompt template, and how its backbone's text
+                tower must be tokenised (`model.backbone.text_settings()`: padding, lower-casing).
+            prompt_templates: instead of the model's `config.prompt_template`.
+            image_processor_kwargs: other [`OVSegImageProcessor`] settings (the sliding window, for example); the
+                rest are CAT-Seg's official preprocessing.
+        """
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+        normalisation = AutoImageProcessor.from_pretrained(backbone)
+        settings = dict(model.backbone.text_settings())
+        lowercase = settings.pop("lowercase")
+        # Kept with the tokenizer, so that a saved processor pads the same way.
+        tokenizer.init_kwargs.update(settings)
+        tokenizer.padding_side = settings.get("padding_side", tokenizer.padding_side)
+        config = model.config
+        image_processor = OVSegImageProcessor(
+            **{
+                "size": {"height": config.image_size, "width": config.image_size},
+                "image_mean": list(normalisation.image_mean),
+                "image_std": list(normalisation.image_std),
+                "patch_size": config.vision_config.patch_size,
+                **image_processor_kwargs,
+            }
+        )
+        templates = config.prompt_template if prompt_templates is None else prompt_templates
+        return cls(image_processor, tokenizer, prompt_templates=templates, synonyms="first", lowercase=lowercase)
 
     def post_process_semantic_segmentation(self, *args, **kwargs):
         """Label maps at the requested sizes; see ``OVSegImageProcessor.post_process_semantic_segmentation``."""

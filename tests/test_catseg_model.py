@@ -1,4 +1,3 @@
-
 """CAT-Seg behaviour beyond fixture parity: config, fine-tuning policies, text handling, top-k cap, errors."""
 
 import json

@@ -35,7 +35,7 @@ def test_the_log_has_the_base_and_group_learning_rates_the_gradient_norm_and_the
     tmp_path,
     shapes_dir,  # noqa: F811
 ):
-    config = tiny_train_config(tmp_path, shapes_dir, max_steps=3, lr_multipliers={"catseg.clip.": 0.01})
+    config = tiny_train_config(tmp_path, shapes_dir, max_steps=3, lr_multipliers={"backbone": 0.01})
     train(config)
     records = [r for r in log_records(tmp_path) if "loss" in r]
     assert [r["step"] for r in records] == [1, 2, 3]

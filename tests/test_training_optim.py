@@ -53,9 +53,24 @@ def test_catseg_groups_follow_the_official_recipe():
         assert (group_of(groups, name)["lr"], group_of(groups, name)["weight_decay"]) == (2e-4, 1e-4)
 
 
+@pytest.mark.parametrize("setting", ["lr_multipliers", "frozen_parameters"])
+def test_a_group_the_model_does_not_declare_is_refused_by_name(setting):
+    model = CatSegForSemanticSegmentation(tiny_catseg_config())
+    build = {
+        "lr_multipliers": lambda: parameter_groups(model, 2e-4, 1e-4, {"catseg.clip.": 0.01}),
+        "frozen_parameters": lambda: freeze_parameters(model, ["catseg.clip."]),
+    }[setting]
+    with pytest.raises(
+        ConfigError,
+        match=f"^{setting} names 'catseg.clip.', which this catseg model does not have; "
+        "its parameter groups are backbone, visual_prompts, cost_aggregation$",
+    ):
+        build()
+
+
 def test_fully_tuned_clip_keeps_its_multiplier_and_undecayed_norms():
     model = CatSegForSemanticSegmentation(tiny_catseg_config(clip_finetune="full"))
-    groups = parameter_groups(model, 2e-4, 1e-4, {"catseg.clip.": 0.01}, weight_decay_norm=0.0)
+    groups = parameter_groups(model, 2e-4, 1e-4, {"backbone": 0.01}, weight_decay_norm=0.0)
     norm = group_of(groups, "catseg.clip.text_model.encoder.layers.0.layer_norm1.weight")
     assert norm["lr"] == pytest.approx(2e-6) and norm["weight_decay"] == 0.0
 
@@ -119,7 +134,7 @@ def test_every_shipped_recipe_loads_and_every_setting_has_a_flag():
                 "--learning-rate",
                 "1e-4",
                 "--lr-multipliers",
-                '{"catseg.clip.": 0.1}',
+                '{"backbone": 0.1}',
                 "--gradient-checkpointing",
                 "true",
                 "--max-grad-norm",
@@ -134,7 +149,7 @@ def test_every_shipped_recipe_loads_and_every_setting_has_a_flag():
         )
     )
     assert config.clip_model == "openai/clip-vit-large-patch14-336" and config.learning_rate == 1e-4
-    assert config.lr_multipliers == {"catseg.clip.": 0.1} and config.gradient_checkpointing is True
+    assert config.lr_multipliers == {"backbone": 0.1} and config.gradient_checkpointing is True
     assert config.max_grad_norm is None and config.class_names == "names.txt" and config.scale_range == [0.75, 1.5]
     assert config.model_config == {"clip_finetune": "full"} and config.max_steps == 80000
 

@@ -51,3 +51,53 @@ def tiny_lseg_config(**overrides: Any) -> LSegConfig:
         fusion_hidden_size=16,
     )
     return LSegConfig(dpt_config=dpt_config, clip_config=tiny_clip_config(vision_layers=1), **overrides)
+
+
+def tiny_siglip_config(vision_layers: int = 4, patch_size: int = 16, vocab_size: int = 1000) -> dict[str, Any]:
+    """A SigLIP (or SigLIP 2 FixRes: the same architecture) of the tiny CLIP's widths; 32-d joint space."""
+    common = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2)
+    return dict(
+        model_type="siglip",
+        text_config=dict(
+            vocab_size=vocab_size,
+            max_position_embeddings=64,
+            num_hidden_layers=2,
+            projection_size=32,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=1,
+            **common,
+        ),
+        vision_config=dict(num_hidden_layers=vision_layers, image_size=64, patch_size=patch_size, **common),
+    )
+
+
+TINY_WORDS = "a photo of the in scene cat dog sofa floor wooden red green blue dots stripes checks background"
+
+
+def save_tiny_siglip(folder, vision_layers: int = 4, patch_size: int = 16, seed: int = 0):
+    """A tiny random `SiglipModel` saved as a SigLIP 2 checkpoint is: weights, a Gemma tokenizer (a word-level one
+    over `TINY_WORDS`, built here, padded on the right), and SigLIP's image processor (mean = std = 0.5)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GemmaTokenizer, SiglipConfig, SiglipImageProcessorPil, SiglipModel
+
+    torch.manual_seed(seed)
+    words = ["<pad>", "<eos>", "<bos>", "<unk>", *TINY_WORDS.split()]
+    backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = GemmaTokenizer(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+        model_max_length=64,
+        padding_side="right",
+    )
+    tokenizer.save_pretrained(folder)
+    SiglipImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(folder)
+    config = tiny_siglip_config(vision_layers, patch_size, vocab_size=len(words))
+    config.pop("model_type")
+    SiglipModel(SiglipConfig(**config)).save_pretrained(folder)
+    return folder

@@ -100,7 +100,8 @@ TINY_CLIP = {
     "vision_config": {"image_size": 224, "patch_size": PATCH_SIZE, "num_hidden_layers": 4, **_COMMON},
     "projection_dim": 64,
 }
-# The CAT-Seg built on it (`from_clip`): the released architecture, narrower (aggregation width 16, decoder 16).
+# The CAT-Seg built on it (`from_vision_language_model`): the released architecture, narrower (aggregation width
+# 16, decoder 16).
 TINY_CATSEG = {
     "image_size": IMAGE_SIZE,
     "guidance_layers": [0, 1],
@@ -230,7 +231,7 @@ def catseg_train_config(output_dir: Path, data_dir: Path, clip_dir: Path, steps:
         model_config=TINY_CATSEG,
         augmentation="catseg",
         min_size_train=IMAGE_SIZE,
-        lr_multipliers={"catseg.clip.": 0.1},  # 0.01 in the recipe, for a CLIP trained far longer
+        lr_multipliers={"backbone": 0.1},  # 0.01 in the recipe, for a CLIP trained far longer
         output_dir=str(output_dir / "catseg"),
         **_common_settings(data_dir, steps, seed),
     )

@@ -2,7 +2,7 @@
 
 ```bash
 python -m training.commands.train --config catseg_vit_b_coco_stuff --dataset /data/coco_stuff --output-dir runs/b
-python -m training.commands.train --config my_recipe.yaml --learning-rate 1e-4 --lr-multipliers '{"catseg.clip.": 0.1}'
+python -m training.commands.train --config my_recipe.yaml --learning-rate 1e-4 --lr-multipliers '{"backbone": 0.1}'
 ```
 
 A recipe is a YAML mapping of field names to values; `--config` takes a file path or the name of a recipe shipped in
@@ -44,7 +44,8 @@ class TrainConfig:
     """A CAT-Seg config preset (`vit_base_patch16_384`, `vit_large_patch14_336`); ignored when `pretrained_model` is
     set."""
     clip_model: str | None = None
-    """CLIP checkpoint (hub id or folder) whose weights start a new CAT-Seg, or the text encoder of a new LSeg."""
+    """CAT-Seg: the vision-language checkpoint (hub id or folder; CLIP, SigLIP or SigLIP 2) whose weights start a new
+    model (`CatSegForSemanticSegmentation.from_vision_language_model`). LSeg: the CLIP whose text encoder it uses."""
     image_encoder: str | None = None
     """LSeg only: the DPT/ViT checkpoint whose ViT starts the image encoder
     (`LSegForSemanticSegmentation.from_pretrained_parts`)."""
@@ -113,10 +114,11 @@ class TrainConfig:
     optimizer: str = "adamw"
     """`"adamw"` (betas 0.9/0.999, eps 1e-8) or `"sgd"` (with `momentum`)."""
     learning_rate: float = 2e-4
-    lr_multipliers: dict[str, float] = field(default_factory=lambda: {"catseg.clip.": 0.01})
-    """Learning-rate multiplier of the parameters whose name contains a key; the first matching key wins."""
+    lr_multipliers: dict[str, float] = field(default_factory=lambda: {"backbone": 0.01})
+    """Learning-rate multiplier per parameter group the model declares (CAT-Seg: `backbone`, `visual_prompts`,
+    `cost_aggregation`; LSeg: `image_encoder`, `decoder`, `text_encoder`); 1 for the others."""
     frozen_parameters: list[str] = field(default_factory=list)
-    """Parameters whose name contains one of these are frozen (and left out of the optimiser)."""
+    """Parameter groups frozen (and left out of the optimiser)."""
     weight_decay: float = 1e-4
     weight_decay_norm: float | None = 0.0
     """Weight decay of normalisation layers' parameters; `None` means `weight_decay`."""

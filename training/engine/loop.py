@@ -103,7 +103,7 @@ def _new_or_pretrained_model(config: TrainConfig):
             model.apply_clip_finetune_policy()  # loading makes every parameter trainable again
             return model
         if config.clip_model:
-            return CatSegForSemanticSegmentation.from_clip(config.clip_model, **overrides)
+            return CatSegForSemanticSegmentation.from_vision_language_model(config.clip_model, **overrides)
         if config.model_preset:
             if not hasattr(CatSegConfig, config.model_preset):
                 raise ConfigError(f"unknown CAT-Seg model_preset {config.model_preset!r}")
@@ -121,13 +121,18 @@ def _new_or_pretrained_model(config: TrainConfig):
 
 
 def build_processor(model, config: TrainConfig):
-    """The processor saved with a pretrained model, else the official one for the model's config."""
+    """The processor saved with a pretrained model, else the official one: for a CAT-Seg on another backbone than
+    CLIP, with the tokenizer and normalisation of the backbone checkpoint (`clip_model`)."""
     from training.models.presets import processor_for_config
 
     if config.pretrained_model and Path(config.pretrained_model, "processor_config.json").is_file():
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(config.pretrained_model, trust_remote_code=True)
+    if config.model_type == "catseg" and config.clip_model and model.config.backbone_config.model_type != "clip":
+        from training.models.presets import catseg_processor_from_backbone
+
+        return catseg_processor_from_backbone(config.clip_model, model)
     return processor_for_config(model.config)
 
 

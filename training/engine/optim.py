@@ -1,12 +1,16 @@
 """Optimiser parameter groups and learning-rate schedules of the official recipes.
 
-CAT-Seg (detectron2's `build_optimizer` with the CAT-Seg config): AdamW at 2e-4; parameters whose name contains
-`catseg.clip.` at 0.01x; weight decay 1e-4, but 0 for every parameter of a normalisation layer and of an embedding
-table; frozen parameters are not in the optimiser; cosine decay to 0 over the run with no warm-up; the gradients of
-the whole model clipped to L2 norm 0.01 (done by the training loop).
+Learning-rate multipliers and freezing name the parameter groups each model declares (`model.parameter_groups()`:
+CAT-Seg's `backbone`, `visual_prompts` and `cost_aggregation`; LSeg's `image_encoder`, `decoder` and `text_encoder`),
+never parameter names.
 
-LSeg: SGD with momentum 0.9 and weight decay 1e-4 on everything; the decoder ("scratch") at 10x; `poly` decay
-`(1 - epoch / epochs) ** 0.9`, stepped once per epoch; the CLIP text encoder frozen.
+CAT-Seg (detectron2's `build_optimizer` with the CAT-Seg config): AdamW at 2e-4; the backbone at 0.01x; weight decay
+1e-4, but 0 for every parameter of a normalisation layer and of an embedding table; frozen parameters are not in the
+optimiser; cosine decay to 0 over the run with no warm-up; the gradients of the whole model clipped to L2 norm 0.01
+(done by the training loop).
+
+LSeg: SGD with momentum 0.9 and weight decay 1e-4 on everything; the decoder (the original's "scratch") at 10x;
+`poly` decay `(1 - epoch / epochs) ** 0.9`, stepped once per epoch; the CLIP text encoder frozen.
 """
 
 from __future__ import annotations
@@ -16,18 +20,30 @@ import math
 import torch
 from torch import nn
 
-from training.engine.config import TrainConfig
+from training.engine.config import ConfigError, TrainConfig
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def freeze_parameters(model: nn.Module, patterns: list[str]) -> list[str]:
-    """Set `requires_grad=False` on every parameter whose name contains one of `patterns`; returns their names."""
-    frozen = []
-    for name, parameter in model.named_parameters():
-        if any(pattern in name for pattern in patterns):
-            parameter.requires_grad_(False)
-            frozen.append(name)
+def group_of_parameters(model: nn.Module, groups: list[str], setting: str) -> dict[str, str]:
+    """Parameter name -> the model's group, for the parameters of `groups`; a group the model does not declare is a
+    `ConfigError` naming `setting` and the groups it has."""
+    declared = model.parameter_groups()
+    unknown = [group for group in groups if group not in declared]
+    if unknown:
+        raise ConfigError(
+            f"{setting} names {', '.join(map(repr, unknown))}, which this {model.config.model_type} model does not "
+            f"have; its parameter groups are {', '.join(declared)}"
+        )
+    return {name: group for group in groups for name in declared[group]}
+
+
+def freeze_parameters(model: nn.Module, groups: list[str]) -> list[str]:
+    """Set `requires_grad=False` on every parameter of the model's parameter `groups`; returns their names."""
+    frozen = list(group_of_parameters(model, groups, "frozen_parameters"))
+    parameters = dict(model.named_parameters())
+    for name in frozen:
+        parameters[name].requires_grad_(False)
     return frozen
 
 
@@ -42,8 +58,8 @@ def parameter_groups(
     """Optimiser groups of the trainable parameters, one per distinct (learning rate, weight decay).
 
     Args:
-        lr_multipliers: name substring -> multiplier of `learning_rate`; the first key found in a parameter's name
-            applies, otherwise 1.
+        lr_multipliers: parameter group (of `model.parameter_groups()`) -> multiplier of `learning_rate`; 1 for the
+            groups it does not name.
         weight_decay_norm, weight_decay_embedding: decay of the parameters of normalisation layers and embedding
             tables (`None`: `weight_decay`).
 
@@ -51,6 +67,7 @@ def parameter_groups(
     and the `"names"` of its parameters, for inspection and tests.
     """
     lr_multipliers = lr_multipliers or {}
+    group_of = group_of_parameters(model, list(lr_multipliers), "lr_multipliers")
     decay_of = {}
     for module_name, module in model.named_modules():
         if isinstance(module, NORM_LAYERS):
@@ -67,7 +84,7 @@ def parameter_groups(
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        multiplier = next((value for key, value in lr_multipliers.items() if key in name), 1.0)
+        multiplier = lr_multipliers[group_of[name]] if name in group_of else 1.0
         decay = decay_of.get(name, weight_decay)
         group = groups.setdefault(
             (multiplier, decay),
@@ -127,4 +144,11 @@ def build_scheduler(
     )
 
 
-__all__ = ["build_optimizer", "build_scheduler", "freeze_parameters", "lr_factor", "parameter_groups"]
+__all__ = [
+    "build_optimizer",
+    "build_scheduler",
+    "freeze_parameters",
+    "group_of_parameters",
+    "lr_factor",
+    "parameter_groups",
+]

@@ -63,9 +63,21 @@ def lseg_processor(image_size: int = LSEG_IMAGE_SIZE, patch_size: int = 16) -> O
     )
 
 
+def catseg_processor_from_backbone(backbone: str, model) -> OVSegProcessor:
+    """CAT-Seg's official preprocessing, the sliding window included, with the tokenizer, normalisation and text rules
+    of ``backbone``, the vision-language checkpoint ``model`` was built from (any backbone: SigLIP, SigLIP 2, ...)."""
+    return OVSegProcessor.from_backbone(backbone, model, sliding_window=dict(CATSEG_SLIDING_WINDOW))
+
+
 def processor_for_config(config: PretrainedConfig) -> OVSegProcessor:
-    """The official processor for a CAT-Seg (``model_type="catseg"``) or LSeg (``"lseg"``) config."""
+    """The official processor for a CAT-Seg (``model_type="catseg"``) on CLIP or an LSeg (``"lseg"``) config."""
     if config.model_type == "catseg":
+        backbone = config.backbone_config.model_type
+        if backbone != "clip":
+            raise ValueError(
+                f"a CAT-Seg on a {backbone} backbone has no bundled processor: its tokenizer comes with the backbone "
+                "checkpoint (save the model with OVSegProcessor.from_backbone's processor)"
+            )
         return catseg_processor(
             image_size=config.image_size,
             patch_size=config.backbone_config.vision_config.patch_size,
