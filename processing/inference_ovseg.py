@@ -139,9 +139,11 @@ def _model_device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dty
     return parameter.device, parameter.dtype
 
 
-def _logits(model, pixel_values: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+def _logits(model, pixel_values: torch.Tensor, text_embeds: torch.Tensor, **options) -> torch.Tensor:
+    """The model's logits; `options` are the forward's own (CAT-Seg's `top_k_classes`), given only when set."""
     device, dtype = _model_device_dtype(model)
-    output = model(pixel_values=pixel_values.to(device, dtype), text_embeds=text_embeds.to(device, dtype))
+    options = {name: value for name, value in options.items() if value is not None}
+    output = model(pixel_values=pixel_values.to(device, dtype), text_embeds=text_embeds.to(device, dtype), **options)
     return output.logits.float().cpu()
 
 
@@ -314,6 +316,7 @@ def tiled_segmentation(
     overlap: float = 1 / 3,
     batch_size: int = 4,
     on_tiles: Callable[[int], None] | None = None,
+    **options,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Label map of an image of any size from native-resolution tiles.
 
@@ -346,7 +349,7 @@ def tiled_segmentation(
                     for p in pixels
                 ]
             )
-            logits = _logits(model, pixel_values, text_embeds)
+            logits = _logits(model, pixel_values, text_embeds, **options)
             for (top, left, (row_start, row_end), (col_start, col_end)), tile_logits in zip(batch, logits):
                 tile_labels, confidence = image_processor.reduce_class_scores(tile_logits, (tile_height, tile_width))
                 core = (slice(row_start - top, row_end - top), slice(col_start - left, col_end - left))
@@ -387,6 +390,7 @@ def segment(
     batch_size: int = 4,
     prompt_templates: str | list[str] | None = None,
     synonyms: str | None = None,
+    top_k_classes: int | None = None,
     cache: "TextFeatureCache | bool" = True,
     tile_size: tuple[int, int] | None = None,
     tile_overlap: float = 1 / 3,
@@ -402,6 +406,8 @@ def segment(
         mode: ``"whole"``, ``"sliding"`` (CAT-Seg's official evaluation) or ``"tiled"`` (very large images).
         batch_size: images per forward pass (``"sliding"``: images whose 5 views share a pass; ``"tiled"``: tiles).
         prompt_templates, synonyms: override the processor's defaults (see ``OVSegProcessor``).
+        top_k_classes: CAT-Seg, large vocabularies: aggregate only the K best-matching classes per image (faster,
+            inexact: a pixel changes label only where its class was pruned). ``None``: the official behaviour.
         cache: reuse the text features of a vocabulary already encoded for these weights (``True``: a shared
             cache; a ``TextFeatureCache``; ``False``: always encode). Results are identical either way.
         tile_size, tile_overlap: tiles of ``mode="tiled"`` (default: the model's input size, a third shared).
@@ -422,6 +428,7 @@ def segment(
     if not images:
         raise ValueError("no images were given")
     labels = validate_vocabulary(labels)
+    options = {"top_k_classes": top_k_classes}  # the forward's own options
     image_processor = processor.image_processor
     if mode == "sliding":
         _sliding_settings(image_processor)  # fail before any work when the model has no sliding window
@@ -455,17 +462,17 @@ def segment(
             total += sum(len(tile_layout(image_processor, a.shape, tile_size, tile_overlap)[1]) for a in arrays)
             for array in arrays:
                 label_map, counts, sums = tiled_segmentation(
-                    model, image_processor, array, text_embeds, tile_size, tile_overlap, batch_size, advance
+                    model, image_processor, array, text_embeds, tile_size, tile_overlap, batch_size, advance, **options
                 )
                 results.append(_result(labels, label_map, counts, sums))
             continue
         with _evaluating(model):
             if mode == "sliding":
                 views = [sliding_window_views(image_processor, array) for array in arrays]
-                logits = _logits(model, torch.cat(views), text_embeds).split([len(v) for v in views])
+                logits = _logits(model, torch.cat(views), text_embeds, **options).split([len(v) for v in views])
                 advance(sum(len(v) for v in views))
             else:
-                logits = _whole_image_logits(model, image_processor, arrays, text_embeds)
+                logits = _whole_image_logits(model, image_processor, arrays, text_embeds, **options)
                 advance(len(arrays))
         for array, image_logits in zip(arrays, logits):
             size = array.shape[:2]
@@ -484,7 +491,7 @@ def segment(
 
 
 def _whole_image_logits(
-    model, image_processor, arrays: list[np.ndarray], text_embeds: torch.Tensor
+    model, image_processor, arrays: list[np.ndarray], text_embeds: torch.Tensor, **options
 ) -> list[torch.Tensor]:
     """Per-image ``(T, h, w)`` logits; images that resize to the same size share a forward pass."""
     pixels = image_processor(arrays, return_tensors=None)["pixel_values"]
@@ -493,7 +500,8 @@ def _whole_image_logits(
     for index, pixel_values in enumerate(pixels):
         groups.setdefault(tuple(pixel_values.shape), []).append(index)
     for indices in groups.values():
-        batch_logits = _logits(model, torch.stack([torch.from_numpy(pixels[i]) for i in indices]), text_embeds)
+        batch = torch.stack([torch.from_numpy(pixels[i]) for i in indices])
+        batch_logits = _logits(model, batch, text_embeds, **options)
         for index, image_logits in zip(indices, batch_logits):
             logits[index] = image_logits
     return logits

@@ -167,7 +167,6 @@ def run(args: argparse.Namespace) -> int:
         check_image_size(size, processor.image_processor.patch_size, describe_image(path, index))
     options.check_model(AutoConfig.from_pretrained(source, trust_remote_code=True), processor.image_processor)
     model = load_weights(source, args.model, device)
-    options.apply_to(model)
     out_dir = Path(args.out)
     cache = TextFeatureCache()
     extra = {"model": args.model, "mode": options.mode}

@@ -145,6 +145,7 @@ def label_dataset(
     shard_size: int = 64,
     prompt_templates: str | list[str] | None = None,
     synonyms: str | None = None,
+    top_k_classes: int | None = None,
     model_name: str | None = None,
     source_name: str | None = None,
     accelerator=None,
@@ -185,6 +186,7 @@ def label_dataset(
         "shard_size": shard_size,
         "prompt_templates": prompt_templates,
         "synonyms": synonyms,
+        "top_k_classes": top_k_classes,
     }
     if main:
         _claim(work, manifest)
@@ -199,7 +201,17 @@ def label_dataset(
     with tqdm(desc=f"labelling ({world} processes)", unit="shard", disable=not (progress and main)) as bar:
         for shard, rows in shards:
             labelled_rows = _label_rows(
-                model, processor, rows, labels, image_column, cache, mode, batch_size, prompt_templates, synonyms
+                model,
+                processor,
+                rows,
+                labels,
+                image_column,
+                cache,
+                mode,
+                batch_size,
+                prompt_templates,
+                synonyms,
+                top_k_classes,
             )
             write_arrow_shard(shard_path(shard), labelled_rows, features)
             bar.update()
@@ -248,7 +260,7 @@ def _claim(work: Path, manifest: dict) -> None:
     path.write_text(json.dumps(manifest))
 
 
-def _label_rows(model, processor, rows, labels, image_column, cache, mode, batch_size, templates, synonyms):
+def _label_rows(model, processor, rows, labels, image_column, cache, mode, batch_size, templates, synonyms, top_k):
     """The output rows of `[(index, row), ...]`, segmented `batch_size` images at a time."""
     for first in range(0, len(rows), batch_size):
         batch = rows[first : first + batch_size]
@@ -262,6 +274,7 @@ def _label_rows(model, processor, rows, labels, image_column, cache, mode, batch
             batch_size=batch_size,
             prompt_templates=templates,
             synonyms=synonyms,
+            top_k_classes=top_k,
             cache=cache,
         )
         for (index, _), image, result in zip(batch, stored, results):

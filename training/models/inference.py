@@ -4,7 +4,8 @@ encoded, and CAT-Seg's top-k classes.
 
 `ovseg-segment`, dataset labelling and the demo build one `InferenceOptions` from their inputs (a bad value is refused
 when it is built), `check_model` refuses what the chosen model cannot do before its weights are read, and
-`segment_kwargs` is what `processing.inference_ovseg.segment` takes.
+`segment_kwargs` is what `processing.inference_ovseg.segment` takes. None of them touches the model: they are how a
+call runs, not what the model is.
 """
 
 import argparse
@@ -59,13 +60,8 @@ class InferenceOptions:
         """Refuse what the model of `config` and its image processor cannot do (read before the weights are)."""
         if self.mode == "sliding" and not image_processor.sliding_window:
             raise UsageError(f"--sliding is CAT-Seg's evaluation protocol; this {config.model_type} model has none")
-        if self.top_k_classes is not None and not hasattr(config, "top_k_classes"):
+        if self.top_k_classes is not None and config.model_type != "catseg":
             raise UsageError(f"--top-k-classes is a CAT-Seg option; this {config.model_type} model has none")
-
-    def apply_to(self, model) -> None:
-        """Set the options that live in the model's config (CAT-Seg's top-k classes)."""
-        if self.top_k_classes is not None:
-            model.config.top_k_classes = self.top_k_classes
 
     def segment_kwargs(self) -> dict:
         """The keyword arguments of `processing.inference_ovseg.segment` these options set."""
@@ -74,6 +70,7 @@ class InferenceOptions:
             "batch_size": self.batch_size,
             "prompt_templates": self.prompt_templates,
             "synonyms": self.synonyms,
+            "top_k_classes": self.top_k_classes,
         }
 
 
