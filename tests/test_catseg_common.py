@@ -10,7 +10,7 @@ import unittest
 
 import pytest
 import torch
-from tiny_models import tiny_catseg_config, tiny_clip_config
+from tiny_models import tiny_catseg_config, tiny_clip_config, tiny_siglip_config
 from parameterized import parameterized
 from transformers_common import import_common
 
@@ -177,3 +177,42 @@ def test_torch_export_from_text_embeds_with_a_dynamic_number_of_classes(num_clas
         atol=1e-5,
         rtol=1e-4,
     )
+
+
+class SiglipCatSegModelTester(CatSegModelTester):
+    """The same tiny CAT-Seg on a SigLIP backbone: no CLS token, every vision block attends (the dense path is the
+    attention-pooling head), and prompts padded to a fixed length."""
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        config = self.get_config()
+        vision = config.backbone_config.vision_config
+        self.num_hidden_layers = vision.num_hidden_layers
+        self.seq_length = config.feature_resolution**2
+
+    def get_config(self) -> CatSegConfig:
+        # The mixin's limit is two attending blocks; the configuration keeps guidance before the last block.
+        return tiny_catseg_config(backbone_config=tiny_siglip_config(vision_layers=2), guidance_layers=[0, 0])
+
+    def prepare_config_and_inputs(self):
+        pixel_values = floats_tensor([self.batch_size, 3, self.image_size, self.image_size])
+        input_ids = ids_tensor([self.num_classes, self.sequence_length], 999)
+        return self.get_config(), pixel_values, input_ids
+
+
+def use_siglip_tester(test: unittest.TestCase) -> None:
+    test.model_tester = SiglipCatSegModelTester(test)
+    test.model_tester.num_hidden_states_types = test.num_hidden_states_types
+
+
+# Subclasses of the CLIP test classes, so that their skips (with their reasons) hold here too.
+class SiglipCatSegModelTest(CatSegModelTest):
+    def setUp(self):
+        super().setUp()
+        use_siglip_tester(self)
+
+
+class SiglipCatSegForSemanticSegmentationTest(CatSegForSemanticSegmentationTest):
+    def setUp(self):
+        super().setUp()
+        use_siglip_tester(self)
