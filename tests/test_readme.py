@@ -38,7 +38,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tiny_models import tiny_catseg_config, tiny_clip_config, tiny_lseg_config
+from tiny_models import save_tiny_siglip, tiny_catseg_config, tiny_clip_config, tiny_lseg_config
 from transformers import CLIPConfig, CLIPModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,9 +66,14 @@ assert difference < 1e-5, difference
 assert text_embeds.shape == (3, 16) and logits.shape == (1, 3, 16, 16)  # 4x the tiny model's 4x4 CLIP grid
 """,
     },
-    'model = CatSegForSemanticSegmentation.from_clip("openai/clip-vit-base-patch16")': {
-        "replace": {'"openai/clip-vit-base-patch16"': '"tiny-clip"'},
-        "check": "assert model.learnable_parameter_counts()['total'] > model.learnable_parameter_counts()['clip'] > 0",
+    'backbone = "google/siglip2-base-patch16-384"': {
+        "replace": {'"google/siglip2-base-patch16-384"': '"tiny-siglip2"'},
+        "check": """
+counts = model.learnable_parameter_counts()
+assert counts["total"] > counts["clip"] > 0
+assert type(model.backbone).__name__ == "CatSegSiglipBackbone" and processor.lowercase
+assert processor(text=["Cat"])["input_ids"].shape == (1, 64)
+""",
     },
     'model = DenseClipForSemanticSegmentation.from_pretrained("openai/clip-vit-base-patch16").eval()': {
         "replace": {'"openai/clip-vit-base-patch16"': '"tiny-clip"', '"photo.jpg"': '"room.jpg"'},
@@ -143,6 +148,7 @@ def write_stand_ins(folder: Path) -> None:
     lseg = LSegForSemanticSegmentation(tiny_lseg_config()).eval()
     save_for_hub(lseg, lseg_processor(image_size=64), folder / "lseg-demo")
     CLIPModel(CLIPConfig(**tiny_clip_config())).save_pretrained(folder / "tiny-clip")
+    save_tiny_siglip(folder / "tiny-siglip2")
     rng = np.random.default_rng(0)
     for name, (height, width) in IMAGES.items():
         PIL.Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / name)
