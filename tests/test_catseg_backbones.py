@@ -253,7 +253,7 @@ def save_tiny_openclip_h(folder):
     return folder
 
 
-@pytest.mark.parametrize("backbone", ["siglip2", "openclip-h"])
+@pytest.mark.parametrize("backbone", ["siglip2", "siglip", "openclip-h"])
 def test_a_new_backbone_trains_saves_reloads_as_remote_code_and_segments(backbone, tmp_path, shapes_dir):  # noqa: F811
     """The whole life of a model on another backbone: `train()` from the checkpoint, the Hub-ready folder, the Auto
     classes and the pipeline in a process that cannot import this project, and `ovseg-segment`."""
@@ -265,8 +265,11 @@ def test_a_new_backbone_trains_saves_reloads_as_remote_code_and_segments(backbon
     import training.commands.segment as cli
     from training.engine.loop import train
 
-    image_size, window = (64, 2) if backbone == "siglip2" else (56, 2)
-    folder = (save_tiny_siglip if backbone == "siglip2" else save_tiny_openclip_h)(tmp_path / backbone)
+    image_size, window = (56, 2) if backbone == "openclip-h" else (64, 2)
+    if backbone == "openclip-h":
+        folder = save_tiny_openclip_h(tmp_path / backbone)
+    else:
+        folder = save_tiny_siglip(tmp_path / backbone, generation=2 if backbone == "siglip2" else 1)
     settings = {key: value for key, value in tiny_catseg_config().to_dict().items() if key in TINY_HEAD_KEYS}
     settings.update(image_size=image_size, window_size=window, guidance_layers=[0, 1])
     result = train(
@@ -283,7 +286,7 @@ def test_a_new_backbone_trains_saves_reloads_as_remote_code_and_segments(backbon
     )
     model_dir = result.model_dir
     saved = CatSegForSemanticSegmentation.from_pretrained(model_dir).eval()
-    assert saved.config.backbone_config.model_type == ("siglip" if backbone == "siglip2" else "clip")
+    assert saved.config.backbone_config.model_type == ("clip" if backbone == "openclip-h" else "siglip")
     photo = tmp_path / "photo.png"
     PIL.Image.fromarray((np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)).save(photo)
     processor = OVSegProcessor.from_pretrained(model_dir)
@@ -307,7 +310,7 @@ def test_a_new_backbone_trains_saves_reloads_as_remote_code_and_segments(backbon
         tmp_path,
     )
     assert loaded["module"].startswith("transformers_modules.")
-    assert loaded["backbone"] == ("CatSegSiglipBackbone" if backbone == "siglip2" else "CatSegClipBackbone")
+    assert loaded["backbone"] == ("CatSegClipBackbone" if backbone == "openclip-h" else "CatSegSiglipBackbone")
     assert np.array_equal(np.array(loaded["label_map"]), expected)
     out = tmp_path / "out"
     argv = ["--model", model_dir, "--labels", "red stripes, green dots, background", "--out", out, photo]

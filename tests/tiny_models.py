@@ -75,29 +75,54 @@ def tiny_siglip_config(vision_layers: int = 4, patch_size: int = 16, vocab_size:
 TINY_WORDS = "a photo of the in scene cat dog sofa floor wooden red green blue dots stripes checks background"
 
 
-def save_tiny_siglip(folder, vision_layers: int = 4, patch_size: int = 16, seed: int = 0):
-    """A tiny random `SiglipModel` saved as a SigLIP 2 checkpoint is: weights, a Gemma tokenizer (a word-level one
-    over `TINY_WORDS`, built here, padded on the right), and SigLIP's image processor (mean = std = 0.5)."""
+def save_tiny_siglip(folder, vision_layers: int = 4, patch_size: int = 16, seed: int = 0, generation: int = 2):
+    """A tiny random `SiglipModel` saved as a SigLIP checkpoint is: weights, a tokenizer over `TINY_WORDS` built
+    here, and SigLIP's image processor (mean = std = 0.5). `generation=2`: a word-level Gemma tokenizer padded on
+    the right, as SigLIP 2's; `generation=1`: a SentencePiece `SiglipTokenizer`, as SigLIP's."""
+    import io
+    from pathlib import Path
+
+    import sentencepiece
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GemmaTokenizer, SiglipConfig, SiglipImageProcessorPil, SiglipModel
+    from transformers import GemmaTokenizer, SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipTokenizer
 
     torch.manual_seed(seed)
-    words = ["<pad>", "<eos>", "<bos>", "<unk>", *TINY_WORDS.split()]
-    backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = GemmaTokenizer(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        bos_token="<bos>",
-        unk_token="<unk>",
-        model_max_length=64,
-        padding_side="right",
-    )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if generation == 2:
+        words = ["<pad>", "<eos>", "<bos>", "<unk>", *TINY_WORDS.split()]
+        backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        tokenizer = GemmaTokenizer(
+            tokenizer_object=backend,
+            pad_token="<pad>",
+            eos_token="<eos>",
+            bos_token="<bos>",
+            unk_token="<unk>",
+            model_max_length=64,
+            padding_side="right",
+        )
+    else:
+        words = TINY_WORDS.split()
+        sentences = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 20
+        model = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=len(words) + 3,
+            model_type="word",
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
+            minloglevel=2,
+        )
+        (folder / "spiece.model").write_bytes(model.getvalue())
+        tokenizer = SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=64)
     tokenizer.save_pretrained(folder)
     SiglipImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(folder)
-    config = tiny_siglip_config(vision_layers, patch_size, vocab_size=len(words))
+    config = tiny_siglip_config(vision_layers, patch_size, vocab_size=len(tokenizer))
     config.pop("model_type")
     SiglipModel(SiglipConfig(**config)).save_pretrained(folder)
     return folder
