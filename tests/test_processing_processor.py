@@ -131,7 +131,7 @@ def test_bad_templates_and_synonym_modes(catseg, kwargs, message):
 def test_labels_longer_than_clip_context(catseg):
     with pytest.raises(
         VocabularyError,
-        match=r"label 1 gives the prompt 'A photo of a very very .*\.\.\.' of 90 tokens, more than CLIP's 77-token",
+        match=r"label 1 gives the prompt 'A photo of a very very .*\.\.\.' of 90 tokens, more than the text tower's 77-token",
     ):
         catseg(text=["cat", "very " * 80 + "long"])
 
