@@ -198,7 +198,7 @@ def run_segmentation(
     step(0.1, desc="loading the model")
     model, processor = store.get(model_name)
     try:
-        options.check_model(model.config, processor.image_processor)
+        options = options.for_model(model.config, processor.image_processor)
     except OvsegError as error:
         raise DemoError(str(error)) from None
     step(0.3, desc=f"segmenting ({mode})")
