@@ -1,11 +1,11 @@
 """`ovseg-train`: train or fine-tune CAT-Seg or LSeg, one process or many (`accelerate launch`); every setting of
 `training.engine.config.TrainConfig` is a flag. The training itself is `training.engine.loop.train`."""
 
-import argparse
 import json
 import sys
 
 from training.core.command import one_line_errors, run_command
+from training.core.options import CommandParser
 from training.engine.config import TrainConfig, add_config_arguments, config_from_args
 from training.engine.loop import train
 
@@ -20,7 +20,7 @@ def run(config: TrainConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="ovseg-train",
         description="Train CAT-Seg or LSeg with Accelerate: one process or many, CPU or GPU, mixed precision, "
         "resumable.",

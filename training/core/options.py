@@ -297,9 +297,17 @@ def add_options(parser: argparse.ArgumentParser, cls: type, *, metavar: str | No
             )
 
 
-def options_parser(cls: type, **parser_kwargs: Any) -> argparse.ArgumentParser:
-    """An `ArgumentParser(**parser_kwargs)` with the options of `cls`."""
-    parser = argparse.ArgumentParser(**parser_kwargs)
+class CommandParser(argparse.ArgumentParser):
+    """An `ArgumentParser` that reports a bad command line as every other refusal is reported: one line
+    ``PROG: error: MESSAGE`` and exit status 2, without the usage (`--help` shows it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def options_parser(cls: type, **parser_kwargs: Any) -> CommandParser:
+    """A `CommandParser(**parser_kwargs)` with the options of `cls`."""
+    parser = CommandParser(**parser_kwargs)
     add_options(parser, cls)
     return parser
 
@@ -376,6 +384,7 @@ def options_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 __all__ = [
+    "CommandParser",
     "Flag",
     "Options",
     "add_options",

@@ -8,7 +8,7 @@ python -m training.commands.train --config my_recipe.yaml --learning-rate 1e-4 -
 A recipe is a YAML mapping of field names to values; `--config` takes a file path or the name of a recipe shipped in
 `training/configs/` (see `list_recipes()`). Command-line flags are the field names with dashes; lists and mappings
 are given as JSON (`--scale-range "[0.5, 2.0]"`), booleans as `true`/`false`. How the periodic evaluation runs the
-model is `evaluation`, the `InferenceOptions` of every command that segments, with its flags behind `--eval-`
+model is `evaluation`, the `InferenceOptions` of every command that segments, its flags prefixed with `eval`
 (`--eval-mode sliding`; its batch size keeps the name `--per-device-eval-batch-size`). The flags, their `--help` and
 the checks all come from the dataclass (`training.core.options`).
 """
