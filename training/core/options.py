@@ -33,6 +33,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import textwrap
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -103,7 +104,7 @@ class Options:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Entry:
+class OptionEntry:
     """One option as the command line sees it: a field, or a field of a nested options field."""
 
     name: str  # flat name: the flag without dashes, and the argparse destination
@@ -133,7 +134,7 @@ def _docstrings(cls: type) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
-        body = ast.parse(inspect.getsource(klass)).body[0].body
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
         docs.update(
             {
                 node.target.id: " ".join(following.value.value.split())
@@ -152,7 +153,9 @@ def _is_options(annotation: Any) -> bool:
     return isinstance(annotation, type) and dataclasses.is_dataclass(annotation) and issubclass(annotation, Options)
 
 
-def entries(cls: type, defaults: Any = None, prefix: str = "", names: Mapping[str, str] | None = None, skip=()):
+def entries(
+    cls: type, defaults: Any = None, prefix: str = "", names: Mapping[str, str] | None = None, skip: tuple = ()
+) -> list[OptionEntry]:
     """The options of `cls` in field order, nested options fields expanded (`defaults`: the instance whose values are
     the defaults, for a nested class)."""
     hints = typing.get_type_hints(cls)
@@ -171,7 +174,7 @@ def entries(cls: type, defaults: Any = None, prefix: str = "", names: Mapping[st
                 title = flag.group or inspect.getdoc(annotation).splitlines()[0]
                 found.append(dataclasses.replace(inner, path=(item.name, *inner.path), group=inner.group or title))
             continue
-        found.append(_Entry(name, (item.name,), annotation, flag, default, docs.get(item.name, ""), flag.group))
+        found.append(OptionEntry(name, (item.name,), annotation, flag, default, docs.get(item.name, ""), flag.group))
     return found
 
 
@@ -235,7 +238,7 @@ def _is_mapping(annotation: Any) -> bool:
     return (typing.get_origin(collection) or collection) is dict
 
 
-def _help(entry: _Entry) -> str:
+def _help(entry: OptionEntry) -> str:
     default = entry.default
     shown = not (entry.flag.switch or default in (None, dataclasses.MISSING) or default == [] or default == {})
     text = entry.help + (f" (default: {default})" if shown else "")
@@ -312,11 +315,11 @@ def options_parser(cls: type, **parser_kwargs: Any) -> CommandParser:
     return parser
 
 
-def _pair_metavar(entry: _Entry) -> str:
+def _pair_metavar(entry: OptionEntry) -> str:
     return entry.flag.metavar or f"KEY={'INTEGER' if _item_type(entry.annotation) is int else 'VALUE'}"
 
 
-def _pairs(entry: _Entry, texts: list[str]) -> dict[str, Any]:
+def _pairs(entry: OptionEntry, texts: list[str]) -> dict[str, Any]:
     """The mapping of a repeated `KEY=VALUE` flag, refused in one line when an entry is not `KEY=VALUE`."""
     expected, parse, pairs = _pair_metavar(entry), value_parser(_item_type(entry.annotation)), {}
     for text in texts:
@@ -386,6 +389,7 @@ def options_from_args(cls: type, args: argparse.Namespace) -> Any:
 __all__ = [
     "CommandParser",
     "Flag",
+    "OptionEntry",
     "Options",
     "add_options",
     "changed_fields",
