@@ -88,6 +88,7 @@ def worker(args) -> None:
 
     from training.core.distributed import build_accelerator
     from training.data.labelling import label_dataset
+    from training.models.inference import InferenceOptions
 
     accelerator = build_accelerator()
     from processing.inference_ovseg import segment
@@ -111,8 +112,7 @@ def worker(args) -> None:
             args.dataset,
             labels,
             args.output_dataset,
-            mode=args.mode,
-            batch_size=args.batch_size,
+            options=InferenceOptions(mode=args.mode, batch_size=args.batch_size),
             shard_size=args.shard_size,
             accelerator=accelerator,
             progress=False,

@@ -13,7 +13,7 @@ that computes once per image what every class shares, and works in cache-sized c
 [`CatSegPreTrainedModel.set_execution_options`]); tests check that both forms agree. In CPU inference the fast paths
 also take oneDNN's fused linear kernels ([`linear_activation`]) and run their chunks on single-threaded workers
 ([`map_chunks_in_threads`]). Under `torch.compile` and `torch.export` neither is used, so the whole model is one
-graph for any vocabulary size up to `config.max_classes` (tests/test_compile.py).
+graph for any vocabulary size up to `config.max_classes` (tests/modeling/test_compile.py).
 
 The vision-language backbone (CLIP, SigLIP, ...) is reached only through the interface of `backbones_catseg.py`.
 """

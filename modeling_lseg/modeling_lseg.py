@@ -8,7 +8,7 @@ with the L2-normalised CLIP text embeddings of the labels, divided by a fixed te
 Two steps run in a faster form beside their plain one, each tested equal to it (to float summation order):
 `dpt_neck_channels_last` for transformers' `DPTNeck`, and, without autograd and outside `torch.compile`,
 `scaled_correlation_in_row_blocks` for the scaled product of the correlation. Under `torch.compile` the model is one
-graph for any number of labels (tests/test_compile.py).
+graph for any number of labels (tests/modeling/test_compile.py).
 """
 
 from __future__ import annotations
@@ -249,17 +249,20 @@ class LSegPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
     def parameter_groups(self) -> dict[str, list[str]]:
-        """The model's parameters by part, for per-part learning rates: `{"image_encoder": [...], "decoder": [...],
-        "text_encoder": [...]}` (names as in `named_parameters()`). The image encoder is the ViT and the DPT's
-        reassemble stage (the original's "pretrained"), the decoder everything the original built from scratch (its
-        recipe trains it at 10x), the text encoder the frozen CLIP text tower."""
-        groups = {"image_encoder": [], "decoder": [], "text_encoder": []}
+        """The model's parameters by part, for per-part learning rates: `{"image_encoder": [...],
+        "reassemble_stage": [...], "decoder": [...], "text_encoder": [...]}` (names as in `named_parameters()`). The
+        image encoder is the ViT; with the DPT's reassemble stage it is what the original calls "pretrained", and the
+        decoder is everything it builds from scratch (its recipe trains it at 10x); the text encoder is the frozen
+        CLIP text tower."""
+        groups = {"image_encoder": [], "reassemble_stage": [], "decoder": [], "text_encoder": []}
         for name, _ in self.named_parameters():
             path = f".{name}"
             if ".text_encoder." in path:
                 groups["text_encoder"].append(name)
-            elif ".dpt." in path or ".reassemble_stage." in path:
+            elif ".dpt." in path:
                 groups["image_encoder"].append(name)
+            elif ".reassemble_stage." in path:
+                groups["reassemble_stage"].append(name)
             else:
                 groups["decoder"].append(name)
         return groups

@@ -38,7 +38,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tiny_models import save_tiny_siglip, tiny_catseg_config, tiny_clip_config, tiny_lseg_config
+from tests.tiny_models import save_tiny_siglip, tiny_catseg_config, tiny_clip_config, tiny_lseg_config
 from transformers import CLIPConfig, CLIPModel
 
 ROOT = Path(__file__).resolve().parents[1]

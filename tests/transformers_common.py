@@ -7,7 +7,7 @@ exactly the installed version once and unpacks its top-level ``tests/*.py`` into
 
 The sdist leaves out three sub-packages that ``test_modeling_common`` and ``test_configuration_common`` import. They
 are replaced by the smallest stand-ins that keep the imported names meaningful for these models:
-- ``exporters.test_export.ExportTesterMixin``: no tests; export is tested in ``tests/test_export.py``.
+- ``exporters.test_export.ExportTesterMixin``: no tests; export is tested in ``tests/training/apps/test_export.py``.
 - ``generation.test_utils.GenerationTesterMixin``: no tests; neither model generates text.
 - ``utils.test_configuration_utils.config_common_kwargs``: only read by a check that composite configs (ours have
   ``sub_configs``) skip.

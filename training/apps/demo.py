@@ -198,7 +198,7 @@ def run_segmentation(
     step(0.1, desc="loading the model")
     model, processor = store.get(model_name)
     try:
-        options.check_model(model.config, processor.image_processor)
+        options = options.for_model(model.config, processor.image_processor)
     except OvsegError as error:
         raise DemoError(str(error)) from None
     step(0.3, desc=f"segmenting ({mode})")
@@ -240,7 +240,7 @@ def run_segmentation(
 def write_examples(folder: Path, count: int = 3) -> list[str]:
     """Example images from the project's own generated data (the quickstart's unseen colour/pattern pairs),
     enlarged so they are visible in the page."""
-    from training.shapes_dataset import BACKGROUND, UNSEEN_CLASSES, draw_example
+    from training.data.shapes import BACKGROUND, UNSEEN_CLASSES, draw_example
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)

@@ -1,55 +1,58 @@
 """`ovseg-fss`: LSeg's FSS-1000 zero-shot protocol (`training.evaluation.fss`); writes the per-class CSV and the
 summary."""
 
-import argparse
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from training.core.command import run_options_command
 from training.core.distributed import build_accelerator
-from training.core.command import run_command
 from training.core.errors import UsageError
+from training.core.options import Options
 from training.evaluation.fss import evaluate_fss, fss_episodes
 from training.models.loading import default_cache_dir, load_model
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ovseg-fss",
-        description="LSeg's FSS-1000 zero-shot protocol: each test class is segmented with the two labels "
-        '`["others", <class>]`.',
-    )
-    parser.add_argument("--model", required=True, help="a saved model folder or hub id (LSeg; any model works)")
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="the FSS-1000 root: one folder per class, <root>/<class>/<n>.jpg with masks <n>.png",
-    )
-    parser.add_argument("--classes-file", help="HSNet's splits/fss/test.txt (240 classes); default: every folder")
-    parser.add_argument("--output-dir", default="outputs/fss")
-    return parser
+@dataclass(frozen=True, kw_only=True)
+class FssOptions(Options):
+    """The options of `ovseg-fss`."""
+
+    model: str
+    """a saved model folder or hub id (LSeg; any model works)"""
+    data: str
+    """the FSS-1000 root: one folder per class, <root>/<class>/<n>.jpg with masks <n>.png"""
+    classes_file: str | None = None
+    """HSNet's splits/fss/test.txt (240 classes); default: every folder"""
+    output_dir: str = "outputs/fss"
+    """folder of the per-class CSV and the summary"""
+
+    def validate(self) -> None:
+        self.classes  # an unreadable or empty classes file is refused before anything runs
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The test classes of `classes_file`, or `None` for every folder."""
+        if self.classes_file is None:
+            return None
+        try:
+            classes = [line.strip() for line in Path(self.classes_file).read_text().splitlines() if line.strip()]
+        except OSError as error:
+            raise UsageError(str(error)) from None
+        if not classes:
+            raise UsageError(f"the classes file {self.classes_file} lists no class")
+        return classes
 
 
-def read_classes(path: str) -> list[str]:
-    try:
-        classes = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    except OSError as error:
-        raise UsageError(str(error)) from None
-    if not classes:
-        raise UsageError(f"the classes file {path} lists no class")
-    return classes
-
-
-def fss(args: argparse.Namespace) -> int:
-    classes = read_classes(args.classes_file) if args.classes_file else None
-    episodes = fss_episodes(args.data, classes)
+def fss(options: FssOptions) -> int:
+    episodes = fss_episodes(options.data, options.classes)
     accelerator = build_accelerator()
     with accelerator.main_process_first():
-        model, processor = load_model(args.model, default_cache_dir(), accelerator.device)
+        model, processor = load_model(options.model, default_cache_dir(), accelerator.device)
     scores = evaluate_fss(model, processor, episodes, accelerator)
     if accelerator.is_main_process:
-        output = Path(args.output_dir)
+        output = Path(options.output_dir)
         output.mkdir(parents=True, exist_ok=True)
         with (output / "fss_per_class.csv").open("w", newline="", encoding="utf-8") as file:
             writer = csv.writer(file)
@@ -63,10 +66,15 @@ def fss(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return run_command(parser.prog, lambda: fss(args), launch=("training.commands.fss", argv))
+    return run_options_command(
+        FssOptions,
+        fss,
+        argv,
+        launch=lambda options: "training.commands.fss",
+        prog="ovseg-fss",
+        description="LSeg's FSS-1000 zero-shot protocol: each test class is segmented with the two labels "
+        '`["others", <class>]`.',
+    )
 
 
 if __name__ == "__main__":

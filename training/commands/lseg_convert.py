@@ -7,66 +7,79 @@ own code.
 downloaded from the authors' Google Drive. The conversion itself is `training.conversion.lseg`.
 """
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from modeling_lseg.configuration_lseg import LSegConfig
-from training.conversion.lseg import OFFICIAL_CHECKPOINTS, convert_lseg_checkpoint
-from training.core.command import run_command
+from training.conversion.lseg import convert_lseg_checkpoint
+from training.core.command import run_options_command
+from training.core.errors import UsageError
+from training.core.options import Options, option, switch
+
+# The architecture settings that `infer_config` takes when no --config is given.
+INFERRED = ("vit_heads", "text_heads", "arch_option", "block_depth", "activation")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LSegConvertOptions(Options):
+    """The options of `lseg-convert`."""
+
+    checkpoint: str
+    """a local .ckpt, a URL, or a released checkpoint: demo_e200, fss_l16"""
+    output: Path
+    """folder to write (must not exist)"""
+    config: str | None = None
+    """an LSeg config.json (or its folder) instead of inferring it"""
+    vit_heads: int | None = None
+    """ViT attention heads (default: width / 64, as released)"""
+    text_heads: int | None = None
+    """CLIP text attention heads (default: width / 64)"""
+    arch_option: int | None = option(None, choices=(0, 1, 2))
+    """variant of the checkpoint's head_block (0: drop it, as the official zero-shot network)"""
+    block_depth: int | None = None
+    """how often the head_block was applied in training"""
+    activation: str | None = option(None, choices=("relu", "lrelu", "tanh"))
+    """activation between head_blocks"""
+    overwrite: bool = switch()
+    """replace an existing output folder"""
+    trust_checkpoint: bool = switch()
+    """unpickle the checkpoint fully (runs code from the file: only for trusted files that need it)"""
+
+    def validate(self) -> None:
+        if self.config and self.infer_kwargs():
+            raise UsageError("--config sets the whole architecture; drop the heads and head_block options")
+        self.model_config()  # a missing or broken file is refused before the checkpoint is read
+
+    def infer_kwargs(self) -> dict:
+        """The architecture settings given, for `infer_config`."""
+        return {name: getattr(self, name) for name in INFERRED if getattr(self, name) is not None}
+
+    def model_config(self) -> LSegConfig | None:
+        """The config of `--config`, or `None` to infer it from the checkpoint."""
+        try:
+            return LSegConfig.from_pretrained(self.config) if self.config else None
+        except (OSError, ValueError) as error:
+            raise UsageError(f"--config {self.config}: {error}") from None
+
+
+def convert(options: LSegConvertOptions) -> int:
+    convert_lseg_checkpoint(
+        options.checkpoint,
+        options.output,
+        config=options.model_config(),
+        overwrite=options.overwrite,
+        trust_checkpoint=options.trust_checkpoint,
+        **options.infer_kwargs(),
+    )
+    print(f"wrote {options.output}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lseg-convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help=f"a local .ckpt, a URL, or a released checkpoint: {', '.join(OFFICIAL_CHECKPOINTS)}",
+    return run_options_command(
+        LSegConvertOptions, convert, argv, prog="lseg-convert", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--output", required=True, type=Path, help="folder to write (must not exist)")
-    parser.add_argument("--config", help="an LSeg config.json (or its folder) instead of inferring it")
-    parser.add_argument("--vit-heads", type=int, help="ViT attention heads (default: width / 64, as released)")
-    parser.add_argument("--text-heads", type=int, help="CLIP text attention heads (default: width / 64)")
-    parser.add_argument(
-        "--arch-option",
-        type=int,
-        choices=(0, 1, 2),
-        help="variant of the checkpoint's head_block (0: drop it, as the official zero-shot network)",
-    )
-    parser.add_argument("--block-depth", type=int, help="how often the head_block was applied in training")
-    parser.add_argument("--activation", choices=("relu", "lrelu", "tanh"), help="activation between head_blocks")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="unpickle the checkpoint fully (runs code from the file: only for trusted files that need it)",
-    )
-    args = parser.parse_args(argv)
-    infer_kwargs = {
-        name: getattr(args, name)
-        for name in ("vit_heads", "text_heads", "arch_option", "block_depth", "activation")
-        if getattr(args, name) is not None
-    }
-    if args.config and infer_kwargs:
-        parser.error("--config sets the whole architecture; drop the heads and head_block options")
-    try:
-        config = LSegConfig.from_pretrained(args.config) if args.config else None
-    except (OSError, ValueError) as error:
-        parser.error(f"--config {args.config}: {error}")
-
-    def body() -> int:
-        convert_lseg_checkpoint(
-            args.checkpoint,
-            args.output,
-            config=config,
-            overwrite=args.overwrite,
-            trust_checkpoint=args.trust_checkpoint,
-            **infer_kwargs,
-        )
-        print(f"wrote {args.output}")
-        return 0
-
-    return run_command(parser.prog, body)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Command line: segment image files or folders with your own labels.
+"""Command line: segment image files or folders with your own labels, or label a whole dataset.
 
     ovseg-segment photos/ --labels "cat, sofa, floor" --model path/to/model --out results/
+    ovseg-segment --dataset user/photos --labels "cat, sofa, floor" --model path/to/model --output-dataset labelled/
 
 For every image it writes, under --out (keeping the sub-folders of input folders):
   NAME_labels.png   the label map, pixel value = class index: a palette PNG shown in the overlay's colours
@@ -17,11 +18,16 @@ demo_e200.ckpt), converted on first use and cached in --cache-dir.
 
 All inputs are checked (labels, readable images, output names) before anything is computed, and each image's output
 files appear together and complete, so an error never leaves partial outputs behind.
+
+With --dataset, the rows of a `datasets` dataset are labelled instead (`training.data.labelling`): the result, saved
+to --output-dataset, trains with `ovseg-train` as it is; `accelerate launch --num_processes N -m
+training.commands.segment --dataset ...` labels on N processes, and a killed run resumes.
 """
 
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +40,14 @@ from processing.inference_ovseg import SegmentationResult, TextFeatureCache, seg
 from processing.text_prompts_ovseg import validate_vocabulary
 from training.apps.visualization import label_map_image, overlay_image
 from training.core.atomic import write_files_atomic
+from training.core.command import run_options_command
 from training.core.distributed import build_accelerator
-from training.core.command import run_command
 from training.core.errors import UsageError
-from training.data.labelling import label_dataset
+from training.core.options import Options, changed_fields, flag_name, option, switch
+from training.data.labelling import check_shard_size, label_dataset
 from training.data.prepare import push_prepared
-from training.data.sources import IMAGE_COLUMNS, _load_rows
-from training.models.inference import InferenceOptions, add_inference_arguments
+from training.data.sources import load_rows
+from training.models.inference import InferenceOptions
 from training.models.loading import (
     check_writable_folder,
     default_cache_dir,
@@ -52,6 +59,7 @@ from training.models.loading import (
     resolve_device,
 )
 
+LABELLING = "labelling a whole dataset (--dataset; on several processes under accelerate launch)"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -125,70 +133,120 @@ def write_outputs(
     write_files_atomic({paths[kind]: write for kind, write in writers.items()})
 
 
-def add_vocabulary_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--labels`, `--labels-file` and `--model`, shared by `ovseg-segment` and dataset labelling."""
-    parser.add_argument("--labels", help="comma-separated class names, e.g. 'cat, sofa, floor'")
-    parser.add_argument("--labels-file", help="one class per line (', ' separates synonyms), or a JSON list")
-    parser.add_argument("--model", required=True, help="saved folder, Hub id, or official checkpoint file")
+IMAGE_ONLY = {"inputs": "image paths", "out": "--out", "device": "--device"}
+DATASET_ONLY = ("split", "dataset_config", "image_column", "streaming", "output_dataset", "shard_size", "push_to_hub")
+MODES = (
+    "image paths are segmented into --out FOLDER (with --device); --dataset SOURCE is labelled into --output-dataset "
+    "FOLDER (with --split, --dataset-config, --image-column, --streaming, --shard-size, --push-to-hub)"
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ovseg-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    add_vocabulary_arguments(parser)
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps, ...")
-    add_inference_arguments(parser, top_k=True)
-    parser.add_argument("--cache-dir", help="where converted checkpoints are kept (default: ~/.cache/ovseg-hf)")
-    chatter = parser.add_mutually_exclusive_group()
-    chatter.add_argument(
-        "--progress",
-        action="store_true",
-        help="show the progress bar (per image, and per view or tile inside --sliding / --tiled images) even when "
-        "stderr is not a terminal (default: only on a terminal)",
-    )
-    chatter.add_argument("--quiet", action="store_true", help="nothing on stderr but errors")
-    return parser
+@dataclass(frozen=True, kw_only=True)
+class SegmentOptions(Options):
+    """The options of `ovseg-segment`: image files and folders, or with `dataset` a whole dataset."""
+
+    inputs: list[str] = option(default_factory=list, positional=True)
+    """image files and/or folders of images"""
+    labels: str | None = None
+    """comma-separated class names, e.g. 'cat, sofa, floor'"""
+    labels_file: str | None = None
+    """one class per line (', ' separates synonyms), or a JSON list"""
+    model: str
+    """saved folder, Hub id, or official checkpoint file"""
+    out: str | None = None
+    """output folder of the images' label maps, overlays and summaries"""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:1, mps, ... (images only: a dataset runs on the device of each accelerate process)"""
+    inference: InferenceOptions = option(default_factory=InferenceOptions)
+    cache_dir: str | None = None
+    """where converted checkpoints are kept (default: ~/.cache/ovseg-hf)"""
+    progress: bool = switch(exclusive="chatter")
+    """show the progress bar (per image, and per view or tile inside --sliding / --tiled images) even when stderr is
+    not a terminal (default: only on a terminal)"""
+    quiet: bool = switch(exclusive="chatter")
+    """nothing on stderr but errors"""
+    dataset: str | None = option(None, group=LABELLING)
+    """label this dataset instead of image files: hub id, save_to_disk folder, parquet file or data folder"""
+    split: str = option("train", group=LABELLING)
+    """split to label"""
+    dataset_config: str | None = option(None, group=LABELLING)
+    """configuration of a hub dataset"""
+    image_column: str | None = option(None, group=LABELLING)
+    """default: the first of image, pixel_values, img"""
+    streaming: bool = switch(group=LABELLING)
+    """read the source lazily"""
+    output_dataset: str | None = option(None, group=LABELLING)
+    """folder of the labelled dataset (save_to_disk)"""
+    shard_size: int = option(64, group=LABELLING)
+    """rows per resumable shard"""
+    push_to_hub: str | None = option(None, group=LABELLING, metavar="REPO_ID")
+    """also upload the labelled dataset to the Hub"""
+
+    def validate(self) -> None:
+        given = changed_fields(self)
+        problem = None
+        if self.dataset is None:
+            stray = [flag_name(name) for name in DATASET_ONLY if name in given]
+            if stray:
+                problem = f"{', '.join(stray)} without --dataset"
+            elif not self.inputs:
+                problem = "no image paths and no --dataset"
+            elif self.out is None:
+                problem = "--out is missing"
+        else:
+            stray = [what for name, what in IMAGE_ONLY.items() if name in given]
+            if stray:
+                problem = f"{', '.join(stray)} with --dataset"
+            elif self.output_dataset is None:
+                problem = "--output-dataset is missing"
+        if problem is not None:
+            raise UsageError(f"{problem}: {MODES}")
+        check_shard_size(self.shard_size)
+        self.vocabulary  # a bad label is refused here, before any image or model is read
+
+    @property
+    def vocabulary(self) -> list[str]:
+        return validate_vocabulary(parse_labels(self.labels, self.labels_file))
 
 
-def run(args: argparse.Namespace) -> int:
-    options = InferenceOptions.from_args(args)
-    labels = validate_vocabulary(parse_labels(args.labels, args.labels_file))
-    images = collect_images(args.inputs)
+def segment_images(options: SegmentOptions) -> int:
+    """Segment `options.inputs` into `options.out` (see the module's docstring)."""
+    inference = options.inference
+    labels = options.vocabulary
+    images = collect_images(options.inputs)
     sizes = check_images(images)
-    check_writable_folder(Path(args.out), "--out")
-    device = resolve_device(args.device)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    source = model_source(args.model, cache_dir, args.quiet)
-    processor = load_processor(source, args.model)
+    out_dir = Path(options.out)
+    check_writable_folder(out_dir, "--out")
+    device = resolve_device(options.device)
+    cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    source = model_source(options.model, cache_dir, options.quiet)
+    processor = load_processor(source, options.model)
     for index, ((path, _), size) in enumerate(zip(images, sizes)):
         check_image_size(size, processor.image_processor.patch_size, describe_image(path, index))
-    options.check_model(AutoConfig.from_pretrained(source, trust_remote_code=True), processor.image_processor)
-    model = load_weights(source, args.model, device)
-    out_dir = Path(args.out)
+    config = AutoConfig.from_pretrained(source, trust_remote_code=True)
+    inference = inference.for_model(config, processor.image_processor)
+    model = load_weights(source, options.model, device)
     cache = TextFeatureCache()
-    extra = {"model": args.model, "mode": options.mode}
-    if options.top_k_classes is not None:
-        extra["top_k_classes"] = options.top_k_classes
+    extra = {"model": options.model, "mode": inference.mode}
+    if inference.top_k_classes is not None:
+        extra["top_k_classes"] = inference.top_k_classes
     # On a terminal (tqdm's disable=None), or when asked for; tqdm writes to stderr, so stdout stays clean.
-    disable = True if args.quiet else False if args.progress else None
+    disable = True if options.quiet else False if options.progress else None
     with tqdm(total=len(images), unit="image", disable=disable) as bar:
-        unit = {"sliding": "view", "tiled": "tile"}.get(options.mode)
+        unit = {"sliding": "view", "tiled": "tile"}.get(inference.mode)
 
         def inner(done: int, total: int) -> None:  # inside an image: its views or tiles, after each forward pass
             bar.set_postfix_str(f"{unit} {done}/{total}")
 
-        for first in range(0, len(images), options.batch_size):
-            batch = images[first : first + options.batch_size]
+        for first in range(0, len(images), inference.batch_size):
+            batch = images[first : first + inference.batch_size]
             arrays = [to_rgb_array(open_image(path)) for path, _ in batch]
             results = segment(
                 model,
                 processor,
                 arrays,
                 labels,
-                **options.segment_kwargs(),
+                **inference.segment_kwargs(),
                 cache=cache,
                 progress_callback=None if unit is None or bar.disable else inner,
             )
@@ -198,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
                 except OSError as error:  # the folder refused files after the probe, or the disk is full
                     raise UsageError(f"--out {out_dir}: could not write the outputs of {path}: {error}") from None
                 bar.update()
-    if not args.quiet:
+    if not options.quiet:
         print(
             f"wrote the label maps (NAME_labels.png), overlays (NAME_overlay.png) and class summaries (NAME.json) of "
             f"{len(images)} image{'s' * (len(images) != 1)} under {out_dir}",
@@ -207,83 +265,66 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-LABELLING_DESCRIPTION = "Label a whole `datasets` dataset with an open vocabulary, on one process or many."
-
-
-def build_labelling_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ovseg-segment --dataset",
-        description=LABELLING_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--dataset", required=True, help="hub id, save_to_disk folder, parquet file or data folder")
-    parser.add_argument("--split", default="train", help="split to label (default train)")
-    parser.add_argument("--dataset-config", help="configuration of a hub dataset")
-    parser.add_argument("--image-column", help="default: the first of " + ", ".join(IMAGE_COLUMNS))
-    parser.add_argument("--streaming", action="store_true", help="read the source lazily")
-    add_vocabulary_arguments(parser)
-    parser.add_argument("--output-dataset", required=True, help="folder of the labelled dataset (save_to_disk)")
-    add_inference_arguments(parser)
-    parser.add_argument("--shard-size", type=int, default=64, help="rows per resumable shard (default 64)")
-    parser.add_argument("--cache-dir", help="where converted checkpoints are kept (default: ~/.cache/ovseg-hf)")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the labelled dataset to the Hub")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def label(args: argparse.Namespace) -> int:
-    options = InferenceOptions.from_args(args)
-    if args.shard_size < 1:
-        raise UsageError(f"--shard-size must be at least 1, got {args.shard_size}")
-    labels = validate_vocabulary(parse_labels(args.labels, args.labels_file))
-    if Path(args.output_dataset).exists():
-        raise UsageError(f"--output-dataset {args.output_dataset} already exists: remove it or choose another")
-    check_writable_folder(Path(args.output_dataset), "--output-dataset")
+def label(options: SegmentOptions) -> int:
+    """Label the dataset `options.dataset` into `options.output_dataset`, on every process of the run."""
+    labels = options.vocabulary
+    if Path(options.output_dataset).exists():
+        raise UsageError(f"--output-dataset {options.output_dataset} already exists: remove it or choose another")
+    check_writable_folder(Path(options.output_dataset), "--output-dataset")
     # The data first: a wrong source fails before the model is loaded.
-    dataset, _ = _load_rows(args.dataset, args.split, args.dataset_config, args.streaming)
+    dataset, _ = load_rows(options.dataset, options.split, options.dataset_config, options.streaming)
     accelerator = build_accelerator()
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     with accelerator.main_process_first():
         # One line about a converted checkpoint, from the main process only.
-        quiet = args.quiet or not accelerator.is_main_process
-        model, processor = load_model(args.model, cache_dir, accelerator.device, quiet)
-    options.check_model(model.config, processor.image_processor)
+        quiet = options.quiet or not accelerator.is_main_process
+        model, processor = load_model(options.model, cache_dir, accelerator.device, quiet)
+    inference = options.inference.for_model(model.config, processor.image_processor)
     labelled = label_dataset(
         model,
         processor,
         dataset,
         labels,
-        args.output_dataset,
-        split=args.split,
-        dataset_config=args.dataset_config,
-        image_column=args.image_column,
-        streaming=args.streaming,
-        shard_size=args.shard_size,
-        model_name=args.model,
-        source_name=args.dataset,
+        options.output_dataset,
+        split=options.split,
+        dataset_config=options.dataset_config,
+        image_column=options.image_column,
+        streaming=options.streaming,
+        options=inference,
+        shard_size=options.shard_size,
+        model_name=options.model,
+        source_name=options.dataset,
         accelerator=accelerator,
-        progress=not args.quiet,
-        **options.segment_kwargs(),
+        progress=not options.quiet,
     )
     if labelled is not None:
-        print(f"Wrote {args.output_dataset} ({len(labelled)} images, {len(labels)} classes)")
-        if args.push_to_hub:
-            push_prepared(labelled, args.push_to_hub)
-            print(f"Pushed to https://huggingface.co/datasets/{args.push_to_hub}")
+        print(f"Wrote {options.output_dataset} ({len(labelled)} images, {len(labels)} classes)")
+        if options.push_to_hub:
+            push_prepared(labelled, options.push_to_hub)
+            print(f"Pushed to https://huggingface.co/datasets/{options.push_to_hub}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(arg == "--dataset" or arg.startswith("--dataset=") for arg in argv):  # a whole dataset
-        parser = build_labelling_parser()
-        args = parser.parse_args(argv)
-        return run_command(parser.prog, lambda: label(args), launch=("training.commands.segment", argv))
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(options: SegmentOptions) -> int:
+    """The command for `options`: a dataset is labelled, image files are segmented."""
+    if options.dataset is not None:
+        return label(options)
     # One progress bar (ours, per image); transformers' weight-loading bars would interleave with it.
     transformers_logging.disable_progress_bar()
-    return run_command(parser.prog, lambda: run(args))
+    return segment_images(options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_options_command(
+        SegmentOptions,
+        run,
+        argv,
+        # A dataset is labelled on the processes `accelerate launch` asked for; images on one.
+        launch=lambda options: "training.commands.segment" if options.dataset is not None else None,
+        prog="ovseg-segment",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 if __name__ == "__main__":

@@ -2,5 +2,5 @@
 choice of converter from a checkpoint's keys (`detect`). The commands are `catseg-convert`, `lseg-convert` and
 `ovseg-convert`.
 
-May import `training.core` and `training.engine.checkpoints` (strict loading).
+May import `training.core`.
 """

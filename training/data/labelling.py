@@ -55,8 +55,9 @@ from processing.image_utils_ovseg import to_rgb_array
 from processing.inference_ovseg import TextFeatureCache, segment
 from processing.text_prompts_ovseg import validate_vocabulary
 
-from training.data.sources import IMAGE_COLUMNS, PREPARED_METADATA_KEY, DataError, _load_rows, _pick_column
+from training.data.sources import IMAGE_COLUMNS, PREPARED_METADATA_KEY, DataError, load_rows, pick_column
 from training.data.prepare import write_arrow_shard
+from training.models.inference import InferenceOptions
 
 
 def labelled_features(labels: list[str]) -> Features:
@@ -129,6 +130,12 @@ class _Shards:
         self.length = count
 
 
+def check_shard_size(shard_size: int) -> None:
+    """Refuse a shard size below one row (the command checks it before the model loads)."""
+    if shard_size < 1:
+        raise DataError(f"--shard-size must be at least 1, got {shard_size}")
+
+
 def label_dataset(
     model,
     processor,
@@ -140,12 +147,8 @@ def label_dataset(
     dataset_config: str | None = None,
     image_column: str | None = None,
     streaming: bool = False,
-    mode: str = "whole",
-    batch_size: int = 4,
+    options: InferenceOptions = InferenceOptions(),
     shard_size: int = 64,
-    prompt_templates: str | list[str] | None = None,
-    synonyms: str | None = None,
-    top_k_classes: int | None = None,
     model_name: str | None = None,
     source_name: str | None = None,
     accelerator=None,
@@ -154,13 +157,13 @@ def label_dataset(
     """Segment every image of `source` (a data source, or a loaded dataset) with `labels` and save the label maps
     as a dataset at `output`.
 
-    `model_name` and `source_name` (what a loaded `source` came from) are recorded in the output's info. With an
+    `options` are how the model runs (`InferenceOptions`, settled for it by `for_model`). `model_name` and
+    `source_name` (what a loaded `source` came from) are recorded in the output's info. With an
     `accelerator` of several processes each labels its share; all must call this. Returns the labelled
     dataset on the main process (`None` on the others).
     """
     labels = validate_vocabulary(labels)
-    if shard_size < 1 or batch_size < 1:
-        raise DataError("shard_size and batch_size must be at least 1")
+    check_shard_size(shard_size)
     output = Path(output)
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
@@ -170,9 +173,9 @@ def label_dataset(
     if isinstance(source, (Dataset, IterableDataset)):
         dataset, source = source, source_name or source.info.dataset_name or "a loaded dataset"
     else:
-        dataset, _ = _load_rows(os.fspath(source), split, dataset_config, streaming)
+        dataset, _ = load_rows(os.fspath(source), split, dataset_config, streaming)
     columns = list(dataset.column_names or (dataset.features or {}).keys())
-    image_column = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", os.fspath(source))
+    image_column = pick_column(columns, image_column, IMAGE_COLUMNS, "image", os.fspath(source))
     if isinstance((dataset.features or {}).get(image_column), Image):
         dataset = dataset.cast_column(image_column, Image(decode=False))  # keep the source's bytes
     features = labelled_features(labels)
@@ -182,11 +185,11 @@ def label_dataset(
         "split": split,
         "labels": labels,
         "model": model_name,
-        "mode": mode,
+        "mode": options.mode,
         "shard_size": shard_size,
-        "prompt_templates": prompt_templates,
-        "synonyms": synonyms,
-        "top_k_classes": top_k_classes,
+        "prompt_templates": options.prompt_templates,
+        "synonyms": options.synonyms,
+        "top_k_classes": options.top_k_classes,
     }
     if main:
         _claim(work, manifest)
@@ -200,19 +203,7 @@ def label_dataset(
     cache = TextFeatureCache()
     with tqdm(desc=f"labelling ({world} processes)", unit="shard", disable=not (progress and main)) as bar:
         for shard, rows in shards:
-            labelled_rows = _label_rows(
-                model,
-                processor,
-                rows,
-                labels,
-                image_column,
-                cache,
-                mode,
-                batch_size,
-                prompt_templates,
-                synonyms,
-                top_k_classes,
-            )
+            labelled_rows = _label_rows(model, processor, rows, labels, image_column, cache, options)
             write_arrow_shard(shard_path(shard), labelled_rows, features)
             bar.update()
     if accelerator is not None:
@@ -228,7 +219,7 @@ def label_dataset(
     metadata = {
         "labels": labels,
         "model": model_name,
-        "mode": mode,
+        "mode": options.mode,
         "source": os.fspath(source),
         "split": split,
         "num_classes": len(labels),
@@ -260,21 +251,17 @@ def _claim(work: Path, manifest: dict) -> None:
     path.write_text(json.dumps(manifest))
 
 
-def _label_rows(model, processor, rows, labels, image_column, cache, mode, batch_size, templates, synonyms, top_k):
-    """The output rows of `[(index, row), ...]`, segmented `batch_size` images at a time."""
-    for first in range(0, len(rows), batch_size):
-        batch = rows[first : first + batch_size]
+def _label_rows(model, processor, rows, labels, image_column, cache, options: InferenceOptions):
+    """The output rows of `[(index, row), ...]`, segmented `options.batch_size` images at a time."""
+    for first in range(0, len(rows), options.batch_size):
+        batch = rows[first : first + options.batch_size]
         stored, arrays = zip(*(_image_bytes(row[image_column], f"the image of row {index}") for index, row in batch))
         results = segment(
             model,
             processor,
             list(arrays),
             labels,
-            mode=mode,
-            batch_size=batch_size,
-            prompt_templates=templates,
-            synonyms=synonyms,
-            top_k_classes=top_k,
+            **options.segment_kwargs(),
             cache=cache,
         )
         for (index, _), image, result in zip(batch, stored, results):

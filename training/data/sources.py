@@ -240,12 +240,12 @@ def load_segmentation_data(
             raise DataError(f"unknown dataset_preset {dataset_preset!r}; known: {', '.join(DATASET_PRESETS)}")
         preset = DATASET_PRESETS[dataset_preset]
     source = os.fspath(source)
-    dataset, local_dir = _load_rows(source, split, dataset_config, streaming)
+    dataset, local_dir = load_rows(source, split, dataset_config, streaming)
     if not streaming and len(dataset) == 0:
         raise DataError(f"{source} [{split}] has no rows: it has nothing to train on or evaluate")
     columns = list(dataset.column_names or (dataset.features or {}).keys())
-    image_column = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", source)
-    mask_column = _pick_column(columns, mask_column, MASK_COLUMNS, "mask", source)
+    image_column = pick_column(columns, image_column, IMAGE_COLUMNS, "image", source)
+    mask_column = pick_column(columns, mask_column, MASK_COLUMNS, "mask", source)
     if class_names is None and preset is not None and preset.class_names_file and class_names_dir is not None:
         class_names = Path(class_names_dir) / preset.class_names_file
     names = _resolve_class_names(class_names, dataset, mask_column, local_dir, source)
@@ -269,10 +269,12 @@ def load_segmentation_data(
     return SegmentationData(dataset, image_column, mask_column, names, int(ignore_index), bool(reduce_labels), name)
 
 
-def _load_rows(
+def load_rows(
     source: str, split: str, config: str | None, streaming: bool
 ) -> tuple[Dataset | IterableDataset, Path | None]:
-    """The split's rows, and the local folder they came from (where an `id2label.json` may sit)."""
+    """The rows of a data source's split, as `load_segmentation_data` reads them but without looking for masks or
+    class names (labelling needs the images only), and the local folder they came from (where an `id2label.json` may
+    sit)."""
     if "," in source and all(Path(part).is_dir() for part in source.split(",", 1)):
         images, masks = source.split(",", 1)
         dataset = folder_pair_dataset(images, masks)
@@ -348,7 +350,9 @@ def folder_pair_dataset(image_dir: str | os.PathLike, mask_dir: str | os.PathLik
     )
 
 
-def _pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, source: str) -> str:
+def pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, source: str) -> str:
+    """The column of the `what`s (`"image"`, `"mask"`): `wanted` if the data has it, else the first of `candidates`
+    present."""
     if wanted is not None:
         if columns and wanted not in columns:
             raise DataError(f"{source} has no column {wanted!r} for the {what}s; its columns are {columns}")
@@ -457,7 +461,9 @@ __all__ = [
     "SegmentationData",
     "check_examples",
     "folder_pair_dataset",
+    "load_rows",
     "load_segmentation_data",
+    "pick_column",
     "prepared_metadata",
     "read_class_names",
 ]

@@ -1,4 +1,4 @@
-"""Training settings: one flat dataclass, recipe files in YAML, and a command line that can override every field.
+"""Training settings: one dataclass, recipe files in YAML, and a command line that can override every field.
 
 ```bash
 python -m training.commands.train --config catseg_vit_b_coco_stuff --dataset /data/coco_stuff --output-dir runs/b
@@ -7,23 +7,25 @@ python -m training.commands.train --config my_recipe.yaml --learning-rate 1e-4 -
 
 A recipe is a YAML mapping of field names to values; `--config` takes a file path or the name of a recipe shipped in
 `training/configs/` (see `list_recipes()`). Command-line flags are the field names with dashes; lists and mappings
-are given as JSON (`--scale-range "[0.5, 2.0]"`), booleans as `true`/`false`.
+are given as JSON (`--scale-range "[0.5, 2.0]"`), booleans as `true`/`false`. How the periodic evaluation runs the
+model is `evaluation`, the `InferenceOptions` of every command that segments, its flags prefixed with `eval`
+(`--eval-mode sliding`; its batch size keeps the name `--per-device-eval-batch-size`). The flags, their `--help` and
+the checks all come from the dataclass (`training.core.options`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from training.core.errors import OvsegError
+from training.core.options import Options, add_options, given_values, option, option_kwargs
+from training.models.inference import InferenceOptions
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 
@@ -33,12 +35,14 @@ class ConfigError(OvsegError, ValueError):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
     """Every setting of a training run. The defaults are CAT-Seg ViT-B/16's official recipe; the files in
     `training/configs/` set each published recipe explicitly."""
 
+    error = ConfigError
+
     # --- model ---
-    model_type: str = "catseg"
+    model_type: str = option("catseg", choices=("catseg", "lseg"))
     """`"catseg"` or `"lseg"`."""
     model_preset: str | None = "vit_base_patch16_384"
     """A CAT-Seg config preset (`vit_base_patch16_384`, `vit_large_patch14_336`); ignored when `pretrained_model` is
@@ -67,9 +71,11 @@ class TrainConfig:
     """Label conventions of a known dataset (`training.data.protocols.DATASET_PRESETS`): ignore value, reduce-labels
     and class-name file; explicit settings win. `null` drops a recipe's preset, for your own data."""
     train_split: str = "train"
+    """Split of `dataset` to train on."""
     eval_dataset: str | None = None
     """Evaluation data when it is not a split of `dataset`."""
     eval_split: str | None = None
+    """Split of the evaluation data; with `eval_dataset` and no split, `validation`. Neither set: no evaluation."""
     image_column: str | None = None
     """Defaults to the first of `image`, `pixel_values`, `img`."""
     mask_column: str | None = None
@@ -93,62 +99,80 @@ class TrainConfig:
     """Training examples, spread over the split, whose mask values are checked against the classes before the first
     step (every example's image and mask size is always checked, from the file headers); -1: all, 0: none."""
     max_eval_samples: int | None = None
+    """Evaluate only the first images of the evaluation data."""
 
     # --- augmentation ---
-    augmentation: str = "catseg"
+    augmentation: str = option("catseg", choices=("catseg", "lseg", "none"))
     """`"catseg"` (resize short side, random crop, SSD colour jitter, flip), `"lseg"` (flip, random scale, pad,
     random crop) or `"none"` (resize to the model's input)."""
     crop_size: int = 384
+    """Side of the square training crops."""
     min_size_train: int = 384
     """CAT-Seg: short side of the resized image before cropping."""
     max_size_train: int = 1333
     """CAT-Seg: cap on the long side of the resized image."""
     color_augmentation: bool = True
+    """CAT-Seg: SSD's colour distortion of the training images."""
     random_flip: bool = True
+    """Flip half of the training examples left to right."""
     base_size: int = 520
     """LSeg: the long side is drawn from `scale_range` times this."""
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     """LSeg: `[low, high]` bounds of the random scale of `base_size`."""
 
     # --- optimisation ---
-    optimizer: str = "adamw"
+    optimizer: str = option("adamw", choices=("adamw", "sgd"))
     """`"adamw"` (betas 0.9/0.999, eps 1e-8) or `"sgd"` (with `momentum`)."""
     learning_rate: float = 2e-4
+    """Base learning rate, before `lr_multipliers` and the schedule."""
     lr_multipliers: dict[str, float] = field(default_factory=lambda: {"backbone": 0.01})
     """Learning-rate multiplier per parameter group the model declares (CAT-Seg: `backbone`, `visual_prompts`,
-    `cost_aggregation`; LSeg: `image_encoder`, `decoder`, `text_encoder`); 1 for the others."""
+    `cost_aggregation`; LSeg: `image_encoder`, `reassemble_stage`, `decoder`, `text_encoder`); 1 for the others."""
     frozen_parameters: list[str] = field(default_factory=list)
     """Parameter groups frozen (and left out of the optimiser)."""
     weight_decay: float = 1e-4
+    """Weight decay of the parameters (except those of the two settings below)."""
     weight_decay_norm: float | None = 0.0
     """Weight decay of normalisation layers' parameters; `None` means `weight_decay`."""
     weight_decay_embedding: float | None = 0.0
     """Weight decay of embedding tables; `None` means `weight_decay`."""
     momentum: float = 0.9
+    """SGD's momentum."""
     max_grad_norm: float | None = 0.01
     """Clip the L2 norm of all gradients together to this (`None`: no clipping)."""
-    lr_schedule: str = "cosine"
+    lr_schedule: str = option("cosine", choices=("cosine", "poly", "constant"))
     """`"cosine"` (to 0, no warm-up), `"poly"` (`(1 - progress) ** poly_power`) or `"constant"`."""
     poly_power: float = 0.9
-    schedule_unit: str = "step"
+    """Exponent of the `"poly"` schedule."""
+    schedule_unit: str = option("step", choices=("step", "epoch"))
     """`"step"`, or `"epoch"` for a schedule that changes once per pass over the data (LSeg)."""
     max_steps: int | None = 80000
     """Optimiser steps; `None` derives them from `num_train_epochs` (needs a dataset of known length)."""
     num_train_epochs: float | None = None
+    """Passes over the training data, when `max_steps` is `None`."""
     per_device_train_batch_size: int = 4
+    """Training examples per process and micro-batch."""
     gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"
+    """Micro-batches whose gradients add up to one optimiser step."""
+    mixed_precision: str = option("no", choices=("no", "fp16", "bf16"))
     """`"no"`, `"fp16"` (a GPU's) or `"bf16"` (accelerate's setting; with `"no"`, `accelerate launch
     --mixed_precision` decides)."""
     seed: int = 0
+    """Seed of the initial weights and of the data order."""
 
     # --- evaluation, checkpoints, logging ---
     output_dir: str = "outputs/train"
+    """Folder of the checkpoints, the log and the trained model."""
     eval_steps: int | None = 5000
     """Evaluate every this many steps when there is evaluation data (and always at the end)."""
-    eval_mode: str = "whole"
-    """`segment()` mode of the evaluation: `"whole"` or `"sliding"` (CAT-Seg's official protocol)."""
-    per_device_eval_batch_size: int = 4
+    # Without CAT-Seg's top-k classes: training evaluates every class, as the official evaluation does.
+    evaluation: InferenceOptions = option(
+        default_factory=InferenceOptions,
+        prefix="eval",
+        skip=("top_k_classes",),
+        names={"batch_size": "per_device_eval_batch_size"},
+        group="how the evaluation runs the model (`segment()` options)",
+    )
     save_best_model: bool = True
     """Keep the model of the evaluation with the highest mIoU (detectron2 definition) as `output_dir/best_model`, a
     Hub-ready folder like `output_dir/model`."""
@@ -159,34 +183,24 @@ class TrainConfig:
     resume_from_checkpoint: str | None = "auto"
     """`"auto"` (the latest checkpoint in `output_dir`, if any), a checkpoint folder, or `None` (start afresh)."""
     logging_steps: int = 50
+    """Log the loss, learning rates and throughput every this many steps."""
     report_to: list[str] = field(default_factory=list)
     """accelerate trackers (`tensorboard`, `wandb`, ...); the loss is always written to `output_dir/log.jsonl`."""
 
     # --- publishing ---
     push_to_hub: bool = False
+    """Upload the trained model to the Hub at the end (`hub_model_id`)."""
     hub_model_id: str | None = None
+    """The Hub repository of `push_to_hub`, e.g. `your-name/catseg-finetuned`."""
     hub_private: bool = True
+    """Create the Hub repository private."""
     hub_token: str | None = None
+    """A Hub token (default: the logged-in one, `HF_TOKEN`); never written to the run's files."""
     card_license: str = "apache-2.0"
     """`license` of the written model card: set it to the terms of the starting weights and training data."""
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         """Raise `ConfigError` for settings that cannot work together."""
-        choices = {
-            "model_type": ("catseg", "lseg"),
-            "augmentation": ("catseg", "lseg", "none"),
-            "optimizer": ("adamw", "sgd"),
-            "lr_schedule": ("cosine", "poly", "constant"),
-            "schedule_unit": ("step", "epoch"),
-            "mixed_precision": ("no", "fp16", "bf16"),
-            "eval_mode": ("whole", "sliding"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.max_steps is None and self.num_train_epochs is None:
             raise ConfigError("set max_steps or num_train_epochs")
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps", "crop_size"):
@@ -226,7 +240,8 @@ def list_recipes() -> list[str]:
 
 
 def read_recipe(name_or_path: str | Path) -> dict[str, Any]:
-    """The settings of a recipe file, given by path or by the name of a shipped recipe."""
+    """The settings of a recipe file, given by path or by the name of a shipped recipe, as `TrainConfig`'s keyword
+    arguments. A recipe names the settings as fields do, or as flags do without dashes (`eval_mode`)."""
     path = Path(name_or_path)
     if not path.is_file():
         shipped = CONFIG_DIR / f"{name_or_path}.yaml"
@@ -238,89 +253,22 @@ def read_recipe(name_or_path: str | Path) -> dict[str, Any]:
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of setting names to values")
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
-    if unknown:
-        raise ConfigError(f"config file {path} has unknown settings {unknown}")
-    return values
-
-
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
-def _parser_for(annotation: Any):
-    """A function turning a command-line string into a value of the field's type."""
-    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    args = set(typing.get_args(annotation)) if union else {annotation}
-    args.discard(type(None))
-    origins = {typing.get_origin(a) or a for a in args}
-
-    def parse(text: str) -> Any:
-        if text.lower() in ("none", "null") and type(None) in typing.get_args(annotation):
-            return None
-        if bool in origins:
-            if text.lower() in ("true", "1", "yes"):
-                return True
-            if text.lower() in ("false", "0", "no"):
-                return False
-            raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-        if origins & {list, dict}:
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                if str in origins:  # a plain string is allowed too (a class-name file)
-                    return text
-                raise argparse.ArgumentTypeError(f"expected JSON, got {text!r}") from None
-            return value
-        for kind in (int, float):
-            if kind in origins:
-                try:
-                    return kind(text)
-                except ValueError:
-                    if str not in origins:
-                        raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        return text
-
-    return parse
-
-
-def _field_help() -> dict[str, str]:
-    """Each setting's docstring (the string under its field in `TrainConfig`) and its default, for `--help`."""
-    import ast
-    import inspect
-
-    body = ast.parse(inspect.getsource(TrainConfig)).body[0].body
-    docs = {
-        node.target.id: " ".join(following.value.value.split())
-        for node, following in zip(body, body[1:])
-        if isinstance(node, ast.AnnAssign)
-        and isinstance(following, ast.Expr)
-        and isinstance(following.value, ast.Constant)
-    }
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    return {
-        name: (docs.get(name, "") + (f" (default: {defaults[name]})" if name in defaults else "")).replace("%", "%%")
-        for name in _field_types()
-    }
+    try:
+        return option_kwargs(TrainConfig, values)
+    except ConfigError as error:
+        raise ConfigError(f"config file {path}: {error}") from None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config` plus one `--field-name` flag per setting (default: not given, so the recipe's value stays)."""
+    """`--config` plus one flag per setting (default: not given, so the recipe's value stays)."""
     parser.add_argument("--config", help=f"recipe file or shipped recipe name ({', '.join(list_recipes())})")
-    helps = _field_help()
-    for name, annotation in _field_types().items():
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(
-            flag, dest=name, type=_parser_for(annotation), default=argparse.SUPPRESS, metavar="VALUE", help=helps[name]
-        )
+    add_options(parser, TrainConfig, metavar="VALUE")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Recipe values (if `--config`), overridden by every flag given on the command line."""
-    values = read_recipe(args.config) if getattr(args, "config", None) else {}
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values.update({name: value for name, value in vars(args).items() if name in names})
-    return TrainConfig(**values)
+    recipe = read_recipe(args.config) if getattr(args, "config", None) else {}
+    return TrainConfig(**option_kwargs(TrainConfig, {**recipe, **given_values(TrainConfig, args)}))
 
 
 __all__ = [

@@ -302,8 +302,7 @@ def run_evaluation(accelerator, model, processor, data: SegmentationData, config
         accelerator.unwrap_model(model),
         processor,
         data,
-        mode=config.eval_mode,
-        batch_size=config.per_device_eval_batch_size,
+        options=config.evaluation,
         max_samples=config.max_eval_samples,
         accelerator=accelerator,
     )
@@ -339,6 +338,9 @@ def train(config: TrainConfig, stop_after_steps: int | None = None) -> TrainResu
     with accelerator.main_process_first():  # one process fills the caches (downloads, remote code) first
         model = build_model(config)
         processor = build_processor(model, config)
+    # `auto` settled, and a mode the model cannot run refused now rather than at the first evaluation.
+    evaluation = config.evaluation.for_model(model.config, processor.image_processor)
+    config = dataclasses.replace(config, evaluation=evaluation)
     frozen = freeze_parameters(model, config.frozen_parameters)
     if frozen:
         logger.info("froze %d parameters matching %s", len(frozen), config.frozen_parameters)

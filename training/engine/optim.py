@@ -1,8 +1,8 @@
 """Optimiser parameter groups and learning-rate schedules of the official recipes.
 
 Learning-rate multipliers and freezing name the parameter groups each model declares (`model.parameter_groups()`:
-CAT-Seg's `backbone`, `visual_prompts` and `cost_aggregation`; LSeg's `image_encoder`, `decoder` and `text_encoder`),
-never parameter names.
+CAT-Seg's `backbone`, `visual_prompts` and `cost_aggregation`; LSeg's `image_encoder`, `reassemble_stage`, `decoder`
+and `text_encoder`), never parameter names.
 
 CAT-Seg (detectron2's `build_optimizer` with the CAT-Seg config): AdamW at 2e-4; the backbone at 0.01x; weight decay
 1e-4, but 0 for every parameter of a normalisation layer and of an embedding table; frozen parameters are not in the

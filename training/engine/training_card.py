@@ -111,7 +111,7 @@ def training_card(config: TrainConfig, model, train_data, eval_data, metrics: di
         ),
         f"{RESULTS_HEADING} (measured after training)\n",
         (
-            f"Evaluated on {eval_source} ({len(eval_data.class_names)} classes, mode `{config.eval_mode}`).\n\n"
+            f"Evaluated on {eval_source} ({len(eval_data.class_names)} classes, mode `{config.evaluation.mode}`).\n\n"
             + results_table(metrics)
         )
         if metrics

@@ -34,6 +34,7 @@ from training.data.sources import DataError, SegmentationData, load_segmentation
 from training.evaluation.streaming import evaluate_split, remap_to_background, summarise
 from training.evaluation.mean_iou import StreamingMeanIoU
 from training.data.protocols import BENCHMARKS, PUBLISHED_CATSEG, BenchmarkProtocol
+from training.models.inference import InferenceOptions
 
 logger = logging.getLogger("training.evaluation.benchmark")
 
@@ -96,17 +97,17 @@ def run_benchmark(
     *,
     class_names_dir: str | None,
     output_dir: str | Path,
-    mode: str = "sliding",
+    options: InferenceOptions = InferenceOptions(mode="sliding", batch_size=1),
     split: str = "validation",
-    batch_size: int = 1,
     max_samples: int | None = None,
     accelerator=None,
     progress: bool = True,
 ) -> dict[str, dict]:
     """Evaluate `model` on each `sources` entry (protocol key -> data source) and write the reports.
 
-    Returns the summary per protocol key (see `training.evaluation.streaming.summarise`); the files are written by the
-    main process only.
+    `options` are how the model runs (`InferenceOptions`, settled for it by `for_model`; the official protocol is
+    CAT-Seg's sliding window). Returns the summary per protocol key (see `training.evaluation.streaming.summarise`);
+    the files are written by the main process only.
     """
     unknown = sorted(set(sources) - set(BENCHMARKS))
     if unknown:
@@ -129,8 +130,7 @@ def run_benchmark(
             processor,
             data,
             num_labels=protocol.num_eval_classes,
-            mode=mode,
-            batch_size=batch_size,
+            options=options,
             max_samples=max_samples,
             prediction_remap=remap,
             accelerator=accelerator,
@@ -149,7 +149,7 @@ def run_benchmark(
             )
     if main:
         compact = {key: {k: v for k, v in value.items() if k != "per_class_iou"} for key, value in results.items()}
-        (output_dir / "summary.json").write_text(json.dumps({"mode": mode, "results": compact}, indent=1))
+        (output_dir / "summary.json").write_text(json.dumps({"mode": options.mode, "results": compact}, indent=1))
         (output_dir / "summary.md").write_text(summary_markdown(results, PUBLISHED_CATSEG))
     return results
 

@@ -3,8 +3,9 @@ one or many processes.
 
 ```python
 from training.evaluation.streaming import evaluate_split
-metric = evaluate_split(model, processor, data, mode="sliding")          # StreamingMeanIoU
-metric.compute()["mean_iou"], metric.compute_detectron2()["mean_iou"]    # evaluate's and detectron2's means
+from training.models.inference import InferenceOptions
+metric = evaluate_split(model, processor, data, options=InferenceOptions(mode="sliding"))  # StreamingMeanIoU
+metric.compute()["mean_iou"], metric.compute_detectron2()["mean_iou"]  # evaluate's and detectron2's means
 ```
 
 Under `accelerate launch`, pass the `Accelerator`: each process segments every `num_processes`-th image and the
@@ -25,6 +26,7 @@ from processing.inference_ovseg import segment
 
 from training.data.sources import SegmentationData
 from training.evaluation.mean_iou import StreamingMeanIoU
+from training.models.inference import InferenceOptions
 
 
 def remap_to_background(background_from: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -42,8 +44,7 @@ def evaluate_split(
     data: SegmentationData,
     *,
     num_labels: int | None = None,
-    mode: str = "whole",
-    batch_size: int = 4,
+    options: InferenceOptions = InferenceOptions(),
     max_samples: int | None = None,
     prediction_remap: Callable[[np.ndarray], np.ndarray] | None = None,
     accelerator=None,
@@ -55,8 +56,8 @@ def evaluate_split(
         model, processor: the model and its `OVSegProcessor`.
         data: the split; its `class_names` are the vocabulary and its `ignore_index` is left out.
         num_labels: classes of the metric (default: the vocabulary size; PAS-20b uses 21 for 59 names).
-        mode: `segment()` mode: `"whole"` or `"sliding"` (CAT-Seg's official protocol).
-        batch_size: images per forward pass.
+        options: how `segment()` runs the model (mode, images per forward pass, prompts), settled for this model
+            (`InferenceOptions.for_model`).
         max_samples: evaluate only the first images.
         prediction_remap: applied to each predicted label map before counting.
         accelerator: share the images among processes and sum the counts (every process gets the total).
@@ -71,9 +72,9 @@ def evaluate_split(
     total = None if data.streaming else min(len(data), max_samples or len(data))
     mine = data.examples(limit=max_samples, rank=rank, world=world)
     bar = tqdm(total=total, desc=f"evaluating {data.name}", disable=not (progress and main), leave=False)
-    while batch := list(itertools.islice(mine, batch_size)):
+    while batch := list(itertools.islice(mine, options.batch_size)):
         images = [image for _, image, _ in batch]
-        results = segment(model, processor, images, data.class_names, mode=mode, batch_size=batch_size)
+        results = segment(model, processor, images, data.class_names, **options.segment_kwargs())
         for (_, _, label), result in zip(batch, results):
             prediction = result.label_map.numpy()
             metric.add(prediction_remap(prediction) if prediction_remap else prediction, label)
