@@ -306,6 +306,12 @@ class CatSegWindowAttention(nn.Module):
     ) -> torch.Tensor:
         """Attention of projected `(batch, windows, window_area, dim)` queries, keys and values within each window,
         then the output projection."""
+        return self.out_proj(self.attention_context(query, key, value, attention_mask))
+
+    def attention_context(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """[`attend`] without the output projection: the heads' outputs `(batch, windows, window_area, dim)`."""
         batch, windows, area, dim = query.shape
 
         def split_heads(states: torch.Tensor) -> torch.Tensor:
@@ -325,7 +331,7 @@ class CatSegWindowAttention(nn.Module):
             dropout=0.0,
         )
         # (batch * windows, area, heads, head_dim) -> (batch, windows, area, dim)
-        return self.out_proj(context.reshape(batch, windows, area, dim))
+        return context.reshape(batch, windows, area, dim)
 
 
 def shared_guidance_window_attention(
@@ -351,7 +357,10 @@ def shared_guidance_window_attention(
     qkv = linear_activation(hidden_states, weight, bias)
     qkv[..., : 2 * dim] += guided_query_key
     query, key, value = qkv.flatten(0, 1).split(dim, dim=-1)
-    return attention.attend(query, key, value, attention_mask)
+    context = attention.attention_context(query, key, value, attention_mask)
+    # The output projection too through `linear_activation` (oneDNN in CPU inference; MKL's `addmm` behind
+    # `nn.Linear` ran at a quarter of its rate at these shapes).
+    return linear_activation(context, attention.out_proj.weight, attention.out_proj.bias)
 
 
 class CatSegSwinBlock(nn.Module):
