@@ -5,10 +5,13 @@ The data flow, top-down in this file: a DPT image encoder (transformers' ViT, re
 with the L2-normalised CLIP text embeddings of the labels, divided by a fixed temperature -> optional
 `spatial_regularization` blocks -> bilinear upsampling to the input resolution.
 
-Two steps run in a faster form beside their plain one, each tested equal to it (to float summation order):
-`dpt_neck_channels_last` for transformers' `DPTNeck`, and, without autograd and outside `torch.compile`,
+Several steps run in a faster form beside their plain one, each tested equal to it (to float summation order):
+`dpt_neck_channels_last` for transformers' `DPTNeck`; in inference (no autograd), `vit_encoder_onednn` for the ViT
+blocks (oneDNN linears with their GELU or residual addition fused, `onednn_linear`) and
+`pixel_projection_before_upsampling` for the neck's fusion stage and the pixel projection (each 1x1 convolution moved
+before the x2 upsampling that precedes it, the last two folded into one); and, outside `torch.compile`,
 `scaled_correlation_in_row_blocks` for the scaled product of the correlation. Under `torch.compile` the model is one
-graph for any number of labels (tests/modeling/test_compile.py).
+graph for any number of labels (tests/modeling/test_compile.py), with plain linears in place of oneDNN's.
 """
 
 from __future__ import annotations
@@ -126,6 +129,136 @@ def dpt_neck_channels_last(
         image = patches.reshape(batch, patch_height, patch_width, channels).permute(0, 3, 1, 2)
         features.append(neck.convs[index](stage.layers[index](image)))
     return neck.fusion_stage(features)[-1]
+
+
+# oneDNN's fp32 linear with an optional fused post-op, the op inductor emits on CPU; absent from builds without it.
+_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+# Read once: dynamo refuses to trace `torch.backends.mkldnn.is_available`.
+_ONEDNN_AVAILABLE = _ONEDNN_LINEAR is not None and torch.backends.mkldnn.is_available()
+
+
+def onednn_linear(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`F.linear(hidden_states, weight, bias)`, then exact GELU (`activation="gelu"`) or `+ residual`.
+
+    In CPU fp32 inference this is one call of oneDNN's linear with the GELU or the addition as a post-op. PyTorch's
+    `F.linear` goes to MKL's `sgemm`, which on AMD CPUs runs its AVX2 code even where the CPU has AVX-512, and
+    first copies the bias into every output row. On the 2-core AMD EPYC (Zen 5) VM of issue 23, at the ViT-L's
+    shapes (577 tokens, 1024 -> 1024/4096 -> 1024), oneDNN's AVX-512 kernel ran at 270-400 GFLOP/s against MKL's
+    195-225. Under autograd (the oneDNN op has no backward), on other devices and dtypes, with oneDNN switched off
+    (`torch.backends.mkldnn.enabled = False`) and while tracing for `torch.compile` / `torch.export` it is the plain
+    composition. `residual` must have the output's shape.
+    """
+    # The compile check comes first: inductor lowers this op only for the weights it packs itself (freezing).
+    if (
+        not torch.compiler.is_compiling()
+        and _ONEDNN_AVAILABLE
+        and hidden_states.device.type == "cpu"
+        and hidden_states.dtype == weight.dtype == torch.float32
+        and torch.backends.mkldnn.enabled
+        and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
+    ):
+        # A strided weight (a slice of a larger one) sends oneDNN to a reference kernel hundreds of times slower.
+        weight = weight.contiguous()
+        if residual is not None:
+            return _ONEDNN_LINEAR.binary(hidden_states, residual, weight, bias, "add")
+        if activation == "gelu":
+            return _ONEDNN_LINEAR(hidden_states, weight, bias, "gelu", [], "none")
+        return _ONEDNN_LINEAR(hidden_states, weight, bias, "none", [], "")
+    hidden_states = F.linear(hidden_states, weight, bias)
+    if residual is not None:
+        return hidden_states + residual
+    return F.gelu(hidden_states) if activation == "gelu" else hidden_states
+
+
+def vit_encoder_onednn(encoder: nn.Module, hidden_states: torch.Tensor) -> list[torch.Tensor]:
+    """The output of every block of transformers' `DPTViTEncoder` `encoder` from its input `hidden_states`.
+
+    The same blocks and weights, to float summation order, with each linear one [`onednn_linear`] call: the
+    attention output projection and the second MLP layer with their residual addition fused, the first MLP layer
+    with its GELU (other activations run after it), and SDPA in between. For inference: it bypasses the blocks'
+    modules, so it has neither their gradient checkpointing nor their attention outputs.
+    """
+    # transformers' "gelu" is the exact (erf) GELU, the one oneDNN fuses.
+    fuse_gelu = encoder.config.hidden_act == "gelu"
+    outputs = []
+    for layer in encoder.layer:
+        attention = layer.attention.attention
+        normed = layer.layernorm_before(hidden_states)
+        batch, tokens, _ = normed.shape
+        heads = (batch, tokens, attention.num_attention_heads, attention.attention_head_size)
+        query, key, value = (
+            onednn_linear(normed, projection.weight, projection.bias).view(heads).transpose(1, 2)
+            for projection in (attention.query, attention.key, attention.value)
+        )
+        context = F.scaled_dot_product_attention(query, key, value, scale=attention.scaling)
+        context = context.transpose(1, 2).reshape(batch, tokens, -1)
+        dense = layer.attention.output.dense
+        hidden_states = onednn_linear(context, dense.weight, dense.bias, residual=hidden_states)
+        intermediate = layer.intermediate
+        normed = layer.layernorm_after(hidden_states)
+        if fuse_gelu:
+            mlp = onednn_linear(normed, intermediate.dense.weight, intermediate.dense.bias, activation="gelu")
+        else:
+            mlp = onednn_linear(normed, intermediate.dense.weight, intermediate.dense.bias)
+            mlp = intermediate.intermediate_act_fn(mlp)
+        output = layer.output.dense
+        hidden_states = onednn_linear(mlp, output.weight, output.bias, residual=hidden_states)
+        outputs.append(hidden_states)
+    return outputs
+
+
+def pixel_projection_before_upsampling(
+    neck: DPTNeck, projection: nn.Conv2d, hidden_states: list[torch.Tensor], patch_height: int, patch_width: int
+) -> torch.Tensor:
+    """`projection(dpt_neck_channels_last(neck, hidden_states, patch_height, patch_width))`, for inference: LSeg's
+    pixel embeddings before their normalisation, `(batch, projection_dim, 8 * patch_height, 8 * patch_width)`.
+
+    The same modules and weights, to float summation order, in fewer operations:
+    - Each fusion layer ends with a x2 bilinear upsampling and then a 1x1 convolution. Both are linear maps and the
+      upsampling's weights at every pixel sum to one, so the convolution runs first, on a quarter of the pixels.
+    - The last fusion layer's 1x1 convolution and `projection` (LSeg's 1x1 convolution into the text space) follow
+      each other with nothing in between, so they are folded into one convolution (weights multiplied once per
+      call): at 384 one 256 -> 512 convolution at 96x96 replaces a 256 -> 256 and a 256 -> 512 one at 192x192.
+    - The readout projection's patch half is one [`onednn_linear`] call, with the cls half added as its post-op.
+    """
+    stage = neck.reassemble_stage
+    features = []
+    for index, hidden_state in enumerate(hidden_states):
+        cls_token, patches = hidden_state[:, :1], hidden_state[:, 1:]
+        if stage.config.readout_type == "project":
+            project, activation = stage.readout_projects[index]
+            patch_weight, cls_weight = project.weight.split(patches.shape[-1], dim=1)
+            cls_term = F.linear(cls_token, cls_weight, project.bias).expand_as(patches).contiguous()
+            patches = activation(onednn_linear(patches, patch_weight, None, residual=cls_term))
+        elif stage.config.readout_type == "add":
+            patches = patches + cls_token
+        batch, _, channels = patches.shape
+        image = patches.reshape(batch, patch_height, patch_width, channels).permute(0, 3, 1, 2)
+        features.append(neck.convs[index](stage.layers[index](image)))
+    layers = neck.fusion_stage.layers
+    fused = None
+    for index, (feature, layer) in enumerate(zip(features[::-1], layers)):
+        if fused is None:
+            hidden_state = feature
+        else:
+            if fused.shape != feature.shape:
+                feature = F.interpolate(feature, size=fused.shape[2:], mode="bilinear", align_corners=False)
+            hidden_state = fused + layer.residual_layer1(feature)
+        hidden_state = layer.residual_layer2(hidden_state)
+        weight, bias = layer.projection.weight, layer.projection.bias
+        if index == len(layers) - 1:
+            outer = projection.weight.flatten(1)
+            weight = (outer @ weight.flatten(1)).view(outer.shape[0], -1, 1, 1)
+            bias = outer @ bias + projection.bias
+        hidden_state = F.conv2d(hidden_state, weight, bias)
+        fused = F.interpolate(hidden_state, scale_factor=2, mode="bilinear", align_corners=layer.align_corners)
+    return fused
 
 
 class LSegPixelEmbeddings(nn.Module):
@@ -376,18 +509,30 @@ class LSegModel(LSegPreTrainedModel):
         if pad_height or pad_width:
             pixel_values = F.pad(pixel_values, (0, pad_width, 0, pad_height), value=PADDING_VALUE)
         dpt_config = self.config.dpt_config
-        # The hooks need the hidden states, whatever the caller asked for.
-        encoder_outputs = self.dpt(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
-        hidden_states = encoder_outputs.hidden_states
-        hooked = [hidden_states[index + 1] for index in dpt_config.backbone_out_indices]
-        # transformers' DPTNeck, computed in the ViT tokens' own channels-last layout (equality-tested against it).
-        fused = dpt_neck_channels_last(
-            self.neck,
-            hooked,
-            patch_height=pixel_values.shape[-2] // dpt_config.patch_size,
-            patch_width=pixel_values.shape[-1] // dpt_config.patch_size,
-        )
-        pixel_embeds = self.pixel_embeddings(fused)
+        patch_height = pixel_values.shape[-2] // dpt_config.patch_size
+        patch_width = pixel_values.shape[-1] // dpt_config.patch_size
+        if self._inference_fast_paths(kwargs):
+            # The same ViT, neck and projection in fewer and faster operations (equality-tested against the plain
+            # forms below).
+            embeddings = self.dpt.embeddings(pixel_values).last_hidden_states
+            hidden_states = (embeddings, *vit_encoder_onednn(self.dpt.encoder, embeddings))
+            attentions = None
+            hooked = [hidden_states[index + 1] for index in dpt_config.backbone_out_indices]
+            pixel_embeds = pixel_projection_before_upsampling(
+                self.neck, self.pixel_embeddings.projection, hooked, patch_height, patch_width
+            )
+            # In place, as in `LSegPixelEmbeddings`, except in a compiled graph.
+            in_place = not torch.compiler.is_compiling()
+            pixel_embeds = F.normalize(pixel_embeds, dim=1, out=pixel_embeds if in_place else None)
+        else:
+            # The hooks need the hidden states, whatever the caller asked for.
+            encoder_outputs = self.dpt(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
+            hidden_states, attentions = encoder_outputs.hidden_states, encoder_outputs.attentions
+            hooked = [hidden_states[index + 1] for index in dpt_config.backbone_out_indices]
+            # transformers' DPTNeck, computed in the ViT tokens' own channels-last layout (equality-tested against
+            # it).
+            fused = dpt_neck_channels_last(self.neck, hooked, patch_height, patch_width)
+            pixel_embeds = self.pixel_embeddings(fused)
         stride = pixel_values.shape[-2] // pixel_embeds.shape[-2]
         pixel_embeds = pixel_embeds[..., : -(-height // stride), : -(-width // stride)]
 
@@ -402,7 +547,18 @@ class LSegModel(LSegPreTrainedModel):
             pixel_embeds=pixel_embeds,
             text_embeds=text_embeds,
             hidden_states=hidden_states,
-            attentions=encoder_outputs.attentions,
+            attentions=attentions,
+        )
+
+    def _inference_fast_paths(self, kwargs: dict) -> bool:
+        """Whether [`vit_encoder_onednn`] and [`pixel_projection_before_upsampling`] replace the plain ViT and neck:
+        in inference (no autograd) when no attention weights are asked for. Their linears take oneDNN only where
+        [`onednn_linear`] says."""
+        return (
+            not torch.is_grad_enabled()
+            and not kwargs.get("output_attentions")
+            and not self.config.output_attentions
+            and not self.config.dpt_config.output_attentions
         )
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:

@@ -225,6 +225,55 @@ def test_the_compiled_side_is_timed_beside_eager_with_its_compile_time(tmp_path,
     assert cells[4] == "" and (cells[5].endswith(" images") or cells[5] == "never (not faster)")
 
 
+def test_targets_is_issue_23s_part_2_with_compile_and_at_least_5_repeats(no_official_env):
+    args = benchmark_sidebyside.parse_args(["--targets", "--repeats", "3"])
+    assert args.cases == ["catseg-171", "catseg-847", "lseg-150", "lseg-150-480"] and args.compile
+    assert args.repeats == 5
+    assert benchmark_sidebyside.parse_args(["--targets", "--repeats", "7"]).repeats == 7
+
+
+def _timed_case(case_id: str, eager: list[float], compiled: list[float], official: list[float]) -> dict:
+    ratio = benchmark_sidebyside.ratio_range
+    return {
+        "id": case_id,
+        "case": case_id,
+        "ours_s": sorted(eager)[len(eager) // 2],
+        "compiled_s": sorted(compiled)[len(compiled) // 2],
+        "compile_s": 30.0,
+        "official_s": sorted(official)[len(official) // 2],
+        "ratio_range": ratio(official, eager),
+        "compiled_ratio_range": ratio(official, compiled),
+        "outputs_agree": True,
+        "loadavg_before": "1.25 1.00 0.90 1/100 1",
+    }
+
+
+def test_a_target_takes_the_better_of_eager_and_compiled_and_is_met_only_on_the_lowest_repeat():
+    cases = [
+        # Compiled is faster; its lowest repeat (10 / 2.4 = 4.17) meets 4x.
+        _timed_case("catseg-171", [3.0, 3.0, 3.0], [2.0, 2.4, 2.0], [10.0, 10.0, 10.0]),
+        # Eager is faster; its median (1.4x) meets 1.3x but its lowest repeat (1.2x) does not.
+        _timed_case("lseg-150", [1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [1.4, 1.2, 1.5]),
+        {**_timed_case("catseg-20", [1.0], [1.0], [5.0])},  # not a target case
+    ]
+    rows = benchmark_sidebyside.target_rows(cases)
+    assert [row["id"] for row in rows] == ["catseg-171", "lseg-150"]
+    catseg, lseg = rows
+    assert catseg["better"] == "compiled" and catseg["met"] and catseg["ratio_range"]["low"] == pytest.approx(10 / 2.4)
+    assert catseg["pays_off"] == "30 images" and catseg["target"] == 4.0 and catseg["load"] == "1.25"
+    assert lseg["better"] == "eager" and lseg["ratio_range"]["median"] == pytest.approx(1.4) and lseg["met"] is False
+    assert lseg["pays_off"] == "never (not faster)"
+    report = {
+        "date": "d", "machine": "m", "torch": "t", "threads": 2, "omp_wait_policy": "unset", "competing_load": 0,
+        "loadavg_start": "1", "loadavg_end": "1", "repeats": 3, "official": "root", "cases": [], "targets": rows,
+    }  # fmt: skip
+    table = benchmark_sidebyside.markdown(report)
+    row = next(line for line in table.splitlines() if line.startswith("| lseg-150 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[6:10] == ["eager", "1.40x (1.20-1.50)", "1.3x", "not met"]
+    assert "| catseg-171 |" in table and "**met**" in table
+
+
 def test_agreement_reports_the_difference_and_refuses_other_shapes():
     official = torch.tensor([1.0, 2.0, 3.0])
     close = benchmark_sidebyside.agreement(official + 1e-6, official, dict(atol=1e-5, rtol=0), "x")

@@ -7,7 +7,13 @@ from tests.tiny_models import tiny_clip_config, tiny_lseg_config
 from transformers import CLIPConfig, CLIPModel, DPTConfig, DPTModel, ViTConfig, ViTModel
 
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation, LSegModel
-from modeling_lseg.modeling_lseg import dpt_neck_channels_last, scaled_correlation_in_row_blocks
+from modeling_lseg.modeling_lseg import (
+    dpt_neck_channels_last,
+    onednn_linear,
+    pixel_projection_before_upsampling,
+    scaled_correlation_in_row_blocks,
+    vit_encoder_onednn,
+)
 
 
 def pixels(batch: int = 1, height: int = 64, width: int = 64) -> torch.Tensor:
@@ -410,3 +416,83 @@ def test_inference_and_training_give_the_same_correlation(model):
     assert training.correlation.requires_grad and not inference.correlation.requires_grad
     torch.testing.assert_close(inference.correlation, training.correlation)
     torch.testing.assert_close(inference.pixel_embeds, training.pixel_embeds)
+
+
+def ran_onednn_linear(function) -> bool:
+    with torch.profiler.profile() as profile:
+        function()
+    return any(event.name.startswith("mkldnn::_linear_pointwise") for event in profile.events())
+
+
+@pytest.mark.parametrize("post_op", [None, "gelu", "residual"])
+def test_the_onednn_linear_is_the_plain_composition_in_inference_and_under_autograd(post_op):
+    generator = torch.Generator().manual_seed(0)
+    hidden_states, residual = torch.randn(2, 37, 24, generator=generator), torch.randn(2, 37, 40, generator=generator)
+    weight, bias = torch.randn(40, 24, generator=generator) / 5, torch.randn(40, generator=generator)
+    plain = F.linear(hidden_states, weight, bias)
+    plain = F.gelu(plain) if post_op == "gelu" else plain + residual if post_op == "residual" else plain
+    kwargs = {"activation": "gelu"} if post_op == "gelu" else {"residual": residual} if post_op == "residual" else {}
+
+    def fast():
+        return onednn_linear(hidden_states, weight, bias, **kwargs)
+
+    with torch.no_grad():
+        torch.testing.assert_close(fast(), plain)
+        if torch.backends.mkldnn.is_available():
+            assert ran_onednn_linear(fast)
+        with torch.backends.mkldnn.flags(enabled=False):  # the switch users have for oneDNN is respected
+            assert not ran_onednn_linear(fast)
+        # A slice of a larger weight, as the neck's readout projection passes (oneDNN gets a contiguous copy).
+        wide = torch.cat([weight, torch.randn(40, 8, generator=generator)], dim=1)
+        torch.testing.assert_close(onednn_linear(hidden_states, wide[:, :24], bias, **kwargs), plain)
+    weight.requires_grad_(True)
+    assert not ran_onednn_linear(fast)  # the oneDNN op has no backward
+    torch.testing.assert_close(fast(), plain)
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "relu"])
+def test_the_onednn_vit_encoder_is_transformers_encoder(hidden_act):
+    config = tiny_lseg_config()
+    config.dpt_config.hidden_act = hidden_act
+    torch.manual_seed(0)
+    model = LSegModel(config).eval()
+    images = pixels(2, 64, 96)
+    with torch.no_grad():
+        expected = model.dpt(images, output_hidden_states=True).hidden_states
+        embeddings = model.dpt.embeddings(images).last_hidden_states
+        outputs = vit_encoder_onednn(model.dpt.encoder, embeddings)
+    assert len(outputs) == len(expected) - 1 == 4
+    torch.testing.assert_close(embeddings, expected[0])
+    for output, plain in zip(outputs, expected[1:]):
+        torch.testing.assert_close(output, plain)
+
+
+@pytest.mark.parametrize("readout_type", ["project", "add", "ignore"])
+def test_projecting_before_upsampling_is_the_neck_then_the_pixel_projection(readout_type):
+    config = tiny_lseg_config()
+    config.dpt_config.readout_type = readout_type
+    torch.manual_seed(0)
+    model = LSegModel(config).eval()
+    _randomised_batch_norms(model)
+    images = pixels(2, 64, 96)  # a 4 x 6 patch grid, so height and width cannot be swapped unnoticed
+    projection = model.pixel_embeddings.projection
+    with torch.no_grad():
+        hidden_states = model.dpt(images, output_hidden_states=True).hidden_states
+        hooked = [hidden_states[index + 1] for index in config.dpt_config.backbone_out_indices]
+        expected = projection(model.neck(hooked, 4, 6)[-1])
+        fast = pixel_projection_before_upsampling(model.neck, projection, hooked, 4, 6)
+    assert fast.shape == expected.shape == (2, 16, 32, 48)
+    torch.testing.assert_close(fast, expected)
+
+
+def test_the_inference_fast_paths_give_the_plain_outputs_and_hidden_states(model):
+    # Without autograd the ViT and neck take their fast forms; with it (or when attention weights are asked for),
+    # the plain modules.
+    with torch.no_grad():
+        fast = model(pixels(2), input_ids=label_ids(3), output_hidden_states=True)
+    plain = model(pixels(2), input_ids=label_ids(3), output_hidden_states=True)
+    assert len(fast.hidden_states) == len(plain.hidden_states) == 5
+    for state, expected in zip(fast.hidden_states, plain.hidden_states):
+        torch.testing.assert_close(state, expected)
+    torch.testing.assert_close(fast.pixel_embeds, plain.pixel_embeds)
+    torch.testing.assert_close(fast.logits, plain.logits)
