@@ -222,11 +222,11 @@ def test_two_concurrent_segment_calls_give_the_sequential_results_without_slowin
         def worker(index: int) -> None:
             results[index] = run()
 
-        threads = [threading.Thread(target=worker, args=(index,)) for index in range(2)]
+        workers = [threading.Thread(target=worker, args=(index,)) for index in range(2)]
         start = time.perf_counter()
-        for thread in threads:
+        for thread in workers:
             thread.start()
-        for thread in threads:
+        for thread in workers:
             thread.join()
         concurrent_seconds = time.perf_counter() - start
         assert torch.get_num_threads() == 2
