@@ -76,28 +76,18 @@ TINY_WORDS = "a photo of the in scene cat dog sofa floor wooden red green blue d
 
 
 def save_tiny_siglip(folder, vision_layers: int = 4, patch_size: int = 16, seed: int = 0):
-    """A tiny random `SiglipModel` saved as a SigLIP 2 checkpoint is: weights, a Gemma tokenizer (a word-level one
-    over `TINY_WORDS`, built here, padded on the right), and SigLIP's image processor (mean = std = 0.5)."""
+    """A tiny random `SiglipModel` saved as a SigLIP 2 checkpoint is: weights, a Gemma tokenizer (its BPE vocabulary
+    learned from `TINY_WORDS`, padded on the right), and SigLIP's image processor (mean = std = 0.5)."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GemmaTokenizer, SiglipConfig, SiglipImageProcessorPil, SiglipModel
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel
+
+    from training.models.gemma_tokenizer import build_gemma_tokenizer
 
     torch.manual_seed(seed)
-    words = ["<pad>", "<eos>", "<bos>", "<unk>", *TINY_WORDS.split()]
-    backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = GemmaTokenizer(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        bos_token="<bos>",
-        unk_token="<unk>",
-        model_max_length=64,
-        padding_side="right",
-    )
+    tokenizer = build_gemma_tokenizer([TINY_WORDS])
     tokenizer.save_pretrained(folder)
     SiglipImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(folder)
-    config = tiny_siglip_config(vision_layers, patch_size, vocab_size=len(words))
+    config = tiny_siglip_config(vision_layers, patch_size, vocab_size=len(tokenizer))
     config.pop("model_type")
     SiglipModel(SiglipConfig(**config)).save_pretrained(folder)
     return folder
