@@ -77,32 +77,23 @@ TINY_WORDS = "a photo of the in scene cat dog sofa floor wooden red green blue d
 
 def save_tiny_siglip(folder, vision_layers: int = 4, patch_size: int = 16, seed: int = 0, generation: int = 2):
     """A tiny random `SiglipModel` saved as a SigLIP checkpoint is: weights, a tokenizer over `TINY_WORDS` built
-    here, and SigLIP's image processor (mean = std = 0.5). `generation=2`: a word-level Gemma tokenizer padded on
-    the right, as SigLIP 2's; `generation=1`: a SentencePiece `SiglipTokenizer`, as SigLIP's."""
+    here, and SigLIP's image processor (mean = std = 0.5). `generation=2`: a Gemma tokenizer (its BPE vocabulary
+    learned from `TINY_WORDS`, padded on the right), as SigLIP 2's; `generation=1`: a SentencePiece
+    `SiglipTokenizer`, as SigLIP's."""
     import io
     from pathlib import Path
 
     import sentencepiece
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GemmaTokenizer, SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipTokenizer
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipTokenizer
+
+    from training.models.gemma_tokenizer import build_gemma_tokenizer
 
     torch.manual_seed(seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if generation == 2:
-        words = ["<pad>", "<eos>", "<bos>", "<unk>", *TINY_WORDS.split()]
-        backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
-        backend.pre_tokenizer = pre_tokenizers.Whitespace()
-        tokenizer = GemmaTokenizer(
-            tokenizer_object=backend,
-            pad_token="<pad>",
-            eos_token="<eos>",
-            bos_token="<bos>",
-            unk_token="<unk>",
-            model_max_length=64,
-            padding_side="right",
-        )
+        tokenizer = build_gemma_tokenizer([TINY_WORDS])
     else:
         words = TINY_WORDS.split()
         sentences = [" ".join(words[i:] + words[:i]) for i in range(len(words))] * 20

@@ -2,6 +2,7 @@
 
 ```bash
 make quickstart                       # or: python -m training.quickstart [--seed 1] [--output-dir outputs/quickstart]
+python -m training.quickstart --backbone siglip2     # CAT-Seg on a SigLIP 2-style backbone instead of CLIP
 ```
 
 In the real pipeline CLIP has seen image-text pairs about nearly every concept on the web; CAT-Seg's segmentation
@@ -24,6 +25,12 @@ its segmentation labels. The quickstart reproduces that division of labour in a 
 5. **Report.** The table (seen, unseen, background, chance beside), `results.json`, `comparison.png` (an
    unseen-pair test image, its ground truth and each method's map) and `chart.png`.
 
+With `--backbone siglip2` the backbone is a tiny `SiglipModel` with SigLIP 2's text conventions (a Gemma tokenizer,
+lower-cased text padded to 64 tokens), pretrained with SigLIP's sigmoid loss on the same captioned images and saved
+as a checkpoint folder of its own (weights, tokenizer, image processor); CAT-Seg trains from that folder as from any
+SigLIP 2 checkpoint. LSeg needs a CLIP text tower, so it is not trained; the training-free baseline reads the
+SigLIP's patches through its attention-pool head (`siglip_dense_embeddings`, as CAT-Seg's cost volume does).
+
 Everything runs offline on a CPU in a few minutes. The miniature shows what each method adds when CLIP knows the
 concepts; it says nothing about the scores of the full-size models on real benchmarks.
 """
@@ -39,21 +46,25 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers.modeling_outputs import SemanticSegmenterOutput  # noqa: E402
 
 from training.conversion.state_dicts import load_state_dict_strictly  # noqa: E402
 from training.core.command import run_options_command  # noqa: E402
 from training.core.errors import UsageError  # noqa: E402
-from training.core.options import Options  # noqa: E402
+from training.core.options import Options, option  # noqa: E402
 from training.data.shapes import (  # noqa: E402
     ALL_CLASSES,
     SEEN_CLASSES,
@@ -67,6 +78,8 @@ from training.engine.config import TrainConfig  # noqa: E402
 from training.engine.optim import lr_factor  # noqa: E402
 from training.models.loading import check_writable_folder  # noqa: E402
 from training.quickstart.report import (  # noqa: E402
+    BACKBONE_TITLES,
+    METHOD_TITLES,
     SPLITS,
     TEST_VOCABULARY,
     bar_chart,
@@ -84,13 +97,8 @@ PATCH_SIZE = 8
 
 # A CLIP small enough to pretrain in a minute: 4 vision blocks of width 64 on 8-pixel patches (an 8x8 grid for the
 # 64-pixel images), 2 text blocks, a 64-d joint space; the OpenAI CLIP layout otherwise.
-_COMMON = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_attention_heads": 2,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-}
+_WIDTHS = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2}
+_COMMON = {**_WIDTHS, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
 TINY_CLIP = {
     "text_config": {
         "vocab_size": 49408,
@@ -101,6 +109,21 @@ TINY_CLIP = {
     },
     "vision_config": {"image_size": 224, "patch_size": PATCH_SIZE, "num_hidden_layers": 4, **_COMMON},
     "projection_dim": 64,
+}
+# The SigLIP of `--backbone siglip2`: the tiny CLIP's widths and depths, SigLIP's layout otherwise (no CLS token, an
+# attention-pool head, a 64-d joint space); trained at the quickstart's image size, as SigLIP 2's FixRes checkpoints
+# are at the size CAT-Seg runs them (384). Its text is SigLIP 2's: 64 tokens, Gemma's special token ids; the
+# vocabulary size is the tokenizer's, learned from the captions.
+TINY_SIGLIP = {
+    "text_config": {
+        "max_position_embeddings": 64,
+        "num_hidden_layers": 2,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+        **_WIDTHS,
+    },
+    "vision_config": {"image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "num_hidden_layers": 4, **_WIDTHS},
 }
 # The CAT-Seg built on it (`from_vision_language_model`): the released architecture, narrower (aggregation width
 # 16, decoder 16).
@@ -133,50 +156,133 @@ TINY_LSEG_DPT = {
 }
 
 
-def pretrain_tiny_clip(folder: Path, steps: int, seed: int = 0, pool_size: int = 6000, batch_size: int = 64) -> Path:
-    """Stand in for OpenAI's CLIP: a tiny CLIP pretrained on "web" image-caption pairs of the whole world.
+def contrastive_loss(model, image_embeds: torch.Tensor, text_embeds: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """CLIP's objective: scaled cosine similarities, cross-entropy in both directions; `same[i, j]` marks image i and
+    caption j as a match (a caption repeated in the batch matches each image it was drawn for, shares split)."""
+    logits = _scaled_similarities(model, image_embeds, text_embeds)
+    targets = same / same.sum(dim=1, keepdim=True)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
-    The images (`draw_captioned_image`) show any classes, held-out pairs included, and their captions mention some
-    of what they show in varied words. The objective is CLIP's: scaled cosine similarities between the images and
-    the captions of a batch, cross-entropy in both directions; a caption repeated in the batch counts as a match
-    of each image it was drawn for. Saved as a `CLIPModel` folder.
-    """
+
+def sigmoid_loss(model, image_embeds: torch.Tensor, text_embeds: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """SigLIP's objective (Zhai et al., 2023): every image-caption pair of the batch is a binary classification of
+    its scaled cosine similarity plus a learned bias, positive where `same[i, j]` (a caption repeated in the batch is
+    a positive of each image it was drawn for); summed over pairs, divided by the batch size."""
+    logits = _scaled_similarities(model, image_embeds, text_embeds) + model.logit_bias
+    return F.binary_cross_entropy_with_logits(logits, same, reduction="sum") / len(same)
+
+
+def _scaled_similarities(model, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    """`(images, captions)` cosine similarities times the model's learned temperature."""
+    return model.logit_scale.exp() * F.normalize(image_embeds, dim=-1) @ F.normalize(text_embeds, dim=-1).T
+
+
+@dataclass(frozen=True)
+class WebPretraining:
+    """What one kind of backbone brings to the "web" pretraining; the loop (`pretrain_tiny_backbone`) is shared."""
+
+    model: nn.Module
+    image_processor: Callable  # images -> {"pixel_values"}, normalised as the backbone expects
+    text_inputs: Callable[[list[str]], dict]  # captions -> the text tower's inputs
+    loss: Callable[..., torch.Tensor]  # (model, image_embeds, text_embeds, same) -> loss
+    saved_beside: tuple = ()  # what the checkpoint folder holds beside the weights (tokenizer, image processor)
+
+
+def tiny_clip(captions: tuple[str, ...], batch_size: int) -> WebPretraining:
+    """A new `TINY_CLIP` with CLIP's tokenizer and normalisation (those of CAT-Seg's bundled CLIP processor, so the
+    folder holds the weights only) and CLIP's contrastive loss."""
     from transformers import CLIPConfig, CLIPModel
 
     from training.models.presets import catseg_processor
 
-    torch.manual_seed(seed)
-    clip = CLIPModel(CLIPConfig(**TINY_CLIP))
     processor = catseg_processor(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+    return WebPretraining(
+        model=CLIPModel(CLIPConfig(**TINY_CLIP)),
+        image_processor=processor.image_processor,
+        text_inputs=lambda texts: processor.tokenizer(texts, padding=True, return_tensors="pt"),
+        loss=contrastive_loss,
+    )
+
+
+def tiny_siglip2(captions: tuple[str, ...], batch_size: int) -> WebPretraining:
+    """A new `TINY_SIGLIP` with SigLIP 2's text conventions and SigLIP's normalisation (mean = std = 0.5) and loss.
+
+    The tokenizer is a Gemma tokenizer whose vocabulary is learned from the captions (`build_gemma_tokenizer`); the
+    captions are tokenised by the rules CAT-Seg's processor applies to this backbone's prompts
+    (`CatSegSiglipBackbone.text_settings`: lower-cased, padded on the right to 64 tokens), and the text tower reads
+    them without an attention mask, as SigLIP trains and as CAT-Seg runs it. The temperature starts at the SigLIP
+    paper's 10 and the bias at the log-odds of a pair of the batch being positive, -log(batch_size): the paper's -10
+    is that value for its batch of 32k (transformers' initialisation, 0 and 0, is for loading weights). With the
+    paper's -10 in batches of 64, the bias would have to climb 6 nats at the learning rate's pace first.
+    """
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel
+
+    from modeling_catseg import CatSegSiglipBackbone
+
+    from training.models.gemma_tokenizer import build_gemma_tokenizer
+
+    tokenizer = build_gemma_tokenizer(captions)
+    model = SiglipModel(
+        SiglipConfig(
+            text_config={**TINY_SIGLIP["text_config"], "vocab_size": len(tokenizer)},
+            vision_config=TINY_SIGLIP["vision_config"],
+        )
+    )
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(10))
+        model.logit_bias.fill_(-math.log(batch_size))
+    rules = dict(CatSegSiglipBackbone.text_settings())
+    lowercase = rules.pop("lowercase")
+
+    def text_inputs(texts: list[str]) -> dict:
+        texts = [text.lower() for text in texts] if lowercase else texts
+        return {"input_ids": tokenizer(texts, truncation=True, return_tensors="pt", **rules)["input_ids"]}
+
+    image_processor = SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return WebPretraining(model, image_processor, text_inputs, sigmoid_loss, saved_beside=(tokenizer, image_processor))
+
+
+# The backbones `--backbone` offers; `BACKBONE_TITLES` (the report) names them.
+BACKBONES: dict[str, Callable[[tuple[str, ...], int], WebPretraining]] = {"clip": tiny_clip, "siglip2": tiny_siglip2}
+
+
+def pretrain_tiny_backbone(
+    folder: Path, steps: int, seed: int = 0, backbone: str = "clip", pool_size: int = 6000, batch_size: int = 64
+) -> Path:
+    """Stand in for OpenAI's CLIP or Google's SigLIP 2: a tiny backbone pretrained on "web" image-caption pairs of the
+    whole world, saved as a checkpoint folder (`CLIPModel` or `SiglipModel`).
+
+    The images (`draw_captioned_image`) show any classes, held-out pairs included, and their captions mention some
+    of what they show in varied words. `backbone` picks the model, its text handling and its objective
+    (`BACKBONES`: CLIP's contrastive loss or SigLIP's sigmoid loss); the data, the optimiser and the schedule are
+    the same for both.
+    """
     rng = np.random.default_rng(seed + 10)
     images, captions = zip(*(draw_captioned_image(rng, IMAGE_SIZE) for _ in range(min(pool_size, batch_size * steps))))
-    pixel_values = torch.from_numpy(
-        np.stack(processor.image_processor(list(images), return_tensors=None)["pixel_values"])
-    )
-    optimizer = torch.optim.AdamW(clip.parameters(), lr=1e-3, weight_decay=0.1)
+    torch.manual_seed(seed)
+    batch_size = min(batch_size, len(captions))
+    setup = BACKBONES[backbone](captions, batch_size)
+    model = setup.model
+    pixel_values = torch.from_numpy(np.stack(setup.image_processor(list(images), return_tensors=None)["pixel_values"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     warmup = max(1, steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * lr_factor("cosine", step / steps)
     )
     generator = np.random.default_rng(seed + 20)
     for _ in range(steps):
-        batch = generator.choice(len(captions), min(batch_size, len(captions)), replace=False)
+        batch = generator.choice(len(captions), batch_size, replace=False)
         texts = [captions[i] for i in batch]
-        tokens = processor.tokenizer(texts, padding=True, return_tensors="pt")
-        image_embeds = clip.get_image_features(pixel_values=pixel_values[batch], interpolate_pos_encoding=True)
-        text_embeds = clip.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-        logits = (
-            clip.logit_scale.exp()
-            * F.normalize(image_embeds.pooler_output, dim=-1)
-            @ F.normalize(text_embeds.pooler_output, dim=-1).T
-        )
-        same = torch.tensor([[a == b for b in texts] for a in texts], dtype=logits.dtype)
-        targets = same / same.sum(dim=1, keepdim=True)
-        ((F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2).backward()
+        image_embeds = model.get_image_features(pixel_values=pixel_values[batch], interpolate_pos_encoding=True)
+        text_embeds = model.get_text_features(**setup.text_inputs(texts))
+        same = torch.tensor([[a == b for b in texts] for a in texts], dtype=image_embeds.pooler_output.dtype)
+        setup.loss(model, image_embeds.pooler_output, text_embeds.pooler_output, same).backward()
         optimizer.step()
         optimizer.zero_grad()
         scheduler.step()
-    clip.save_pretrained(folder)
+    model.save_pretrained(folder)
+    for part in setup.saved_beside:
+        part.save_pretrained(folder)
     return folder
 
 
@@ -325,6 +431,8 @@ for method, folder in folders.items():
     model = AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     loaded[method] = {"class": type(model).__name__, "module": type(model).__module__}
+    if hasattr(model, "backbone"):  # CAT-Seg: which adapter the folder's own code put under it
+        loaded[method]["backbone"] = type(model.backbone).__name__
     for split in ("test_seen", "test_unseen"):
         dataset = load_from_disk(f"{data_dir}/{split}")
         maps = []
@@ -360,15 +468,49 @@ def predict_in_fresh_process(model_dirs: dict[str, Path], data_dir: Path, output
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def predict_dense_clip(clip_dir: Path, data_dir: Path) -> dict[str, np.ndarray]:
-    """The training-free baseline's label maps of the test splits, from the pretrained CLIP."""
-    from modeling_catseg import DenseClipForSemanticSegmentation
+class DenseSiglip(nn.Module):
+    """The training-free baseline on a SigLIP: each patch's embedding through the attention-pool head on its own
+    (the SigLIP adapter's dense path, which CAT-Seg's cost volume reads) against the class embeddings."""
+
+    def __init__(self, siglip) -> None:
+        super().__init__()
+        self.siglip = siglip
+
+    def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None):
+        return self.siglip.encode_text(input_ids, attention_mask)
+
+    def forward(self, pixel_values: torch.FloatTensor, text_embeds: torch.FloatTensor) -> SemanticSegmenterOutput:
+        patches = self.siglip.dense_image_features(pixel_values, guidance_layers=[]).dense_image_features
+        classes = F.normalize(text_embeds, dim=-1)
+        return SemanticSegmenterOutput(logits=torch.einsum("bchw,tc->bthw", F.normalize(patches, dim=1), classes))
+
+
+# The training-free baseline of each backbone, named as `METHOD_TITLES` names it.
+DENSE_BASELINES = {"clip": "dense_clip", "siglip2": "dense_siglip"}
+
+
+def predict_dense_baseline(
+    backbone: str, backbone_dir: Path, catseg_dir: Path, data_dir: Path
+) -> dict[str, np.ndarray]:
+    """The training-free baseline's label maps of the test splits, from the pretrained backbone alone.
+
+    CLIP: `DenseClipForSemanticSegmentation` (MaskCLIP's reading of CLIP's patches) with CAT-Seg's CLIP processor.
+    SigLIP: `DenseSiglip`, with the processor saved beside the CAT-Seg trained from it (the SigLIP's tokenizer,
+    text rules and normalisation, CAT-Seg's prompt template; none of the CAT-Seg's weights).
+    """
+    from transformers import AutoProcessor
+
+    from modeling_catseg import CatSegSiglipBackbone, DenseClipForSemanticSegmentation
 
     from training.models.presets import catseg_processor
 
-    model = DenseClipForSemanticSegmentation.from_pretrained(clip_dir).eval()
-    processor = catseg_processor(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-    return predict_splits(model, processor, data_dir)
+    if backbone == "clip":
+        model = DenseClipForSemanticSegmentation.from_pretrained(backbone_dir)
+        processor = catseg_processor(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+    else:
+        model = DenseSiglip(CatSegSiglipBackbone.from_pretrained(backbone_dir))
+        processor = AutoProcessor.from_pretrained(catseg_dir)
+    return predict_splits(model.eval(), processor, data_dir)
 
 
 def predict_splits(model, processor, data_dir: Path, shuffle_classes: bool = False) -> dict[str, np.ndarray]:
@@ -428,8 +570,9 @@ def run(
     test_images: int,
     threads: int = 1,
     seed: int = 0,
+    backbone: str = "clip",
 ) -> dict:
-    """The whole quickstart; returns the results (also written to `output_dir/results.json`)."""
+    """The whole quickstart on a `backbone` of `BACKBONES`; returns the results (also in `output_dir/results.json`)."""
     started = time.perf_counter()
     output_dir.mkdir(parents=True, exist_ok=True)
     stage = lambda number, text: print(f"[{number}/5] {text} ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -440,23 +583,23 @@ def run(
         f"segmentation: {', '.join(UNSEEN_CLASSES)} -> {data_dir}",
     )
 
-    clip_dir = pretrain_tiny_clip(output_dir / "tiny-clip", clip_steps, seed)
+    title = BACKBONE_TITLES[backbone]
+    backbone_dir = pretrain_tiny_backbone(output_dir / f"tiny-{backbone}", clip_steps, seed, backbone)
     stage(
         2,
-        f"'web' pretraining of a tiny CLIP: {clip_steps} steps on captioned images of all {len(ALL_CLASSES)} pairs "
-        f"-> {clip_dir}",
+        f"'web' pretraining of a tiny {title} backbone: {clip_steps} steps on captioned images of all "
+        f"{len(ALL_CLASSES)} pairs -> {backbone_dir}",
     )
 
-    lseg_start = new_lseg(output_dir / "lseg-start", clip_dir)
-    configs = {
-        "catseg": catseg_train_config(output_dir, data_dir, clip_dir, max_steps, seed),
-        "lseg": lseg_train_config(output_dir, data_dir, lseg_start, max_steps, seed),
-    }
+    configs = {"catseg": catseg_train_config(output_dir, data_dir, backbone_dir, max_steps, seed)}
+    if backbone == "clip":  # LSeg's text encoder is a CLIP text tower
+        lseg_start = new_lseg(output_dir / "lseg-start", backbone_dir)
+        configs["lseg"] = lseg_train_config(output_dir, data_dir, lseg_start, max_steps, seed)
     model_dirs = train_side_by_side(configs)
     stage(
         3,
-        f"trained CAT-Seg and LSeg on the seen pairs, {max_steps} steps each -> "
-        + ", ".join(map(str, model_dirs.values())),
+        f"trained {' and '.join(METHOD_TITLES[name] for name in configs)} on the seen pairs, {max_steps} steps "
+        "each -> " + ", ".join(map(str, model_dirs.values())),
     )
 
     predictions_file = output_dir / "predictions.npz"
@@ -465,20 +608,23 @@ def run(
     predictions = {
         method: {split: saved[f"{method}/{split}"] for split, _ in SPLITS.values()} for method in model_dirs
     }
-    predictions["dense_clip"] = predict_dense_clip(clip_dir, data_dir)
+    dense = DENSE_BASELINES[backbone]
+    predictions[dense] = predict_dense_baseline(backbone, backbone_dir, model_dirs["catseg"], data_dir)
     stage(
         4,
         "a fresh process without this project reloaded "
-        + ", ".join(f"{info['class']} (code: {info['module']})" for info in loaded.values())
-        + "; dense CLIP segmented from the pretrained CLIP; every test image with all "
+        + ", ".join(
+            f"{info['class']}{' on ' + info['backbone'] if 'backbone' in info else ''} (code: {info['module']})"
+            for info in loaded.values()
+        )
+        + f"; {METHOD_TITLES[dense]} segmented from the pretrained {title} backbone; every test image with all "
         f"{len(TEST_VOCABULARY)} names",
     )
 
     labels, ignore_index, images = ground_truth(data_dir)
-    methods = {
-        method: score_method(predictions[method], labels, ignore_index) for method in ("catseg", "lseg", "dense_clip")
-    }
+    methods = {method: score_method(predictions[method], labels, ignore_index) for method in predictions}
     results = {
+        "backbone": backbone,
         "seed": seed,
         "seconds": round(time.perf_counter() - started, 1),
         "chance": chance_levels(labels, ignore_index),
@@ -489,7 +635,7 @@ def run(
         "per_class_iou": {method: scores["per_class_iou"] for method, scores in methods.items()},
         "vocabulary": list(TEST_VOCABULARY),
         "unseen_classes": list(UNSEEN_CLASSES),
-        "steps": {"clip": clip_steps, "segmentation": max_steps},
+        "steps": {"pretraining": clip_steps, "segmentation": max_steps},
         "reloaded": loaded,
     }
     index = picture_index(labels["test_unseen"])
@@ -529,12 +675,15 @@ def quiet_libraries() -> None:
 class QuickstartOptions(Options):
     """The options of `python -m training.quickstart`."""
 
-    output_dir: str = "outputs/quickstart"
-    """folder of the data, the models and the report"""
+    backbone: str = option("clip", choices=tuple(BACKBONES))
+    """the vision-language backbone pretrained on the 'web' captions: a tiny CLIP (CAT-Seg, LSeg and dense CLIP), or
+    a tiny SigLIP with SigLIP 2's Gemma tokenizer and text rules (CAT-Seg and dense SigLIP)"""
+    output_dir: str | None = None
+    """folder of the data, the models and the report (default: outputs/quickstart, outputs/quickstart-siglip2)"""
     max_steps: int = 2500
     """segmentation training steps of each model (fewer for a smoke test)"""
     clip_steps: int = 600
-    """tiny-CLIP 'web' pretraining steps"""
+    """'web' pretraining steps of the tiny CLIP (or SigLIP)"""
     train_images: int = 1600
     """segmentation training images of the seen pairs"""
     test_images: int = 200
@@ -543,27 +692,34 @@ class QuickstartOptions(Options):
     """torch threads of the pretraining and evaluation; one is fastest for these tiny models (their operations are
     too small to split), and the two trainings take one core each"""
     seed: int = 0
-    """seed of the CLIP pretraining and of the segmentation training (the segmentation data are the same for every
-    seed)"""
+    """seed of the backbone pretraining and of the segmentation training (the segmentation data are the same for
+    every seed)"""
+
+    @property
+    def folder(self) -> Path:
+        # Each backbone its own folder, so that a SigLIP run leaves the CLIP results (and the demo's model) in place.
+        suffix = "" if self.backbone == "clip" else f"-{self.backbone}"
+        return Path(self.output_dir or f"outputs/quickstart{suffix}")
 
     def validate(self) -> None:
         for name in ("max_steps", "clip_steps", "train_images", "test_images", "threads"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        check_writable_folder(Path(self.output_dir), "--output-dir")
+        check_writable_folder(self.folder, "--output-dir")
 
 
 def run_quickstart(options: QuickstartOptions) -> int:
     torch.set_num_threads(options.threads)
     quiet_libraries()
     run(
-        Path(options.output_dir).resolve(),
+        options.folder.resolve(),
         options.max_steps,
         options.clip_steps,
         options.train_images,
         options.test_images,
         options.threads,
         options.seed,
+        options.backbone,
     )
     return 0
 

@@ -25,7 +25,10 @@ from training.hub.model_card import replace_results_section
 # The vocabulary of both test sets, so that their scores are comparable.
 TEST_VOCABULARY = (BACKGROUND, *ALL_CLASSES)
 SPLITS = {"seen": ("test_seen", SEEN_CLASSES), "unseen": ("test_unseen", UNSEEN_CLASSES)}
-METHOD_TITLES = {"catseg": "CAT-Seg", "lseg": "LSeg", "dense_clip": "dense CLIP"}
+METHOD_TITLES = {"catseg": "CAT-Seg", "lseg": "LSeg", "dense_clip": "dense CLIP", "dense_siglip": "dense SigLIP"}
+# Each backbone the quickstart can pretrain (`--backbone`), as the report names it, and its pretraining objective.
+BACKBONE_TITLES = {"clip": "CLIP", "siglip2": "SigLIP 2-style"}
+OBJECTIVES = {"clip": "CLIP's contrastive loss", "siglip2": "SigLIP's sigmoid loss"}
 
 
 def to_test_vocabulary(label: np.ndarray, class_names: tuple[str, ...], ignore_index: int) -> np.ndarray:
@@ -74,10 +77,18 @@ def chance_levels(labels: dict[str, list[np.ndarray]], ignore_index: int, seed: 
     return chance
 
 
+def backbone_line(results: dict) -> str:
+    """What every method of the run stands on: "tiny CLIP backbone (CLIP's contrastive loss), seed 0"."""
+    backbone = results["backbone"]
+    return f"tiny {BACKBONE_TITLES[backbone]} backbone ({OBJECTIVES[backbone]}), seed {results['seed']}"
+
+
 def results_table(results: dict) -> str:
-    """The terminal table: one row per method, seen / unseen / background with the chance levels beside."""
+    """The terminal table under the backbone's name: one row per method, seen / unseen / background with the chance
+    levels beside."""
     chance = results["chance"]
     lines = [
+        backbone_line(results),
         f"{'method':<12} {'seen':>7} {'unseen (zero-shot)':>19} {'background':>11}",
         f"{'chance':<12} {chance['seen']:>7.1f} {chance['unseen']:>19.1f} {'':>11}",
     ]
@@ -155,7 +166,7 @@ def bar_chart(results: dict, path: Path) -> None:
         draw.line((margin, y_of(tick), width - 20, y_of(tick)), fill=(225, 225, 225))
         draw.text((margin - 8, y_of(tick)), str(tick), fill=(90, 90, 90), font=small, anchor="rm")
     draw.text(
-        (margin, margin // 2), f"mean IoU (%), seed {results['seed']}", fill=(20, 20, 20), font=font, anchor="lm"
+        (margin, margin // 2), f"mean IoU (%), {backbone_line(results)}", fill=(20, 20, 20), font=font, anchor="lm"
     )
     series = {"seen": (70, 130, 180), "unseen": (230, 120, 30)}
     methods = list(results["methods"])
@@ -190,9 +201,11 @@ def write_card_results(card: Path, results: dict, method: str) -> None:
         f"{scores['unseen']:.1f} | {scores['background']:.1f} |"
         for name, scores in results["methods"].items()
     )
+    backbone = results["backbone"]
     section = (
         "## Quickstart results\n\nThis tiny model comes from the quickstart's miniature of the open-vocabulary "
-        "pipeline: a tiny CLIP pretrained on captioned images of every colour/pattern pair, then segmentation "
+        f"pipeline: a tiny {BACKBONE_TITLES[backbone]} backbone pretrained with {OBJECTIVES[backbone]} on captioned "
+        "images of every colour/pattern pair, then segmentation "
         f"training on the seen pairs only ({', '.join(SEEN_CLASSES)}). The unseen pairs ({', '.join(UNSEEN_CLASSES)}) "
         "never occur in segmentation training. It shows the method at work on generated images; it is not meant "
         f"for real ones. Every test image is segmented with the same {len(TEST_VOCABULARY)} names; each mean IoU "
@@ -204,9 +217,12 @@ def write_card_results(card: Path, results: dict, method: str) -> None:
 
 
 __all__ = [
+    "BACKBONE_TITLES",
     "METHOD_TITLES",
+    "OBJECTIVES",
     "SPLITS",
     "TEST_VOCABULARY",
+    "backbone_line",
     "bar_chart",
     "chance_levels",
     "comparison_picture",

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from tests.tiny_models import tiny_catseg_config, tiny_lseg_config
+from tests.tiny_models import save_tiny_siglip, tiny_catseg_config, tiny_lseg_config
 
 from modeling_catseg import CatSegForSemanticSegmentation
 from modeling_lseg import LSegForSemanticSegmentation
@@ -17,6 +17,7 @@ from training.engine.config import (
     list_recipes,
     read_recipe,
 )
+from training.engine.loop import build_model, build_processor
 from training.engine.optim import build_optimizer, build_scheduler, freeze_parameters, parameter_groups
 
 
@@ -121,7 +122,13 @@ def test_cosine_decays_to_zero_per_step_and_poly_steps_per_epoch():
 
 
 def test_every_shipped_recipe_loads_and_every_setting_has_a_flag():
-    assert list_recipes() == ["catseg_vit_b_coco_stuff", "catseg_vit_l_coco_stuff", "lseg_vit_l_ade20k"]
+    assert list_recipes() == [
+        "catseg_siglip2_b16_coco_stuff",
+        "catseg_siglip2_l16_coco_stuff",
+        "catseg_vit_b_coco_stuff",
+        "catseg_vit_l_coco_stuff",
+        "lseg_vit_l_ade20k",
+    ]
     for name in list_recipes():
         TrainConfig(**read_recipe(name))
     parser = argparse.ArgumentParser()
@@ -152,6 +159,30 @@ def test_every_shipped_recipe_loads_and_every_setting_has_a_flag():
     assert config.lr_multipliers == {"backbone": 0.1} and config.gradient_checkpointing is True
     assert config.max_grad_norm is None and config.class_names == "names.txt" and config.scale_range == [0.75, 1.5]
     assert config.model_config == {"clip_finetune": "full"} and config.max_steps == 80000
+
+
+@pytest.mark.parametrize(
+    ("recipe", "depth"), [("catseg_siglip2_b16_coco_stuff", 12), ("catseg_siglip2_l16_coco_stuff", 24)]
+)
+def test_siglip2_recipes_build_catseg_as_training_does_on_a_stand_in_of_the_same_depth(recipe, depth, tmp_path):
+    # The checkpoint is swapped for a narrow random SigLIP with the B/16 (12 blocks) or L/16 (24 blocks) depth:
+    # everything else is the recipe, built by the training loop's own functions.
+    config = TrainConfig(**{**read_recipe(recipe), "clip_model": str(save_tiny_siglip(tmp_path, vision_layers=depth))})
+    model = build_model(config).eval()
+    processor = build_processor(model, config)
+    assert model.config.backbone_config.model_type == "siglip" and model.config.image_size == 384
+    # The recipe's explicit guidance layers are those CAT-Seg derives for the depth: blocks at one and two thirds.
+    assert (
+        model.config.guidance_layers == [depth // 3 - 1, 2 * depth // 3 - 1] == config.model_config["guidance_layers"]
+    )
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad and ".siglip." in name}
+    assert trainable and all(name.endswith(("q_proj.weight", "v_proj.weight", "in_proj_weight")) for name in trainable)
+    inputs = processor(
+        images=[torch.zeros(3, 48, 64, dtype=torch.uint8)], text=["Cat", "wooden floor"], return_tensors="pt"
+    )
+    assert inputs["pixel_values"].shape[-2:] == (384, 384) and inputs["input_ids"].shape[-1] == 64
+    with torch.no_grad():
+        assert model(**inputs).logits.shape == (1, 2, 96, 96)  # CAT-Seg's output: 4x the 24x24 grid
 
 
 def test_bad_settings_are_named(tmp_path):

@@ -15,7 +15,7 @@ from training.quickstart.pipeline import (
     catseg_train_config,
     ground_truth,
     predict_splits,
-    pretrain_tiny_clip,
+    pretrain_tiny_backbone,
 )
 from training.quickstart.report import chance_levels, score_method
 from training.data.shapes import build_shapes_dataset, default_splits
@@ -34,7 +34,7 @@ def pipeline(tmp_path_factory):
     try:
         out = tmp_path_factory.mktemp("transfer")
         data_dir = build_shapes_dataset(out / "data", default_splits(600, 40), IMAGE_SIZE)
-        clip_dir = pretrain_tiny_clip(out / "clip", CLIP_STEPS, seed=0)
+        clip_dir = pretrain_tiny_backbone(out / "clip", CLIP_STEPS, seed=0)
         result = train(catseg_train_config(out, data_dir, clip_dir, CATSEG_STEPS, seed=0))
         model = CatSegForSemanticSegmentation.from_pretrained(result.model_dir).eval()
         processor = catseg_processor(image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
