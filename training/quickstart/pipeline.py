@@ -158,7 +158,8 @@ TINY_LSEG_DPT = {
 
 def contrastive_loss(model, image_embeds: torch.Tensor, text_embeds: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     """CLIP's objective: scaled cosine similarities, cross-entropy in both directions; `same[i, j]` marks image i and
-    caption j as a match (a caption repeated in the batch matches each image it was drawn for, shares split)."""
+    caption j as a match (a caption repeated in the batch matches each image it was drawn for, the target split
+    evenly between them)."""
     logits = _scaled_similarities(model, image_embeds, text_embeds)
     targets = same / same.sum(dim=1, keepdim=True)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
