@@ -19,23 +19,26 @@ def tiny_clip_config(vision_layers: int = 4, patch_size: int = 16) -> dict[str, 
     )
 
 
+# The tiny CAT-Seg on any backbone: a 4x4 grid (64 px, patch 16) with 2x2 windows, so the shifted-window mask is
+# exercised.
+TINY_CATSEG = dict(
+    image_size=64,
+    guidance_layers=[0, 1],
+    hidden_dim=16,
+    num_heads=2,
+    window_size=2,
+    appearance_guidance_dim=8,
+    text_guidance_dim=8,
+    max_classes=8,
+    decoder_dims=[16, 16],
+    decoder_guidance_dims=[8, 8],
+    decoder_guidance_proj_dims=[4, 4],
+)
+
+
 def tiny_catseg_config(**overrides: Any) -> CatSegConfig:
-    """A 4x4 CLIP grid (64 px, patch 16) with 2x2 windows, so the shifted-window mask is exercised."""
-    settings = dict(
-        backbone_config=tiny_clip_config(),
-        image_size=64,
-        guidance_layers=[0, 1],
-        hidden_dim=16,
-        num_heads=2,
-        window_size=2,
-        appearance_guidance_dim=8,
-        text_guidance_dim=8,
-        max_classes=8,
-        decoder_dims=[16, 16],
-        decoder_guidance_dims=[8, 8],
-        decoder_guidance_proj_dims=[4, 4],
-    )
-    return CatSegConfig(**{**settings, **overrides})
+    """`TINY_CATSEG` on the tiny CLIP."""
+    return CatSegConfig(**{"backbone_config": tiny_clip_config(), **TINY_CATSEG, **overrides})
 
 
 def tiny_lseg_config(**overrides: Any) -> LSegConfig:

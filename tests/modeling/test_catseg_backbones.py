@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from tests.tiny_models import save_tiny_siglip, tiny_catseg_config, tiny_clip_config, tiny_siglip_config
+from tests.tiny_models import TINY_CATSEG, save_tiny_siglip, tiny_catseg_config, tiny_clip_config, tiny_siglip_config
 from transformers import CLIPConfig, CLIPModel, SiglipModel
 
 from modeling_catseg import (
@@ -27,20 +27,7 @@ register_local_classes()  # so that a saved processor loads back here without re
 
 
 def tiny_from(folder, **overrides) -> CatSegForSemanticSegmentation:
-    settings = dict(
-        image_size=64,
-        guidance_layers=[0, 1],
-        hidden_dim=16,
-        num_heads=2,
-        window_size=2,
-        appearance_guidance_dim=8,
-        text_guidance_dim=8,
-        max_classes=8,
-        decoder_dims=[16, 16],
-        decoder_guidance_dims=[8, 8],
-        decoder_guidance_proj_dims=[4, 4],
-    )
-    return CatSegForSemanticSegmentation.from_vision_language_model(str(folder), **{**settings, **overrides})
+    return CatSegForSemanticSegmentation.from_vision_language_model(str(folder), **{**TINY_CATSEG, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -166,19 +153,9 @@ def test_openclip_shaped_clips_patch_14_other_widths_and_input_sizes(image_size,
     clip_config["projection_dim"] = 24
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(**clip_config))
-    model = CatSegForSemanticSegmentation.from_vision_language_model(
-        clip,
-        image_size=image_size,
-        window_size=window_size,
-        hidden_dim=16,
-        num_heads=2,
-        appearance_guidance_dim=8,
-        text_guidance_dim=8,
-        max_classes=8,
-        decoder_dims=[16, 16],
-        decoder_guidance_dims=[8, 8],
-        decoder_guidance_proj_dims=[4, 4],
-    ).eval()
+    settings = {**TINY_CATSEG, "image_size": image_size, "window_size": window_size}
+    del settings["guidance_layers"]  # the default: a third and two thirds of the depth
+    model = CatSegForSemanticSegmentation.from_vision_language_model(clip, **settings).eval()
     grid = image_size // 14
     assert model.config.guidance_layers == [1, 3] and model.catseg.embed_dim == 24
     output = model(
@@ -265,13 +242,12 @@ def test_a_new_backbone_trains_saves_reloads_as_remote_code_and_segments(backbon
     import training.commands.segment as cli
     from training.engine.loop import train
 
-    image_size, window = (56, 2) if backbone == "openclip-h" else (64, 2)
+    image_size = 56 if backbone == "openclip-h" else 64  # a 4x4 grid at patch 14 or 16
     if backbone == "openclip-h":
         folder = save_tiny_openclip_h(tmp_path / backbone)
     else:
         folder = save_tiny_siglip(tmp_path / backbone, generation=2 if backbone == "siglip2" else 1)
-    settings = {key: value for key, value in tiny_catseg_config().to_dict().items() if key in TINY_HEAD_KEYS}
-    settings.update(image_size=image_size, window_size=window, guidance_layers=[0, 1])
+    settings = {**TINY_CATSEG, "image_size": image_size}
     result = train(
         tiny_train_config(
             tmp_path / "run",
@@ -317,15 +293,3 @@ def test_a_new_backbone_trains_saves_reloads_as_remote_code_and_segments(backbon
     assert cli.main([str(a) for a in argv]) == 0
     written = np.array(PIL.Image.open(out / "photo_labels.png"))
     assert np.array_equal(written, expected)
-
-
-TINY_HEAD_KEYS = (
-    "hidden_dim",
-    "num_heads",
-    "appearance_guidance_dim",
-    "text_guidance_dim",
-    "max_classes",
-    "decoder_dims",
-    "decoder_guidance_dims",
-    "decoder_guidance_proj_dims",
-)
