@@ -22,6 +22,7 @@ project's name and extras, ``make`` against the Makefile's targets.
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import io
 import json
 import os
@@ -276,6 +277,16 @@ def parse_with_real_parser(run, argv: list[str], shown: str) -> None:
 
 
 def check_module(module: str, argv: list[str], shown: str) -> None:
+    # `python -m PACKAGE` runs PACKAGE/__main__.py, which calls the main() it imports.
+    entry = (
+        importlib.util.find_spec(f"{module}.__main__")
+        if hasattr(importlib.import_module(module), "__path__")
+        else None
+    )
+    if entry is not None:
+        found = re.search(r"^from ([\w.]+) import main$", Path(entry.origin).read_text(), re.M)
+        assert found, f"`{shown}`: {module}/__main__.py imports no main()"
+        module = found.group(1)
     main = getattr(importlib.import_module(module), "main", None)
     assert main is not None, f"`{shown}`: {module} has no main()"
     parse_with_real_parser(lambda: main(argv), argv, shown)
