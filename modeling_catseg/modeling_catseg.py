@@ -788,19 +788,19 @@ class CatSegDecoderStage(nn.Module):
         return F.relu(self.norm2(self.conv2(hidden_states)), inplace=True)
 
 
-def _composed_taps(like: torch.Tensor) -> torch.Tensor:
-    """Which taps of a x2 transposed convolution (kernel 2) and a following 3x3 convolution (padding 1) make each tap
-    of the single transposed convolution (kernel 4, stride 2, padding 1) that is their composition, along one axis.
+def _phase_taps(like: torch.Tensor) -> torch.Tensor:
+    """How a x2 transposed convolution followed by a 3x3 convolution reads its low-resolution input, per output phase.
 
-    `(4, 3, 2)` 0/1 tensor on the device and in the dtype of `like`: `[k, d, t]` is 1 when the 3x3 tap `d` read
-    through the transposed tap `t` lands on tap `k = t - d + 2`. Made where it is used rather than kept on the CPU: a
-    CPU tensor in a compiled CUDA graph stops `torch.compile(mode="reduce-overhead")` from replaying it as a CUDA
-    graph.
+    `(2, 2, 3, 2)` 0/1 tensor on the device and in the dtype of `like`: `[phase, k, d, t]` is 1 when output phase
+    `phase` reads, through tap `k` of a 2x2 kernel on the input padded by 1, the 3x3 tap `d` (offset `d - 1`) that
+    lands on transposed-convolution tap `t`. Made where it is used rather than kept on the CPU: a CPU tensor in a
+    compiled CUDA graph stops `torch.compile(mode="reduce-overhead")` from replaying it as a CUDA graph.
     """
-    taps = like.new_zeros(4, 3, 2)
-    for offset in range(3):
-        for tap in range(2):
-            taps[tap - offset + 2, offset, tap] = 1
+    taps = like.new_zeros(2, 2, 3, 2)
+    for phase in (0, 1):
+        for offset in (-1, 0, 1):
+            row = phase + offset  # upsampled row, relative to twice the input row
+            taps[phase, row // 2 - phase + 1, offset + 1, row % 2] = 1
     return taps
 
 
@@ -811,40 +811,51 @@ def folded_upsample_conv_terms(stage: CatSegDecoderStage, guidance: torch.Tensor
     Args:
         guidance: `(batch, guidance_channels, 2 * size, 2 * size)`.
     Returns:
-        The folded transposed-convolution kernel `(in_channels, out_channels, 4, 4)` and
+        The folded kernel `(4 * out_channels, in_channels, 2, 2)`, phases `(row, column)` major, and
         `(batch, out_channels, 2 * size, 2 * size)`: conv1 of `[transposed convolution's bias, guidance]`.
     """
     upsampled_channels = stage.upsample.out_channels
-    taps = _composed_taps(guidance)
+    taps = _phase_taps(guidance)
     kernel = torch.einsum(
-        "kdt,lse,omds,cmte->cokl", taps, taps, stage.conv1.weight[:, :upsampled_channels], stage.upsample.weight
+        "akyt,blxs,poyx,cots->abpckl", taps, taps, stage.conv1.weight[:, :upsampled_channels], stage.upsample.weight
     )
     bias = stage.upsample.bias[None, :, None, None].expand(guidance.shape[0], -1, *guidance.shape[2:])
     shared = F.conv2d(torch.cat([bias, guidance], dim=1), stage.conv1.weight, padding=1)
-    return kernel, shared
+    return kernel.flatten(0, 2), shared
 
 
 def folded_upsample_conv(
     stage: CatSegDecoderStage, hidden_states: torch.Tensor, terms: tuple[torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
-    """`stage.conv1(cat([stage.upsample(x), guidance]))` computed as one transposed convolution of `x`.
+    """`stage.conv1(cat([stage.upsample(x), guidance]))` computed as one convolution at the input resolution.
 
-    Nothing non-linear separates the transposed convolution from conv1, so the class half of conv1 composed with the
-    transposed convolution (kernel 2, stride 2) is one transposed convolution with kernel 4, stride 2 and padding 1:
-    each output pixel reads 2x2 input pixels, half the FLOPs of the pair, and the kernel writes the upsampled layout
-    itself. Everything the classes share (the guidance and the transposed convolution's bias) is convolved once per
-    image ([`folded_upsample_conv_terms`]) and added.
+    Nothing non-linear separates the transposed convolution from conv1, so the class half of conv1 folded into the
+    transposed convolution is a 2x2 convolution per output phase at the input resolution (half the FLOPs of the
+    pair), and everything the classes share (the guidance and the transposed convolution's bias) is convolved once
+    per image ([`folded_upsample_conv_terms`]).
 
     `hidden_states` `(batch, classes, in_channels, size, size)` -> `(batch * classes, out_channels, 2 * size,
-    2 * size)` in channels-last memory format: the convolutions after it run faster on channels-last input than on
-    the default layout.
+    2 * size)` in channels-last memory format: the phases are interleaved into it with the shared term added in one
+    pass, and the convolutions after it run faster on channels-last input than on the default layout.
     """
     kernel, shared = terms
-    batch, classes = hidden_states.shape[:2]
-    maps = hidden_states.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-    # In place: the transposed convolution's backward does not need its output.
-    upsampled = F.conv_transpose2d(maps, kernel, stride=2, padding=1).unflatten(0, (batch, classes))
-    return upsampled.add_(shared.unsqueeze(1)).flatten(0, 1)
+    batch, classes, _, size, _ = hidden_states.shape
+    channels = kernel.shape[0] // 4
+    # (maps, 2 * 2 * channels, size + 1, size + 1), viewed channels-last.
+    phases = F.conv2d(hidden_states.flatten(0, 1), kernel, padding=1).permute(0, 2, 3, 1)
+    shared = shared.permute(0, 2, 3, 1).reshape(batch, 1, size, 2, size, 2, channels)
+    upsampled = phases.new_empty(batch, classes, size, 2, size, 2, channels)
+    # Output pixel (2i + a, 2j + b) is phase (a, b) of the padded 2x2 convolution at (i + a, j + b).
+    for a in (0, 1):
+        for b in (0, 1):
+            phase = phases[:, a : a + size, b : b + size, (2 * a + b) * channels : (2 * a + b + 1) * channels]
+            phase, target = phase.unflatten(0, (batch, classes)), upsampled[..., a, :, b, :]
+            # `out=` has no autograd, and dynamo cannot trace it into a strided view.
+            if torch.is_grad_enabled() or torch.compiler.is_compiling():
+                target.copy_(phase + shared[..., a, :, b, :])
+            else:
+                torch.add(phase, shared[..., a, :, b, :], out=target)
+    return upsampled.view(batch * classes, 2 * size, 2 * size, channels).permute(0, 3, 1, 2)
 
 
 class CatSegUpsamplingDecoder(FastPathModule):

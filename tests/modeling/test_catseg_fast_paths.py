@@ -193,7 +193,7 @@ def test_folded_upsample_conv_equals_transposed_convolution_then_conv1(size):
     assert plain.shape == (2, 3, 16, 2 * size, 2 * size)
     torch.testing.assert_close(fast, plain.flatten(0, 1), **EXACT)
     torch.testing.assert_close(stage.upsample.weight.grad, plain_gradient, atol=1e-4, rtol=1e-5)
-    with torch.inference_mode():  # the same in inference mode
+    with torch.inference_mode():  # written in place with `out=`, which autograd cannot record
         torch.testing.assert_close(stage.refine(folded_upsample_conv(stage, hidden, terms)), fast, **EXACT)
 
 
