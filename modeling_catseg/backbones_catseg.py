@@ -26,9 +26,6 @@ from transformers import CLIPModel, PreTrainedConfig, SiglipModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-# What a backbone parameter is to the fine-tuning policies of the paper's Table 6 (`FINETUNE_POLICIES`).
-PARAMETER_ROLES = ("query", "key", "value", "attention", "block", "position")
-
 
 @dataclass
 class CatSegBackboneOutput(ModelOutput):
@@ -96,7 +93,8 @@ class CatSegBackbone:
     @staticmethod
     def parameter_role(name: str) -> tuple[str, str] | None:
         """`(tower, role)` of the backbone parameter `name` for the fine-tuning policies (tower `"vision"` or
-        `"text"`, role one of `PARAMETER_ROLES`), or `None` for a parameter no policy trains."""
+        `"text"`, role one of `"query"`, `"key"`, `"value"`, `"attention"`, `"block"`, `"position"`, as
+        `FINETUNE_POLICIES` names them), or `None` for a parameter no policy trains."""
         raise NotImplementedError
 
     def unused_parameter(self, name: str) -> bool:
