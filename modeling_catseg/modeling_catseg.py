@@ -38,7 +38,7 @@ from transformers.models.clip.modeling_clip import eager_attention_forward
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-from .backbones_catseg import CatSegBackbone, backbone_class
+from .backbones_catseg import CatSegBackbone, backbone_class, linear_activation
 from .configuration_catseg import FINETUNE_POLICIES, CatSegConfig
 
 
@@ -234,41 +234,6 @@ def single_threaded_workers(count: int) -> ThreadPoolExecutor:
             torch.set_num_threads(count)
             _WORKER_POOLS[count] = pool
         return pool
-
-
-# oneDNN's linear with a fused activation, the op `torch.compile` uses on CPU; absent from builds without oneDNN.
-_ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-
-
-def linear_activation(
-    hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None
-) -> torch.Tensor:
-    """`F.linear(hidden_states, weight, bias)` followed by `activation`: `None`, `"gelu"` (exact, erf) or `"relu"`.
-
-    In CPU fp32 inference this is one oneDNN call with the activation as a post-op. At the aggregation's shapes
-    (thousands of tokens, 128 to 512 features) oneDNN's kernel ran 1.1-1.4x faster than the `addmm` behind `F.linear`
-    (which first copies the bias into every output row) on a 2-core AMD EPYC, and the activation costs no extra pass
-    over memory: the Swin MLP took half the time. Under autograd (the oneDNN op has no backward), on other devices and
-    dtypes, with oneDNN switched off (`torch.backends.mkldnn.enabled = False`), and while tracing for
-    `torch.compile` / `torch.export`, it is the plain composition.
-    """
-    # The compile check comes first: dynamo refuses to trace `torch.backends.mkldnn.is_available`.
-    if (
-        not torch.compiler.is_compiling()
-        and _ONEDNN_LINEAR is not None
-        and hidden_states.device.type == "cpu"
-        and hidden_states.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and not (torch.is_grad_enabled() and (hidden_states.requires_grad or weight.requires_grad))
-    ):
-        return _ONEDNN_LINEAR(
-            hidden_states, weight, bias, activation or "none", [], "none" if activation == "gelu" else ""
-        )
-    hidden_states = F.linear(hidden_states, weight, bias)
-    if activation is None:
-        return hidden_states
-    return F.gelu(hidden_states) if activation == "gelu" else F.relu(hidden_states)
 
 
 def guidance_query_key(q_proj: nn.Linear, k_proj: nn.Linear, guidance: torch.Tensor) -> torch.Tensor:
@@ -967,8 +932,9 @@ class CatSegPreTrainedModel(PreTrainedModel):
                 reformulations, which compute what all classes share once per image (the guidance half of the
                 query/key projections, the padding tokens' share of the class attention, the guidance half of the
                 decoder's first convolution, folded into the transposed convolution) and work in cache-sized
-                chunks. `False` runs the paper's form (upsample -> concatenate -> convolve, guidance concatenated
-                into every query and key).
+                chunks, and let the backbone run its tower through its exact faster form where it has one (CLIP:
+                [`clip_block_onednn`] in inference). `False` runs the paper's form (upsample -> concatenate ->
+                convolve, guidance concatenated into every query and key) and the backbone's own modules.
             cost_map_chunk_size: how many (image, class) cost maps the fast paths process together (see
                 [`FastPathModule`]); `None` picks by device.
         """
@@ -981,6 +947,8 @@ class CatSegPreTrainedModel(PreTrainedModel):
         ):
             raise ValueError(f"cost_map_chunk_size={cost_map_chunk_size!r} must be a positive integer, or None.")
         for module in self.modules():
+            if isinstance(module, CatSegBackbone):
+                module.fast_path = fast_paths
             if isinstance(module, FastPathModule):
                 module.fast_path = fast_paths
                 module.cost_map_chunk_size = cost_map_chunk_size

@@ -13,8 +13,11 @@ import time
 import pytest
 import torch
 from tests.tiny_models import tiny_catseg_config
+from transformers import CLIPVisionConfig
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
 from modeling_catseg import CatSegForSemanticSegmentation
+from modeling_catseg.backbones_catseg import clip_block_onednn
 from modeling_catseg.modeling_catseg import (
     CatSegClassAggregation,
     CatSegDecoderStage,
@@ -212,6 +215,65 @@ def test_folded_upsampling_decoder_equals_the_plain_decoder_also_in_chunks(grad_
         with grad_mode():
             fast = folded_upsampling_decoder(decoder, aggregated, projected)
         torch.testing.assert_close(fast, plain, **EXACT)
+
+
+def test_linear_activation_fuses_a_residual_or_an_activation_not_both():
+    linear = randomised(torch.nn.Linear(16, 24))
+    hidden, residual = states(2, 5, 16), states(2, 5, 24, 1)[..., 0]
+    with torch.inference_mode():
+        fused = linear_activation(hidden, linear.weight, linear.bias, residual=residual)
+        torch.testing.assert_close(fused, linear(hidden) + residual, **EXACT)
+        if torch.backends.mkldnn.is_available():
+            assert ran_onednn_linear(lambda: linear_activation(hidden, linear.weight, linear.bias, residual=residual))
+    with pytest.raises(ValueError, match="not both"):
+        linear_activation(hidden, linear.weight, linear.bias, "gelu", residual=residual)
+
+
+@pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])  # OpenAI CLIP's; OpenCLIP's exact GELU is fused
+def test_clip_block_onednn_is_the_clip_block(hidden_act):
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, hidden_act=hidden_act)
+    block = randomised(CLIPEncoderLayer(vision)).eval()
+    hidden = states(2, 17, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(clip_block_onednn(block, hidden), block(hidden, None), **EXACT)
+        if torch.backends.mkldnn.is_available():
+            assert ran_onednn_linear(lambda: clip_block_onednn(block, hidden))
+
+
+@pytest.mark.parametrize("finetune", ["attention", "prompt"])
+def test_the_clip_tower_takes_its_onednn_form_only_in_inference_and_on_plain_linears(finetune):
+    prompts = dict(prompt_depth=2, prompt_length=3) if finetune == "prompt" else {}
+    model = randomised(CatSegForSemanticSegmentation(config(clip_finetune=finetune, **prompts))).eval()
+    backbone = model.catseg.backbone
+    pixel_values = torch.randn(2, 3, 128, 128)
+
+    def features():
+        output = model.catseg.backbone.dense_image_features(
+            pixel_values, model.config.guidance_layers, model.catseg.visual_prompt_tokens, output_hidden_states=True
+        )
+        return [output.dense_image_features, *output.guidance_features, *output.hidden_states]
+
+    def uses_onednn() -> bool:
+        return torch.backends.mkldnn.is_available() and ran_onednn_linear(features)
+
+    with torch.no_grad():
+        fast = features()
+        assert uses_onednn()
+        model.set_execution_options(fast_paths=False)
+        assert not backbone.fast_path and not uses_onednn()
+        plain = features()
+        model.set_execution_options()
+    assert len(fast) == len(plain) == 1 + 2 + 5  # dense, guidance, the embeddings and 4 blocks
+    for fast_tensor, plain_tensor in zip(fast, plain):
+        torch.testing.assert_close(fast_tensor, plain_tensor, **EXACT)
+    assert not uses_onednn()  # autograd: the blocks' own modules (with their checkpointing)
+    # A wrapped linear (PEFT's LoRA) or a hook changes what a block computes; the oneDNN form would not see it.
+    projection = backbone.vision_model.encoder.layers[1].mlp.fc2
+    projection.register_forward_hook(lambda module, args, output: 2 * output)
+    with torch.no_grad():
+        assert not uses_onednn()
+        hooked = features()
+    assert not torch.allclose(hooked[0], fast[0])
 
 
 @pytest.mark.parametrize("pooling", [1, 2])
