@@ -5,9 +5,21 @@ The official code is never part of this repository. It lives in a folder outside
 
     ROOT/CAT-Seg/             git archive of cvlab-kaist/CAT-Seg @ 6d3a188 (the package cat_seg/)
     ROOT/lang-seg/modules/    isl-org/lang-seg @ bb00b21, modules/ (models/lseg_net.py, ...)
-    ROOT/site/                pip --target: einops, ftfy, wcwidth, openai-clip (pure Python)
-    ROOT/site-timm-catseg/    pip --target: timm 1.0 (CAT-Seg imports timm.layers)
-    ROOT/site-timm-lseg/      pip --target: timm 0.4.12 (LSeg's ViT-L/16 code path)
+    ROOT/site/                pip --target --no-deps: einops, ftfy, wcwidth, openai-clip (pure Python)
+    ROOT/site-timm-catseg/    pip --target --no-deps: timm 1.0 (CAT-Seg imports timm.layers)
+    ROOT/site-timm-lseg/      pip --target --no-deps: timm 0.4.12 (LSeg's ViT-L/16 code path)
+
+For example, with the two repositories' git directories at hand (a full lang-seg archive may stop at a large asset
+outside modules/; naming the folder avoids it)::
+
+    git --git-dir=CAT-Seg.git archive 6d3a188 | tar -x -C ROOT/CAT-Seg
+    git --git-dir=lang-seg.git archive bb00b21 modules | tar -x -C ROOT/lang-seg
+    python -m pip install --no-deps --target ROOT/site einops ftfy wcwidth openai-clip
+    python -m pip install --no-deps --target ROOT/site-timm-catseg 'timm>=1.0,<1.1'
+    python -m pip install --no-deps --target ROOT/site-timm-lseg timm==0.4.12
+
+`--no-deps` matters: timm's dependencies include torch and torchvision, and a second torch or a real torchvision in
+a folder that this module puts first on `sys.path` would shadow the running torch or the torchvision stand-in.
 
 The two timm versions cannot share a module name, so each official model is imported and built while its timm is
 the one in ``sys.modules``; the official modules keep references to the objects they imported.
@@ -49,10 +61,12 @@ OFFICIAL_ROOT_ENV = "OVSEG_OFFICIAL_ROOT"
 LAYOUT = {
     "CAT-Seg/cat_seg/cat_seg_model.py": "git archive of cvlab-kaist/CAT-Seg",
     "lang-seg/modules/models/lseg_net.py": "isl-org/lang-seg's modules/ folder",
-    "site/einops": "pip install --target ROOT/site einops ftfy wcwidth openai-clip",
-    "site/clip/model.py": "pip install --target ROOT/site openai-clip",
-    "site-timm-catseg/timm/layers": "pip install --target ROOT/site-timm-catseg 'timm>=1.0,<1.1'",
-    "site-timm-lseg/timm/models/vision_transformer.py": "pip install --target ROOT/site-timm-lseg timm==0.4.12",
+    "site/einops": "pip install --no-deps --target ROOT/site einops ftfy wcwidth openai-clip",
+    "site/clip/model.py": "pip install --no-deps --target ROOT/site openai-clip",
+    "site-timm-catseg/timm/layers": "pip install --no-deps --target ROOT/site-timm-catseg 'timm>=1.0,<1.1'",
+    "site-timm-lseg/timm/models/vision_transformer.py": (
+        "pip install --no-deps --target ROOT/site-timm-lseg timm==0.4.12"
+    ),
 }
 
 # CAT-Seg's defaults for ViT-B/16 (configs/vitb_384.yaml); evaluation uses class pooling 1 (eval.sh).
