@@ -7,9 +7,11 @@ from tests.tiny_models import tiny_clip_config, tiny_lseg_config
 from transformers import CLIPConfig, CLIPModel, DPTConfig, DPTModel, ViTConfig, ViTModel
 
 from modeling_lseg import LSegConfig, LSegForSemanticSegmentation, LSegModel
+import modeling_lseg.modeling_lseg as modeling_lseg_module
 from modeling_lseg.modeling_lseg import (
     dpt_neck_channels_last,
     onednn_linear,
+    packed_onednn_weight,
     pixel_projection_before_upsampling,
     scaled_correlation_in_row_blocks,
     vit_encoder_onednn,
@@ -450,6 +452,40 @@ def test_the_onednn_linear_is_the_plain_composition_in_inference_and_under_autog
     torch.testing.assert_close(fast(), plain)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not in this build of torch")
+def test_a_packed_weight_gives_the_same_products_is_repacked_when_it_changes_and_freed_with_it():
+    generator = torch.Generator().manual_seed(0)
+    hidden_states = torch.randn(1, 37, 24, generator=generator)
+    weight = torch.nn.Parameter(torch.randn(40, 24, generator=generator) / 5)
+    bias = torch.randn(40, generator=generator)
+    with torch.no_grad():
+        for _ in range(2):  # packed on the first call, reused on the second
+            torch.testing.assert_close(
+                onednn_linear(hidden_states, weight, bias, pack=True), F.linear(hidden_states, weight, bias)
+            )
+        assert packed_onednn_weight(weight, 37) is packed_onednn_weight(weight, 37)
+        weight.mul_(-2)  # an optimiser step or load_state_dict changes the weight in place
+        torch.testing.assert_close(
+            onednn_linear(hidden_states, weight, bias, pack=True), F.linear(hidden_states, weight, bias)
+        )
+    key = id(weight)
+    assert key in modeling_lseg_module._PACKED_WEIGHTS
+    del weight
+    assert key not in modeling_lseg_module._PACKED_WEIGHTS
+
+
+def test_the_model_packs_its_vit_weights_only_when_asked(model):
+    # The tiny model has the module's default (packing on); without packing the logits are the same.
+    with torch.no_grad():
+        packed = model(pixels(), input_ids=label_ids(3)).logits
+        model.lseg.pack_onednn_weights = False
+        try:
+            plain = model(pixels(), input_ids=label_ids(3)).logits
+        finally:
+            del model.lseg.pack_onednn_weights
+    torch.testing.assert_close(packed, plain)
+
+
 @pytest.mark.parametrize("hidden_act", ["gelu", "relu"])
 def test_the_onednn_vit_encoder_is_transformers_encoder(hidden_act):
     config = tiny_lseg_config()
@@ -460,11 +496,12 @@ def test_the_onednn_vit_encoder_is_transformers_encoder(hidden_act):
     with torch.no_grad():
         expected = model.dpt(images, output_hidden_states=True).hidden_states
         embeddings = model.dpt.embeddings(images).last_hidden_states
-        outputs = vit_encoder_onednn(model.dpt.encoder, embeddings)
-    assert len(outputs) == len(expected) - 1 == 4
+        for pack in (False, True):
+            outputs = vit_encoder_onednn(model.dpt.encoder, embeddings, pack=pack)
+            assert len(outputs) == len(expected) - 1 == 4
+            for output, plain in zip(outputs, expected[1:]):
+                torch.testing.assert_close(output, plain)
     torch.testing.assert_close(embeddings, expected[0])
-    for output, plain in zip(outputs, expected[1:]):
-        torch.testing.assert_close(output, plain)
 
 
 @pytest.mark.parametrize("readout_type", ["project", "add", "ignore"])
