@@ -366,12 +366,19 @@ def _kept_hidden_states(output_hidden_states: bool | list[int], count: int) -> s
 
 def _plain_clip_block(block: nn.Module) -> bool:
     """Whether [`clip_block_onednn`], which reads the block's weights directly, computes what `block` computes: every
-    linear a plain `nn.Linear` (not PEFT's LoRA wrapper, not a quantised layer) and no forward hooks anywhere in it."""
+    linear a plain `nn.Linear` (not PEFT's LoRA wrapper, not a quantised layer) and no forward hooks in it (but
+    transformers' output capturing, which only records)."""
     attention, mlp = block.self_attn, block.mlp
     linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj, mlp.fc1, mlp.fc2)
     return all(type(linear) is nn.Linear for linear in linears) and not any(
-        module._forward_hooks or module._forward_pre_hooks for module in block.modules()
+        _changing_hooks(module) for module in block.modules()
     )
+
+
+def _changing_hooks(module: nn.Module) -> bool:
+    """Whether `module` has forward hooks other than transformers' output capturing, which only records outputs."""
+    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    return any(getattr(hook, "__module__", None) != "transformers.utils.output_capturing" for hook in hooks)
 
 
 def _clip_value_path(block: nn.Module, hidden_states: torch.Tensor, onednn: bool) -> torch.Tensor:

@@ -207,6 +207,30 @@ def onednn_linear(
     return F.gelu(hidden_states) if activation == "gelu" else hidden_states
 
 
+def plain_vit_layer(layer: nn.Module) -> bool:
+    """Whether [`vit_encoder_onednn`], which reads the layer's weights directly, computes what transformers' `layer`
+    computes: every linear a plain `nn.Linear` (not PEFT's LoRA wrapper, not a quantised layer) and no forward hooks
+    in it (but transformers' output capturing, which only records)."""
+    attention = layer.attention.attention
+    linears = (
+        attention.query,
+        attention.key,
+        attention.value,
+        layer.attention.output.dense,
+        layer.intermediate.dense,
+        layer.output.dense,
+    )
+    return all(type(linear) is nn.Linear for linear in linears) and not any(
+        _changing_hooks(module) for module in layer.modules()
+    )
+
+
+def _changing_hooks(module: nn.Module) -> bool:
+    """Whether `module` has forward hooks other than transformers' output capturing, which only records outputs."""
+    hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+    return any(getattr(hook, "__module__", None) != "transformers.utils.output_capturing" for hook in hooks)
+
+
 def vit_encoder_onednn(encoder: nn.Module, hidden_states: torch.Tensor, pack: bool = False) -> list[torch.Tensor]:
     """The output of every block of transformers' `DPTViTEncoder` `encoder` from its input `hidden_states`.
 
@@ -413,6 +437,25 @@ class LSegPreTrainedModel(PreTrainedModel):
             init.dirac_(module.weight)
             init.zeros_(module.bias)
 
+    def set_execution_options(self, fast_paths: bool = True, pack_weights: bool = True) -> None:
+        """How the model runs in inference; neither option changes the result beyond float rounding, and neither is
+        saved.
+
+        Args:
+            fast_paths: in inference (no autograd), run the ViT through [`vit_encoder_onednn`] and the neck and
+                pixel projection through [`pixel_projection_before_upsampling`], exact reformulations tested equal
+                to transformers' modules. `False` runs the modules themselves.
+            pack_weights: with the fast paths on CPU in fp32, keep the ViT's weights packed in oneDNN's layout
+                ([`packed_onednn_weight`]): faster, at as much memory again as the ViT (1.2 GB for ViT-L).
+        """
+        for name, value in (("fast_paths", fast_paths), ("pack_weights", pack_weights)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be True or False.")
+        for module in self.modules():
+            if isinstance(module, LSegModel):
+                module.fast_path = fast_paths
+                module.pack_onednn_weights = pack_weights
+
     def parameter_groups(self) -> dict[str, list[str]]:
         """The model's parameters by part, for per-part learning rates: `{"image_encoder": [...],
         "reassemble_stage": [...], "decoder": [...], "text_encoder": [...]}` (names as in `named_parameters()`). The
@@ -440,11 +483,12 @@ class LSegModel(LSegPreTrainedModel):
     parameters have `requires_grad=False` and it runs without autograd, so DDP needs no `find_unused_parameters`.
 
     In CPU fp32 inference the ViT's weights are packed for oneDNN on first use and the packed copies kept (as much
-    memory again as the ViT: 1.2 GB for ViT-L; see [`packed_onednn_weight`]). Set `pack_onednn_weights = False` on
-    the model to trade that memory for about 10% more time.
+    memory again as the ViT: 1.2 GB for ViT-L; see [`packed_onednn_weight`]).
+    `set_execution_options(pack_weights=False)` trades that memory for about 15% more time at 384.
     """
 
-    # Read by the inference fast path (an instance attribute overrides it).
+    # Runtime attributes, set by [`LSegPreTrainedModel.set_execution_options`] and never saved.
+    fast_path: bool = True
     pack_onednn_weights: bool = True
 
     def __init__(self, config: LSegConfig) -> None:
@@ -592,10 +636,13 @@ class LSegModel(LSegPreTrainedModel):
 
     def _inference_fast_paths(self, kwargs: dict) -> bool:
         """Whether [`vit_encoder_onednn`] and [`pixel_projection_before_upsampling`] replace the plain ViT and neck:
-        in inference (no autograd) when no attention weights are asked for. Their linears take oneDNN only where
-        [`onednn_linear`] says."""
+        with `fast_path`, in inference (no autograd), when no attention weights are asked for and the ViT's linears
+        are plain ones without hooks ([`plain_vit_layer`]). Their linears take oneDNN only where [`onednn_linear`]
+        says."""
         return (
-            not torch.is_grad_enabled()
+            self.fast_path
+            and not torch.is_grad_enabled()
+            and all(plain_vit_layer(layer) for layer in self.dpt.encoder.layer)
             and not kwargs.get("output_attentions")
             and not self.config.output_attentions
             and not self.config.dpt_config.output_attentions

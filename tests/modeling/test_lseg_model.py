@@ -474,16 +474,45 @@ def test_a_packed_weight_gives_the_same_products_is_repacked_when_it_changes_and
     assert key not in modeling_lseg_module._PACKED_WEIGHTS
 
 
-def test_the_model_packs_its_vit_weights_only_when_asked(model):
-    # The tiny model has the module's default (packing on); without packing the logits are the same.
-    with torch.no_grad():
-        packed = model(pixels(), input_ids=label_ids(3)).logits
-        model.lseg.pack_onednn_weights = False
-        try:
-            plain = model(pixels(), input_ids=label_ids(3)).logits
-        finally:
-            del model.lseg.pack_onednn_weights
+def test_execution_options_pack_the_vit_weights_and_switch_the_fast_paths_without_changing_logits(model):
+    weights = {id(parameter) for name, parameter in model.named_parameters() if ".encoder.layer." in name}
+
+    def logits_and_packed():
+        modeling_lseg_module._PACKED_WEIGHTS.clear()
+        with torch.no_grad():
+            logits = model(pixels(), input_ids=label_ids(3)).logits
+        return logits, weights & set(modeling_lseg_module._PACKED_WEIGHTS)
+
+    try:
+        packed, packed_weights = logits_and_packed()
+        model.set_execution_options(pack_weights=False)
+        unpacked, unpacked_weights = logits_and_packed()
+        model.set_execution_options(fast_paths=False)
+        plain, plain_weights = logits_and_packed()
+    finally:
+        model.set_execution_options()
+    if torch.backends.mkldnn.is_available():
+        assert len(packed_weights) == 6 * model.config.dpt_config.num_hidden_layers
+    assert not unpacked_weights and not plain_weights
     torch.testing.assert_close(packed, plain)
+    torch.testing.assert_close(unpacked, plain)
+    with pytest.raises(ValueError, match="pack_weights='no' must be True or False"):
+        model.set_execution_options(pack_weights="no")
+
+
+def test_a_hooked_or_wrapped_vit_linear_keeps_the_plain_vit(model):
+    # The fast path reads weights directly, so it would miss a hook (or PEFT's LoRA wrapper) on a ViT linear.
+    dense = model.lseg.dpt.encoder.layer[0].output.dense
+    with torch.no_grad():
+        fast = model(pixels(), input_ids=label_ids(3)).logits
+        handle = dense.register_forward_hook(lambda module, args, output: 2 * output)
+        try:
+            assert not model.lseg._inference_fast_paths({})
+            hooked = model(pixels(), input_ids=label_ids(3)).logits
+        finally:
+            handle.remove()
+        assert model.lseg._inference_fast_paths({})
+    assert not torch.allclose(hooked, fast)
 
 
 @pytest.mark.parametrize("hidden_act", ["gelu", "relu"])
