@@ -446,11 +446,15 @@ class LSegPreTrainedModel(PreTrainedModel):
                 pixel projection through [`pixel_projection_before_upsampling`], exact reformulations tested equal
                 to transformers' modules. `False` runs the modules themselves.
             pack_weights: with the fast paths on CPU in fp32, keep the ViT's weights packed in oneDNN's layout
-                ([`packed_onednn_weight`]): faster, at as much memory again as the ViT (1.2 GB for ViT-L).
+                ([`packed_onednn_weight`]): faster, at as much memory again as the ViT (1.2 GB for ViT-L). `False`
+                also frees the packed copies made so far.
         """
         for name, value in (("fast_paths", fast_paths), ("pack_weights", pack_weights)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} must be True or False.")
+        if not pack_weights:
+            for parameter in self.parameters():
+                _PACKED_WEIGHTS.pop(id(parameter), None)
         for module in self.modules():
             if isinstance(module, LSegModel):
                 module.fast_path = fast_paths

@@ -485,7 +485,10 @@ def test_execution_options_pack_the_vit_weights_and_switch_the_fast_paths_withou
 
     try:
         packed, packed_weights = logits_and_packed()
-        model.set_execution_options(pack_weights=False)
+        with torch.no_grad():
+            model(pixels(), input_ids=label_ids(3))
+        model.set_execution_options(pack_weights=False)  # frees the packed copies
+        assert not weights & set(modeling_lseg_module._PACKED_WEIGHTS)
         unpacked, unpacked_weights = logits_and_packed()
         model.set_execution_options(fast_paths=False)
         plain, plain_weights = logits_and_packed()
