@@ -163,6 +163,12 @@ def packed_onednn_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return packed
 
 
+def release_packed_weights(module: nn.Module) -> None:
+    """Frees the packed copies ([`packed_onednn_weight`]) of `module`'s parameters."""
+    for parameter in module.parameters():
+        _PACKED_WEIGHTS.pop(id(parameter), None)
+
+
 def onednn_linear(
     hidden_states: torch.Tensor,
     weight: torch.Tensor,
@@ -453,8 +459,7 @@ class LSegPreTrainedModel(PreTrainedModel):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} must be True or False.")
         if not pack_weights:
-            for parameter in self.parameters():
-                _PACKED_WEIGHTS.pop(id(parameter), None)
+            release_packed_weights(self)
         for module in self.modules():
             if isinstance(module, LSegModel):
                 module.fast_path = fast_paths
@@ -637,6 +642,12 @@ class LSegModel(LSegPreTrainedModel):
             hidden_states=hidden_states,
             attentions=attentions,
         )
+
+    def _apply(self, fn, recurse: bool = True):
+        # `.to()`, `.cuda()`, `.half()` and friends swap the parameters' data under the same objects: a packed copy
+        # of the old data would otherwise be kept (on CPU) until the next CPU inference replaced it.
+        release_packed_weights(self)
+        return super()._apply(fn, recurse)
 
     def _inference_fast_paths(self, kwargs: dict) -> bool:
         """Whether [`vit_encoder_onednn`] and [`pixel_projection_before_upsampling`] replace the plain ViT and neck:

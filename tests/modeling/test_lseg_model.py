@@ -503,6 +503,18 @@ def test_execution_options_pack_the_vit_weights_and_switch_the_fast_paths_withou
         model.set_execution_options(pack_weights="no")
 
 
+def test_moving_or_casting_the_model_frees_its_packed_weights():
+    torch.manual_seed(0)
+    model = LSegForSemanticSegmentation(tiny_lseg_config()).eval()
+    weights = {id(parameter) for parameter in model.parameters()}
+    with torch.no_grad():
+        model(pixels(), input_ids=label_ids(3))
+    if torch.backends.mkldnn.is_available():
+        assert weights & set(modeling_lseg_module._PACKED_WEIGHTS)
+    model.to(torch.float64)  # the same parameter objects, new data: the packed copies would be stale
+    assert not weights & set(modeling_lseg_module._PACKED_WEIGHTS)
+
+
 def test_a_hooked_or_wrapped_vit_linear_keeps_the_plain_vit(model):
     # The fast path reads weights directly, so it would miss a hook (or PEFT's LoRA wrapper) on a ViT linear.
     dense = model.lseg.dpt.encoder.layer[0].output.dense
