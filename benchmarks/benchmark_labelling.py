@@ -5,8 +5,9 @@ eager and compiled.
     python benchmarks/benchmark_labelling.py --model tiny --images 4  # a quick check that it runs
     python benchmarks/benchmark_labelling.py --images 32 --execution eager   # a longer eager-only measurement
 
-The default (8 photos; eager and compiled, each on 1 and 2 processes) takes a few minutes on a 2-core CPU, most of it
-compiling.
+The default (8 photos in shards of 1; eager and compiled, each on 1 and 2 processes) takes a few minutes on a 2-core
+CPU, most of it compiling. Shards are the unit of work a process takes (round robin), so the script refuses a split
+that leaves a process without one.
 
 Each case launches `torch.distributed.run --standalone --nproc_per_node P` (gloo on CPU), every process with
 `threads / P` threads, and times `training.data.labelling.label_dataset` end to end on the main process: text encoding
@@ -137,7 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--mode", default="whole", choices=["whole", "sliding"])
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--shard-size", type=int, default=8)
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=1,
+        help="images per shard; shards are the unit of work a process takes, so every process needs at least one",
+    )
     parser.add_argument(
         "--execution",
         nargs="+",
@@ -157,6 +163,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker(args)
         return
+    if min(args.images, args.shard_size, *args.processes) < 1:
+        parser.error("--images, --shard-size and --processes must be positive")
+    shards = -(-args.images // args.shard_size)
+    if shards < max(args.processes):
+        # A process without a shard waits, and the case would time fewer processes than it says.
+        parser.error(
+            f"--images {args.images} in shards of {args.shard_size} make {shards} shard(s), fewer than the "
+            f"{max(args.processes)} processes: lower --shard-size or raise --images"
+        )
     load = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="ovseg-labelling-") as scratch:
