@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -58,6 +59,8 @@ from processing.text_prompts_ovseg import validate_vocabulary
 from training.data.sources import IMAGE_COLUMNS, PREPARED_METADATA_KEY, DataError, load_rows, pick_column
 from training.data.prepare import write_arrow_shard
 from training.models.inference import InferenceOptions
+
+logger = logging.getLogger("training.data.labelling")
 
 
 def labelled_features(labels: list[str]) -> Features:
@@ -200,6 +203,15 @@ def label_dataset(
         return work / f"shard-{shard:05d}.arrow"
 
     shards = _Shards(dataset, shard_size, rank, world, done=lambda shard: shard_path(shard).is_file())
+    if main and shards.length is not None and -(-shards.length // shard_size) < world:
+        # Correct either way, but the processes without a shard only wait.
+        logger.warning(
+            "%d rows in shards of %d make fewer shards than the %d processes, so some processes have nothing to "
+            "label: lower --shard-size to use them all",
+            shards.length,
+            shard_size,
+            world,
+        )
     cache = TextFeatureCache()
     with tqdm(desc=f"labelling ({world} processes)", unit="shard", disable=not (progress and main)) as bar:
         for shard, rows in shards:

@@ -1,6 +1,7 @@
 """Labelling a whole dataset: rows in order, label maps equal to `segment`, info that ovseg-train reads, and a run
 of two CPU processes killed mid-way that resumes to the same dataset as an uninterrupted one."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -110,6 +111,41 @@ def write_then_die(path, rows, features):
 labelling.write_arrow_shard = write_then_die
 sys.exit(segment.main(sys.argv[1:]))
 """
+
+
+class MainOfTwoProcesses:
+    """The main process of two, as an `Accelerator` shows it; the other process has nothing to do here."""
+
+    process_index, num_processes = 0, 2
+
+    def wait_for_everyone(self):
+        pass
+
+
+@pytest.mark.parametrize("shard_size, idle", [(7, True), (3, False)])
+def test_fewer_shards_than_processes_is_said(tmp_path, model_dir, photos, caplog, shard_size, idle):
+    model, processor = load(model_dir)
+    accelerator = MainOfTwoProcesses() if idle else None
+    with caplog.at_level(logging.WARNING, logger="training.data.labelling"):
+        out = label_dataset(
+            model,
+            processor,
+            photos,
+            LABELS,
+            tmp_path / "out",
+            shard_size=shard_size,
+            accelerator=accelerator,
+            progress=False,
+        )
+    assert out["index"] == list(range(7))
+    warnings = [record.getMessage() for record in caplog.records if record.name == "training.data.labelling"]
+    if idle:
+        assert warnings == [
+            "7 rows in shards of 7 make fewer shards than the 2 processes, so some processes have nothing to label: "
+            "lower --shard-size to use them all"
+        ]
+    else:
+        assert not warnings
 
 
 def torchrun(script_args: list[str], tmp_path) -> subprocess.CompletedProcess:
