@@ -657,10 +657,11 @@ class LSegModel(LSegPreTrainedModel):
         return (
             self.fast_path
             and not torch.is_grad_enabled()
-            and all(plain_vit_layer(layer) for layer in self.dpt.encoder.layer)
             and not kwargs.get("output_attentions")
             and not self.config.output_attentions
             and not self.config.dpt_config.output_attentions
+            # Last: the only check that walks the modules.
+            and all(plain_vit_layer(layer) for layer in self.dpt.encoder.layer)
         )
 
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
