@@ -493,7 +493,7 @@ class LSegModel(LSegPreTrainedModel):
 
     In CPU fp32 inference the ViT's weights are packed for oneDNN on first use and the packed copies kept (as much
     memory again as the ViT: 1.2 GB for ViT-L; see [`packed_onednn_weight`]).
-    `set_execution_options(pack_weights=False)` trades that memory for about 15% more time at 384.
+    `set_execution_options(pack_weights=False)` trades that memory for about 20% more time at 384.
     """
 
     # Runtime attributes, set by [`LSegPreTrainedModel.set_execution_options`] and never saved.
